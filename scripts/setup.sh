@@ -34,6 +34,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# ansible-test downloads a pip bootstrap script from a host we cannot reach; it accepts a cached copy.
+pip_for_ansible_test=$(.venv/bin/python - <<'PY'
+import re, ansible_test, pathlib
+src = (pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py").read_text()
+print(re.search(r"pip='([0-9.]+)'", src).group(1).replace(".", "_"))
+PY
+)
+mkdir -p "$HOME/.ansible/test/cache"
+cp tests/quality/get_pip_offline.py "$HOME/.ansible/test/cache/get_pip_${pip_for_ansible_test}.py"
+
 # Ansible finds collections under <path>/ansible_collections/<namespace>/<name>.
 mkdir -p .build/collections/ansible_collections/hyperv
 ln -sfn "$ROOT" .build/collections/ansible_collections/hyperv/backup

@@ -1,0 +1,160 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lab host's virtual disk files: real VHDX files written through ``vdisk.py``.
+
+Creating base disks (empty, seeded fill, or copied in from a user's image), guest writes (churn)
+into the VM's current file, checkpoint children (.avhdx over a frozen parent), merging a child back
+into its parent, and growing a disk. No locking and no JSON here: ``lab_host.py`` calls these while
+it holds the VM's lock and records what they return.
+
+Guest data is deterministic: write number ``i`` of a churn with seed ``s`` is ``churn_data(s, i, n)``,
+so tests can regenerate and compare what the guest wrote.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import random
+import shutil
+
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, open_vhdx_for_write
+
+MIB = 1024 * 1024
+DEFAULT_BLOCK_SIZE = 32 * MIB
+# Guest writes start on 4 KiB boundaries, as a file system in the guest issues them.
+WRITE_ALIGNMENT = 4096
+FILL_CHUNK = MIB
+COPY_CHUNK = 4 * MIB
+
+
+def churn_data(seed, index, length):
+    """The bytes of write ``index`` of a churn seeded with ``seed`` (never all zeros)."""
+    data = bytearray(random.Random("%s/%d" % (seed, index)).randbytes(length))
+    data[0] |= 1  # a zero-filled write would be indistinguishable from unallocated space
+    return bytes(data)
+
+
+def plan_writes(seed, writes, write_size, virtual_size, offsets=None):
+    """[(offset, length)] of a churn: the given offsets, or ``writes`` seeded random aligned ones."""
+    if offsets is not None:
+        planned = [(int(offset), int(write_size)) for offset in offsets]
+    else:
+        rng = random.Random("offsets/%s" % (seed,))
+        slots = max(1, (virtual_size - write_size) // WRITE_ALIGNMENT + 1)
+        planned = [(rng.randrange(slots) * WRITE_ALIGNMENT, int(write_size)) for _index in range(writes)]
+    for offset, length in planned:
+        if offset < 0 or length <= 0 or offset + length > virtual_size:
+            raise ValueError("write of %d bytes at offset %d does not fit a disk of %d bytes" % (length, offset, virtual_size))
+    return planned
+
+
+def create_base_disk(path, virtual_size, block_size=DEFAULT_BLOCK_SIZE, logical_sector_size=512):
+    """An empty dynamic VHDX at ``path`` (owner-only)."""
+    writer = create_vhdx(path, virtual_size, block_size=block_size, logical_sector_size=logical_sector_size)
+    writer.close()
+    os.chmod(path, 0o600)
+    return path
+
+
+def write_ranges(path, seed, planned, first_index=0):
+    """Write churn data for each planned (offset, length) into the VHDX at ``path``."""
+    writer = open_vhdx_for_write(path)
+    try:
+        for index, (offset, length) in enumerate(planned, first_index):
+            writer.write(offset, churn_data(seed, index, length))
+        writer.flush()
+    finally:
+        writer.close()
+    return planned
+
+
+def fill_plan(seed, percent, virtual_size):
+    """1 MiB chunks covering ``percent`` of the disk, picked by ``seed``."""
+    chunks = virtual_size // FILL_CHUNK
+    count = int(chunks * float(percent) / 100.0)
+    picked = sorted(random.Random("fill/%s" % (seed,)).sample(range(chunks), count)) if count else []
+    return [(chunk * FILL_CHUNK, FILL_CHUNK) for chunk in picked]
+
+
+def copy_in(source, destination):
+    """Copy a user's VHDX/VHD into the lab (owner-only), checking first that it opens as a disk."""
+    with open_disk(source) as disk:
+        if len(disk.chain) > 1:
+            raise ValueError("%s is a differencing disk over %s; copy in a merged (standalone) image"
+                             % (source, disk.chain[1]))
+    shutil.copyfile(source, destination)
+    os.chmod(destination, 0o600)
+    return destination
+
+
+def describe(path):
+    """Facts of the disk file at ``path``: format, type, sizes, chain (read from the file itself)."""
+    with open_disk(path) as disk:
+        chain = list(disk.chain)
+        virtual_size = disk.virtual_size
+        block_size = disk.block_size
+        sector = disk.logical_sector_size
+    lower = path.lower()
+    disk_format = "vhd" if lower.endswith(".vhd") or lower.endswith(".avhd") else "vhdx"
+    return {"format": disk_format, "virtual_size": virtual_size, "block_size": block_size,
+            "logical_sector_size": sector, "chain": chain}
+
+
+def create_child(parent_path, child_path):
+    """A differencing .avhdx over the (now frozen) ``parent_path``; the VM writes there from now on."""
+    with open_disk(parent_path) as parent:
+        virtual_size, sector = parent.virtual_size, parent.logical_sector_size
+        block_size = parent.block_size
+    writer = create_vhdx(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path)
+    writer.close()
+    os.chmod(child_path, 0o600)
+    return child_path
+
+
+def merge_child(child_path, parent_path, ranges):
+    """Copy what the guest wrote into ``child_path`` (the given ranges) into its parent, then delete the child.
+
+    Reading through the child gives the child's data over the parent's, so copying whole ranges is
+    exact even where the child holds only some sectors of a range.
+    """
+    writer = open_vhdx_for_write(parent_path)
+    try:
+        with open_disk(child_path) as child:
+            for offset, length in ranges:
+                position, end = offset, offset + length
+                while position < end:
+                    step = min(COPY_CHUNK, end - position)
+                    writer.write(position, child.read(position, step))
+                    position += step
+        writer.flush()
+    finally:
+        writer.close()
+    os.unlink(child_path)
+
+
+def grow(path, new_size):
+    """Give the disk at ``path`` a larger virtual size (a new file with the same data, renamed over)."""
+    temp = path + ".resize-tmp"
+    with open_disk(path) as disk:
+        if len(disk.chain) > 1:
+            raise ValueError("%s has checkpoints (differencing children); remove them before resizing" % path)
+        if new_size < disk.virtual_size:
+            raise ValueError("cannot shrink %s from %d to %d bytes; the lab only grows disks" % (path, disk.virtual_size, new_size))
+        writer = create_vhdx(temp, new_size, block_size=disk.block_size, logical_sector_size=disk.logical_sector_size)
+        try:
+            for offset, length in disk.allocated_ranges():
+                position, end = offset, offset + length
+                while position < end:
+                    step = min(COPY_CHUNK, end - position)
+                    data = disk.read(position, step)
+                    if data.count(0) != len(data):
+                        writer.write(position, data)
+                    position += step
+            writer.flush()
+        finally:
+            writer.close()
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)

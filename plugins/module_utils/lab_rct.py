@@ -1,0 +1,130 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Resilient Change Tracking as the lab host emulates it: one ``<disk>.rct.json`` per virtual disk.
+
+Every guest write is recorded as a numbered record (``seq``) of the 64 KiB granules it touched.
+An RCT id ``rctX:<disk id>:<seq>`` names the point in that sequence where a reference point was
+taken; the changes since an id are the union of the granules of the later records, up to the
+point the queried file stands for (a frozen checkpoint file stops at its freeze ``seq``).
+
+Granularity: 64 KiB, aligned to the start of the virtual disk. A write of one byte reports the
+whole 64 KiB granule around it, as a real RCT bitmap reports whole blocks; ranges are merged and
+clipped to the virtual size and to the page asked for.
+
+Invalidation (as Windows reports it): a resized or offline-edited disk makes every id of the disk
+invalid (0xC03A0022 ERROR_CTLOG_VHD_CHANGED_OFFLINE); an id the disk never issued, one from another
+disk, or one of a destroyed reference point is 0xC03A0029 ERROR_VHD_INVALID_CHANGE_TRACKING_ID /
+0xC03A0030 ERROR_VHD_MISSING_CHANGE_TRACKING_INFORMATION. Callers fall back to a full backup.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import read_json, write_json_atomic
+
+GRANULE = 64 * 1024
+# GetVirtualDiskChanges may process less than asked ("ProcessedByteLength may be ... less"); the lab
+# processes at most this much virtual space per call so that callers must page, as on Windows.
+MAX_PAGE_BYTES = 1024 * 1024 * 1024
+
+ERROR_CTLOG_VHD_CHANGED_OFFLINE = "0xC03A0022"
+ERROR_VHD_INVALID_CHANGE_TRACKING_ID = "0xC03A0029"
+ERROR_VHD_MISSING_CHANGE_TRACKING_INFORMATION = "0xC03A0030"
+
+
+class RctLookupError(Exception):
+    """A limit id cannot be used; carries the Windows error code and the reason."""
+
+    def __init__(self, message, windows_error):
+        super(RctLookupError, self).__init__(message)
+        self.windows_error = windows_error
+
+
+def rct_path_for(base_disk_path):
+    return base_disk_path + ".rct.json"
+
+
+def new_tracking(disk_id):
+    return {"disk_id": disk_id, "granularity": GRANULE, "sequence": 0, "records": [], "ids": {}, "invalidated": {}}
+
+
+def load(path, disk_id):
+    if os.path.exists(path):
+        return read_json(path)
+    return new_tracking(disk_id)
+
+
+def save(path, tracking):
+    write_json_atomic(path, tracking)
+
+
+def granules(offset, length):
+    """[first, end) granule numbers covering the byte range."""
+    return offset // GRANULE, (offset + length + GRANULE - 1) // GRANULE
+
+
+def record_writes(tracking, ranges):
+    """Append one record per written (offset, length) range; returns the new sequence number."""
+    for offset, length in ranges:
+        if length <= 0:
+            continue
+        tracking["sequence"] += 1
+        first, end = granules(offset, length)
+        tracking["records"].append([tracking["sequence"], first, end])
+    return tracking["sequence"]
+
+
+def issue_id(tracking, seq):
+    """A new RCT id for the state after record ``seq``."""
+    rct_id = "rctX:%s:%d" % (tracking["disk_id"], seq)
+    tracking["ids"][rct_id] = seq
+    tracking["invalidated"].pop(rct_id, None)
+    return rct_id
+
+
+def invalidate_all(tracking, reason, windows_error=ERROR_CTLOG_VHD_CHANGED_OFFLINE):
+    """Every issued id stops working (disk resized, restored, migrated to a host without RCT)."""
+    for rct_id in tracking["ids"]:
+        tracking["invalidated"][rct_id] = {"reason": reason, "windows_error": windows_error}
+    tracking["ids"] = {}
+
+
+def forget_id(tracking, rct_id, reason):
+    """One id stops working (its reference point was destroyed)."""
+    if tracking["ids"].pop(rct_id, None) is not None:
+        tracking["invalidated"][rct_id] = {"reason": reason, "windows_error": ERROR_VHD_MISSING_CHANGE_TRACKING_INFORMATION}
+
+
+def lookup(tracking, rct_id):
+    """The sequence number behind ``rct_id`` or RctLookupError saying why it is unusable."""
+    if rct_id in tracking["ids"]:
+        return tracking["ids"][rct_id]
+    gone = tracking["invalidated"].get(rct_id)
+    if gone:
+        raise RctLookupError("change tracking id %s is no longer valid: %s" % (rct_id, gone["reason"]), gone["windows_error"])
+    raise RctLookupError("the specified change tracking identifier %s is not valid for disk %s"
+                         % (rct_id, tracking["disk_id"]), ERROR_VHD_INVALID_CHANGE_TRACKING_ID)
+
+
+def changes(tracking, since_seq, upto_seq, byte_offset, byte_length, virtual_size):
+    """One page of changes: (processed_byte_length, offsets, lengths), ranges merged and clipped."""
+    processed = min(byte_length, MAX_PAGE_BYTES, max(0, virtual_size - byte_offset))
+    window_end = byte_offset + processed
+    touched = []
+    for seq, first, end in tracking["records"]:
+        if since_seq < seq <= upto_seq:
+            start, stop = max(first * GRANULE, byte_offset), min(end * GRANULE, window_end)
+            if start < stop:
+                touched.append((start, stop))
+    touched.sort()
+    merged = []
+    for start, stop in touched:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return processed, [start for start, _stop in merged], [stop - start for start, stop in merged]

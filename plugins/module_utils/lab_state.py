@@ -1,0 +1,255 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lab host state on disk: layout, locks, atomic JSON, and what each Windows era looks like.
+
+A lab host is a directory ``<lab_directory>/<host>/`` holding ``host.json`` (facts, services,
+faults, the VM index) and ``vms/<vm_id>/vm.json`` (one VM with its disks and checkpoints). Ansible
+forks run several processes against one lab host at once, so every read-modify-write holds an
+``fcntl.flock`` on a lock file (one per host, one per VM; always host before VM) and every JSON
+file is replaced atomically (temp file, fsync, rename). Everything is created owner-only.
+
+This file knows nothing about disks or operations; ``lab_disks.py``, ``lab_rct.py`` and
+``lab_host.py`` build on it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import tempfile
+import uuid
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
+
+HOST_FILE = "host.json"
+VM_FILE = "vm.json"
+VMS_DIR = "vms"
+DISKS_DIR = "Virtual Hard Disks"
+LOCK_FILE = ".lock"
+STATE_FORMAT = 1
+
+# Windows Server eras the lab can pretend to be. max_config is the newest VM configuration version
+# the era can run (a VM with a newer one cannot be imported or migrated there); cluster_level is
+# the ClusterFunctionalLevel a cluster of that era reports (2012 = 7, 2012 R2 = 8, 2016 = 9,
+# 2019 = 10, 2022 = 11; 2008 R2 clusters have no such property: the lab says 6).
+ERAS = {
+    "2008r2": {"os_name": "Microsoft Windows Server 2008 R2 Datacenter", "os_version": "6.1.7601", "os_build": 7601,
+               "max_config": "5.0", "cluster_level": 6, "disk_format": "vhd"},
+    "2012r2": {"os_name": "Microsoft Windows Server 2012 R2 Datacenter", "os_version": "6.3.9600", "os_build": 9600,
+               "max_config": "5.0", "cluster_level": 8, "disk_format": "vhdx"},
+    "2016": {"os_name": "Microsoft Windows Server 2016 Datacenter", "os_version": "10.0.14393", "os_build": 14393,
+             "max_config": "8.0", "cluster_level": 9, "disk_format": "vhdx"},
+    "2019": {"os_name": "Microsoft Windows Server 2019 Datacenter", "os_version": "10.0.17763", "os_build": 17763,
+             "max_config": "9.0", "cluster_level": 10, "disk_format": "vhdx"},
+    "2022": {"os_name": "Microsoft Windows Server 2022 Datacenter", "os_version": "10.0.20348", "os_build": 20348,
+             "max_config": "10.0", "cluster_level": 11, "disk_format": "vhdx"},
+}
+CONFIGURATION_VERSIONS = ("5.0", "6.2", "8.0", "9.0", "10.0")
+RCT_MIN_BUILD = 14393
+RCT_MIN_CONFIG = "6.2"
+RCT_MIN_CLUSTER_LEVEL = 9
+
+SOFTWARE_VSS_PROVIDER = {"name": "Microsoft Software Shadow Copy provider 1.0",
+                         "id": "{b5946137-7b9f-4925-af80-51abd60b20d5}", "type": "software"}
+# A storage vendor's provider; the id is the one a public Pure Storage script passes to diskshadow.
+HARDWARE_VSS_PROVIDER = {"name": "Lab Storage Array VSS Hardware Provider",
+                         "id": "{781c006a-5829-4a25-81e3-d5e43bd005ab}", "type": "hardware"}
+HYPERV_VSS_WRITER = {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}"}
+
+SERVICE_DEFAULTS = {
+    "vss": {"display_name": "Volume Shadow Copy", "status": "Stopped", "start_type": "Manual"},
+    "swprv": {"display_name": "Microsoft Software Shadow Copy Provider", "status": "Stopped", "start_type": "Manual"},
+    "vmms": {"display_name": "Hyper-V Virtual Machine Management", "status": "Running", "start_type": "Automatic"},
+}
+SERVICE_STATUSES = ("Running", "Stopped", "Paused", "StartPending", "StopPending")
+
+# Guest integration services in the order Get-VMIntegrationService lists them; 'VSS' is the backup one.
+INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair Exchange", "Shutdown",
+                        "Time Synchronization", "VSS")
+OPERATIONAL_STATUSES = ("OK", "NoContact", "LostCommunication", "Degraded", "Error", "Disabled")
+VM_STATES = ("Running", "Off", "Saved", "Paused")
+
+HOST_FAULTS = ("unreachable", "auth_fails", "service_wont_start:<service>", "integration_missing",
+               "integration_no_contact", "recovery_point_fails", "vss_writer_failed", "rct_invalid")
+VM_FAULTS = ("integration_missing", "integration_no_contact", "recovery_point_fails", "rct_invalid")
+
+
+def utc_now():
+    """The current time as the ISO 8601 UTC string every result uses."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_guid():
+    """A lowercase GUID without braces (the way results carry VM and disk ids)."""
+    return str(uuid.uuid4())
+
+
+def version_tuple(text):
+    """'9.0' -> (9, 0), so configuration versions compare as numbers."""
+    return tuple(int(part) for part in str(text).split("."))
+
+
+def validate_fault(fault, vm_level=False):
+    """Return the fault if the lab knows it, else raise ValueError listing the known ones."""
+    known = VM_FAULTS if vm_level else HOST_FAULTS
+    name = fault.split(":", 1)[0]
+    if fault in known or (not vm_level and name == "service_wont_start" and ":" in fault and fault.split(":", 1)[1]):
+        return fault
+    raise ValueError("unknown lab %s fault %r; known: %s" % ("VM" if vm_level else "host", fault, ", ".join(known)))
+
+
+def write_json_atomic(path, document):
+    """Replace ``path`` with ``document`` so a reader sees the old or the new file, never a mix."""
+    directory = os.path.dirname(path)
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def make_private_dir(path):
+    """Create ``path`` (and parents) owner-only; an existing directory keeps its mode."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+@contextlib.contextmanager
+def file_lock(directory):
+    """Hold an exclusive flock on ``<directory>/.lock`` (created owner-only) for the block."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class LabLayout:
+    """Paths of one lab host's files."""
+
+    def __init__(self, lab_directory, host):
+        if not host or os.sep in host or host.startswith("."):
+            raise ValueError("lab host name %r is not a plain name (no path separators, not starting with '.')" % host)
+        self.lab_directory = os.path.abspath(lab_directory)
+        self.host = host
+        self.host_dir = os.path.join(self.lab_directory, host)
+        self.host_file = os.path.join(self.host_dir, HOST_FILE)
+        self.vms_dir = os.path.join(self.host_dir, VMS_DIR)
+
+    def exists(self):
+        return os.path.isfile(self.host_file)
+
+    def vm_dir(self, vm_id):
+        return os.path.join(self.vms_dir, vm_id)
+
+    def vm_file(self, vm_id):
+        return os.path.join(self.vms_dir, vm_id, VM_FILE)
+
+    def disks_dir(self, vm_id):
+        return os.path.join(self.vms_dir, vm_id, DISKS_DIR)
+
+    def host_lock(self):
+        return file_lock(self.host_dir)
+
+    def vm_lock(self, vm_id):
+        return file_lock(self.vm_dir(vm_id))
+
+    def read_host(self):
+        return read_json(self.host_file)
+
+    def write_host(self, document):
+        write_json_atomic(self.host_file, document)
+
+    def read_vm(self, vm_id):
+        return read_json(self.vm_file(vm_id))
+
+    def write_vm(self, document):
+        write_json_atomic(self.vm_file(document["id"]), document)
+
+    def vm_ids(self):
+        """Ids of the VMs whose vm.json exists (the directory is the truth; host.json indexes names)."""
+        if not os.path.isdir(self.vms_dir):
+            return []
+        return sorted(name for name in os.listdir(self.vms_dir) if os.path.isfile(self.vm_file(name)))
+
+
+def host_document(name, era="2022", cluster=None, csvs=None, hardware_vss_provider=False):
+    """A fresh host.json for a host of ``era``."""
+    if era not in ERAS:
+        raise ValueError("unknown lab host era %r; choose one of %s" % (era, ", ".join(sorted(ERAS))))
+    services = dict((key, dict(value)) for key, value in SERVICE_DEFAULTS.items())
+    return {
+        "format": STATE_FORMAT,
+        "name": name,
+        "era": era,
+        "cluster": cluster,
+        "csvs": list(csvs or []),
+        "hardware_vss_provider": bool(hardware_vss_provider),
+        "services": services,
+        "faults": [],
+        "vms": {},
+        "created": utc_now(),
+    }
+
+
+def cluster_fact(host_doc):
+    """The cluster part of get_host_info: {name, functional_level} or None."""
+    cluster = host_doc.get("cluster")
+    if not cluster:
+        return None
+    level = cluster.get("functional_level")
+    if level is None:
+        level = ERAS[host_doc["era"]]["cluster_level"]
+    return {"name": cluster["name"], "functional_level": int(level)}
+
+
+def csv_facts(host_doc):
+    """CSVs as get_host_info reports them; names follow the cluster's 'Cluster Disk N' habit."""
+    return [{"name": "Cluster Disk %d" % (index + 1), "path": path} for index, path in enumerate(host_doc.get("csvs", []))]
+
+
+def host_faults(host_doc, vm_doc=None):
+    """Faults in effect for a host, or for one VM on it (host faults apply to every VM)."""
+    faults = set(host_doc.get("faults", []))
+    if vm_doc is not None:
+        faults.update(vm_doc.get("faults", []))
+    return faults
+
+
+def rct_capable_host(host_doc):
+    """(capable, reason) for the host part of the RCT rules: build and cluster functional level."""
+    era = ERAS[host_doc["era"]]
+    if era["os_build"] < RCT_MIN_BUILD:
+        return False, "host build %d is older than Windows Server 2016 (14393); RCT needs 2016 or later" % era["os_build"]
+    cluster = cluster_fact(host_doc)
+    if cluster and cluster["functional_level"] < RCT_MIN_CLUSTER_LEVEL:
+        return False, ("cluster %s runs at functional level %d; RCT needs level %d or higher (Update-ClusterFunctionalLevel)"
+                       % (cluster["name"], cluster["functional_level"], RCT_MIN_CLUSTER_LEVEL))
+    return True, None
+
+
+def raise_error(host, operation, category, message, hint=None, windows_error=None):
+    raise HostOperationError(host, operation, category, message, hint=hint, windows_error=windows_error)
