@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, open_vhdx_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, disk_info, open_disk, open_vhdx_for_write
 
 MIB = 1024 * 1024
 DEFAULT_BLOCK_SIZE = 32 * MIB
@@ -91,16 +91,12 @@ def copy_in(source, destination):
 
 
 def describe(path):
-    """Facts of the disk file at ``path``: format, type, sizes, chain (read from the file itself)."""
+    """Facts of the disk file at ``path`` read from the file itself: format, type, sizes, disk_id, chain."""
+    facts = disk_info(path)
     with open_disk(path) as disk:
-        chain = list(disk.chain)
-        virtual_size = disk.virtual_size
-        block_size = disk.block_size
-        sector = disk.logical_sector_size
-    lower = path.lower()
-    disk_format = "vhd" if lower.endswith(".vhd") or lower.endswith(".avhd") else "vhdx"
-    return {"format": disk_format, "virtual_size": virtual_size, "block_size": block_size,
-            "logical_sector_size": sector, "chain": chain}
+        facts["chain"] = list(disk.chain)
+    facts["disk_id"] = facts["disk_id"].lower()
+    return facts
 
 
 def create_child(parent_path, child_path):

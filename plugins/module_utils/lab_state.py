@@ -25,8 +25,6 @@ import os
 import tempfile
 import uuid
 
-from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-
 HOST_FILE = "host.json"
 VM_FILE = "vm.json"
 VMS_DIR = "vms"
@@ -40,20 +38,17 @@ STATE_FORMAT = 1
 # 2019 = 10, 2022 = 11; 2008 R2 clusters have no such property: the lab says 6).
 ERAS = {
     "2008r2": {"os_name": "Microsoft Windows Server 2008 R2 Datacenter", "os_version": "6.1.7601", "os_build": 7601,
-               "max_config": "5.0", "cluster_level": 6, "disk_format": "vhd"},
+               "max_config": "5.0", "cluster_level": 6},
     "2012r2": {"os_name": "Microsoft Windows Server 2012 R2 Datacenter", "os_version": "6.3.9600", "os_build": 9600,
-               "max_config": "5.0", "cluster_level": 8, "disk_format": "vhdx"},
+               "max_config": "5.0", "cluster_level": 8},
     "2016": {"os_name": "Microsoft Windows Server 2016 Datacenter", "os_version": "10.0.14393", "os_build": 14393,
-             "max_config": "8.0", "cluster_level": 9, "disk_format": "vhdx"},
+             "max_config": "8.0", "cluster_level": 9},
     "2019": {"os_name": "Microsoft Windows Server 2019 Datacenter", "os_version": "10.0.17763", "os_build": 17763,
-             "max_config": "9.0", "cluster_level": 10, "disk_format": "vhdx"},
+             "max_config": "9.0", "cluster_level": 10},
     "2022": {"os_name": "Microsoft Windows Server 2022 Datacenter", "os_version": "10.0.20348", "os_build": 20348,
-             "max_config": "10.0", "cluster_level": 11, "disk_format": "vhdx"},
+             "max_config": "10.0", "cluster_level": 11},
 }
 CONFIGURATION_VERSIONS = ("5.0", "6.2", "8.0", "9.0", "10.0")
-RCT_MIN_BUILD = 14393
-RCT_MIN_CONFIG = "6.2"
-RCT_MIN_CLUSTER_LEVEL = 9
 
 SOFTWARE_VSS_PROVIDER = {"name": "Microsoft Software Shadow Copy provider 1.0",
                          "id": "{b5946137-7b9f-4925-af80-51abd60b20d5}", "type": "software"}
@@ -237,19 +232,3 @@ def host_faults(host_doc, vm_doc=None):
     if vm_doc is not None:
         faults.update(vm_doc.get("faults", []))
     return faults
-
-
-def rct_capable_host(host_doc):
-    """(capable, reason) for the host part of the RCT rules: build and cluster functional level."""
-    era = ERAS[host_doc["era"]]
-    if era["os_build"] < RCT_MIN_BUILD:
-        return False, "host build %d is older than Windows Server 2016 (14393); RCT needs 2016 or later" % era["os_build"]
-    cluster = cluster_fact(host_doc)
-    if cluster and cluster["functional_level"] < RCT_MIN_CLUSTER_LEVEL:
-        return False, ("cluster %s runs at functional level %d; RCT needs level %d or higher (Update-ClusterFunctionalLevel)"
-                       % (cluster["name"], cluster["functional_level"], RCT_MIN_CLUSTER_LEVEL))
-    return True, None
-
-
-def raise_error(host, operation, category, message, hint=None, windows_error=None):
-    raise HostOperationError(host, operation, category, message, hint=hint, windows_error=windows_error)

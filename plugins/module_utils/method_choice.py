@@ -10,7 +10,8 @@ VHDX disks only. Everything else is backed up through the host's VSS with the Hy
 
 Windows Server 2008 / 2008 R2 add two limits on parallel work (``parallel_safety``): VMs on one
 Cluster Shared Volume are backed up one at a time (the CSV goes into redirected access for the
-whole snapshot), and parallel recovery points on one host need a hardware VSS provider.
+whole snapshot), and parallel recovery points on one host need a hardware VSS provider (with one,
+both limits go away).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -179,8 +180,8 @@ def parallel_safety(host_facts, vms):
     """For each VM: the key of the queue its backups must share, or None when parallel is safe.
 
     Returns ``{vm_id: {vm_id, vm_name, serialization_key, reason}}``. Only Windows Server 2008 and
-    2008 R2 hosts serialise: per CSV ('<host>:csv:<path>') for VMs on a CSV, and per host
-    ('<host>:host') when the host has no hardware VSS provider.
+    2008 R2 hosts without a hardware VSS provider serialise: per CSV ('<host>:csv:<path>') for VMs on
+    a CSV, per host ('<host>:host') for the others.
     """
     host = host_facts.get("computer_name") or "host"
     build = int(host_facts.get("os_build") or 0)
@@ -189,15 +190,15 @@ def parallel_safety(host_facts, vms):
     for vm in vms:
         key, reason = None, "parallel backups are safe on %s" % release_name(build)
         if build and build < FIRST_BUILD_AFTER_2008_R2:
-            if vm.get("csv_path"):
+            if has_hardware_provider:
+                reason = "%s host with a hardware VSS provider: parallel recovery points are safe" % release_name(build)
+            elif vm.get("csv_path"):
                 key = "%s:csv:%s" % (host, vm["csv_path"])
-                reason = ("VM is on CSV %s of a %s host: VMs on one CSV are backed up one at a time "
-                          "(the CSV is in redirected access during the snapshot)" % (vm["csv_path"], release_name(build)))
-            elif not has_hardware_provider:
+                reason = ("VM is on CSV %s of a %s host without a hardware VSS provider: VMs on one CSV are backed up "
+                          "one at a time (the CSV is in redirected access during the snapshot)" % (vm["csv_path"], release_name(build)))
+            else:
                 key = "%s:host" % host
                 reason = ("%s host without a hardware VSS provider: recovery points on this host are taken one at a time"
                           % release_name(build))
-            else:
-                reason = "%s host with a hardware VSS provider: parallel recovery points are safe" % release_name(build)
         result[vm["id"]] = {"vm_id": vm["id"], "vm_name": vm.get("name"), "serialization_key": key, "reason": reason}
     return result

@@ -60,10 +60,11 @@ def parse_time(text, what):
 
 
 def format_time(value):
-    """ISO 8601 UTC with a ``Z``, to the second; None stays None."""
+    """ISO 8601 UTC with a ``Z``, to the millisecond; None stays None."""
     if value is None:
         return None
-    return value.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    # Milliseconds, so that the start of one VM and the end of the one before stay ordered.
+    return value.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _as_int(value, what):
@@ -199,27 +200,29 @@ def merge_history(*sources):
 def history_from_catalog(backups):
     """Group catalogue backup records into runs.
 
-    A record is a mapping with ``run_id`` (or ``metadata.run_id``; records without one are grouped by
-    the day of ``created``), ``created``, ``stored_bytes``/``bytes_stored``, ``read_bytes``/``bytes_read``
-    and ``duration_seconds``. The run's duration is the span from its first start to its last end.
+    A record is a repository ``BackupRecord.as_dict()``: ``run_id`` (or ``metadata.run_id``; records without
+    one are grouped by the day of ``created``), ``created``, ``completed``, and in it or in its ``stats``
+    ``stored_bytes``, ``bytes_read`` and ``duration_seconds``. A run lasts from its first start to its last end.
     """
     runs = {}
     for record in backups or []:
         if not isinstance(record, dict):
             raise ReportError("catalogue record %r is not a mapping." % (record,))
         metadata = record.get("metadata") or {}
+        stats = record.get("stats") or {}
         created = parse_time(record.get("created") or record.get("started"), "catalogue record created")
         run_id = record.get("run_id") or metadata.get("run_id") or (created.strftime("%Y-%m-%d") if created else None)
         if not run_id:
             continue
         run = runs.setdefault(str(run_id), {"run_id": str(run_id), "first": None, "last": None, "bytes_stored": 0,
                                             "bytes_read": 0, "vms": set(), "failed": 0})
-        run["bytes_stored"] += _as_int(_first(record, metadata, "bytes_stored", "stored_bytes"), "bytes_stored") or 0
-        run["bytes_read"] += _as_int(_first(record, metadata, "bytes_read", "read_bytes"), "bytes_read") or 0
+        run["bytes_stored"] += _as_int(_first((record, stats, metadata), "bytes_stored", "stored_bytes"), "bytes_stored") or 0
+        run["bytes_read"] += _as_int(_first((record, stats, metadata), "bytes_read", "read_bytes"), "bytes_read") or 0
         run["vms"].add(record.get("vm_id") or record.get("vm_name") or record.get("backup_id"))
-        duration = _as_seconds(_first(record, metadata, "duration_seconds"), "duration_seconds") or 0
+        duration = _as_seconds(_first((record, stats, metadata), "duration_seconds"), "duration_seconds") or 0
+        completed = parse_time(record.get("completed"), "catalogue record completed")
         if created:
-            end = created + datetime.timedelta(seconds=duration)
+            end = max(completed or created, created + datetime.timedelta(seconds=duration))
             run["first"] = created if run["first"] is None else min(run["first"], created)
             run["last"] = end if run["last"] is None else max(run["last"], end)
     out = []
@@ -230,16 +233,16 @@ def history_from_catalog(backups):
     return merge_history(out)
 
 
-def _first(record, metadata, *keys):
+def _first(sources, *keys):
     for key in keys:
-        for source in (record, metadata):
+        for source in sources:
             if source.get(key) is not None:
                 return source[key]
     return None
 
 
 def history_from_reports(directory):
-    """The run entries of the earlier JSON reports in ``directory`` (unreadable files are skipped)."""
+    """The runs the earlier JSON reports in ``directory`` describe, their own and their history (unreadable files are skipped)."""
     out = []
     if not os.path.isdir(directory):
         return out
@@ -252,6 +255,8 @@ def history_from_reports(directory):
         except (OSError, ValueError):
             continue
         if isinstance(document, dict) and document.get("format") == REPORT_FORMAT and document.get("run_id"):
+            # An earlier report carries the history it knew (e.g. from a catalogue since pruned).
+            out.extend(h for h in document.get("history") or [] if isinstance(h, dict) and h.get("run_id"))
             out.append({"run_id": document["run_id"], "started": document.get("started"),
                         "bytes_stored": document["summary"].get("bytes_stored"),
                         "bytes_read": document["summary"].get("bytes_read"),

@@ -570,6 +570,48 @@ class VhdxImage:
             return any(first <= key < offset + length for key in self.overlay)
         return any(key in self.overlay for key in range(first, offset + length, 4 * KiB))
 
+    # --- identity and parents ---------------------------------------------------------------
+
+    format_name = "vhdx"
+
+    def parent_hints(self):
+        """[(kind, path text)] from the parent locator, in the order MS-VHDX resolves them."""
+        locator = self.parent_locator or {}
+        hints = []
+        for key, kind in (("relative_path", "relative"), ("volume_path", "volume"), ("absolute_win32_path", "absolute")):
+            if locator.get(key):
+                hints.append((kind, locator[key]))
+        return hints
+
+    def parent_mismatch(self, parent):
+        """None if ``parent`` is this file's parent (linkage GUID matches), else what is wrong."""
+        if getattr(parent, "format_name", None) != "vhdx":
+            return "the parent of a VHDX must be a VHDX file"
+        wanted = []
+        for key in ("parent_linkage", "parent_linkage2"):
+            try:
+                wanted.append(uuid.UUID(self.parent_locator.get(key, "").strip().strip("{}")))
+            except ValueError:
+                continue
+        if parent.header.data_write_guid in wanted:
+            return None
+        return "its DataWriteGuid {%s} is not the parent_linkage %s" % (
+            parent.header.data_write_guid, self.parent_locator.get("parent_linkage"))
+
+    def info(self):
+        return {
+            "format": "vhdx",
+            "type": "differencing" if self.has_parent else ("fixed" if self.leave_allocated else "dynamic"),
+            "virtual_size": self.virtual_size,
+            "block_size": self.block_size,
+            "logical_sector_size": self.logical_sector_size,
+            "physical_sector_size": self.physical_sector_size,
+            "disk_id": str(self.disk_id),
+            "data_write_guid": str(self.header.data_write_guid),
+            "parent_locator": dict(self.parent_locator or {}),
+            "file_size": self.file_size,
+        }
+
     def close(self):
         if self.fd is not None:
             os.close(self.fd)

@@ -136,10 +136,12 @@ def test_bad_choices_are_refused(kwargs):
 def test_2008r2_csv_vms_share_one_key_per_csv():
     vms = [vm(vm_id="a", csv_path="C:\\ClusterStorage\\Volume1"), vm(vm_id="b", csv_path="C:\\ClusterStorage\\Volume1"),
            vm(vm_id="c", csv_path="C:\\ClusterStorage\\Volume2")]
-    result = parallel_safety(host(7601, providers=("software", "hardware")), vms)
+    result = parallel_safety(host(7601), vms)
     assert result["a"]["serialization_key"] == result["b"]["serialization_key"] == "hv01:csv:C:\\ClusterStorage\\Volume1"
     assert result["c"]["serialization_key"] == "hv01:csv:C:\\ClusterStorage\\Volume2"
     assert "one at a time" in result["a"]["reason"]
+    hardware = parallel_safety(host(7601, providers=("software", "hardware")), vms)
+    assert [hardware[v]["serialization_key"] for v in "abc"] == [None, None, None]
 
 
 def test_2008r2_local_vms_need_hardware_provider_for_parallel():

@@ -1,0 +1,378 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Recovery points of a VM: create and validate, remove, clean up stale ones, convert to reference
+points with retention, and page through the RCT change list of a frozen disk.
+
+Everything here talks to a host session (``session.run(operation, **params)``, see
+``connection.py``) with the operations of ``host_operations.py``. The hyperv_recovery_point module and
+the backup engine both call these functions; nothing here parses module arguments.
+
+Our recovery points are named ``hyperv.backup:<run id>`` so that one left behind by a failed run
+is recognisable (the host marks it ``ours``) and can be removed without touching anyone else's.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import os
+import uuid
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import choose_method, parallel_safety, rct_eligibility
+
+TAG_PREFIX = "hyperv.backup:"
+CONSISTENCY_CHOICES = ("application", "application_or_crash")
+
+
+def new_run_id():
+    """A run id that sorts by time and never repeats: 20261125T061100Z-1a2b3c4d."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return "%s-%s" % (stamp, uuid.uuid4().hex[:8])
+
+
+def recovery_point_tag(run_id):
+    """The name our recovery point of one run carries."""
+    if not run_id or any(ch in str(run_id) for ch in "\r\n"):
+        raise HyperVBackupError("run id %r is empty or spans lines" % (run_id,), hint="Use a short single-line run_id.")
+    return TAG_PREFIX + str(run_id)
+
+
+def is_ours(point):
+    """True for a recovery point this collection created (by the host's flag or by its name)."""
+    return bool(point.get("ours")) or str(point.get("name") or "").startswith(TAG_PREFIX)
+
+
+def _host_name(session):
+    return getattr(session, "host", None) or "host"
+
+
+# --- create and validate ---------------------------------------------------------------------------
+
+def decide_method(host_facts, vm, requested="auto", previous_method=None):
+    """(Eligibility, MethodDecision) for the next recovery point of ``vm``; VSS counts as available
+    when the host lists the Hyper-V VSS writer."""
+    eligibility = rct_eligibility(host_facts, vm)
+    writer = host_facts.get("hyperv_vss_writer") or {}
+    return eligibility, choose_method(eligibility, requested, previous_method, vss_available=bool(writer.get("state")))
+
+
+def check_serialization(session, host_facts, vm, all_vms):
+    """Refuse (category 'busy') when another VM sharing this VM's serialisation key holds a recovery point of ours.
+
+    On Windows Server 2008 / 2008 R2 VMs on one CSV (or, without a hardware VSS provider, on one host)
+    must be backed up one at a time; a recovery point of ours on a sibling VM means its backup is running.
+    """
+    keys = parallel_safety(host_facts, all_vms)
+    mine = keys[vm["id"]]
+    if mine["serialization_key"] is None:
+        return mine
+    for other in all_vms:
+        if other["id"] == vm["id"] or keys[other["id"]]["serialization_key"] != mine["serialization_key"]:
+            continue
+        holding = [cp for cp in other.get("checkpoints") or [] if cp.get("type") == "Recovery" and is_ours(cp)]
+        if holding:
+            raise HostOperationError(
+                _host_name(session), "create_recovery_point", "busy",
+                "VM %s cannot get a recovery point now: VM %s holds recovery point %s on the same queue (%s). %s."
+                % (vm["name"], other["name"], holding[0].get("name"), mine["serialization_key"], mine["reason"]),
+                hint="Back up these VMs one after the other (serial: 1 or throttle by serialization_key), or remove "
+                     "a stale recovery point with hyperv_recovery_point state: cleaned.",
+                serialization_key=mine["serialization_key"], holder_vm=other["name"])
+    return mine
+
+
+def create_recovery_point(session, vm, method, consistency, run_id, local_paths=False):
+    """Create a recovery point, validate it and return what the backup needs (see ``_describe``).
+
+    consistency 'application' fails when the guest cannot quiesce; 'application_or_crash' falls back
+    to crash consistency and the result says so (consistency_fallback, warning). A point that fails
+    validation is removed again before the error is raised, so a failure leaves nothing behind.
+    """
+    if consistency not in CONSISTENCY_CHOICES:
+        raise HyperVBackupError("consistency %r is not one of %s" % (consistency, ", ".join(CONSISTENCY_CHOICES)))
+    tag = recovery_point_tag(run_id)
+    created = session.run("create_recovery_point", vm_id=vm["id"], method=method, consistency=consistency, tag=tag)
+    try:
+        validated = validate_recovery_point(session, vm, created, method, consistency, local_paths=local_paths)
+    except HyperVBackupError:
+        try:
+            session.run("remove_recovery_point", vm_id=vm["id"], id=created["id"])
+        except HyperVBackupError:
+            pass  # the validation error is the one to report; a leftover point is found by the stale cleanup
+        raise
+    result = _describe(validated, method, consistency)
+    if method == "rct":
+        _attach_previous_rct_ids(session, vm["id"], result)
+    return result
+
+
+def validate_recovery_point(session, vm, created, method, consistency, local_paths=False):
+    """Check a new point before anyone reads it: listed by the host, disks with paths and chains, consistency.
+
+    Returns the point as ``get_recovery_points`` lists it. ``local_paths`` (lab host, or a proxy that
+    sees the host's paths) also checks that every file of every chain exists here.
+    """
+    host = _host_name(session)
+    problems = []
+    listed = [p for p in session.run("get_recovery_points", vm_id=vm["id"]) if p.get("id") == created.get("id")]
+    if not listed:
+        raise HostOperationError(host, "create_recovery_point", "recovery_point",
+                                 "recovery point %s of VM %s was reported created but get_recovery_points does not list it"
+                                 % (created.get("id"), vm["name"]), hint="Check the VM's checkpoints in Hyper-V Manager.")
+    point = listed[0]
+    if point.get("method") not in (None, method):
+        problems.append("method is %s, %s was asked for" % (point.get("method"), method))
+    disks = point.get("disks") or []
+    if not disks and vm.get("disks"):
+        problems.append("no disks are listed although the VM has %d" % len(vm["disks"]))
+    for disk in disks:
+        if not disk.get("path"):
+            problems.append("disk %s has no path" % disk.get("disk_id"))
+            continue
+        if not disk.get("disk_id"):
+            problems.append("disk %s has no disk_id" % disk["path"])
+        if int(disk.get("virtual_size") or 0) <= 0:
+            problems.append("disk %s reports virtual size %r" % (disk["path"], disk.get("virtual_size")))
+        chain = disk.get("parent_chain") or []
+        if disk.get("type") == "differencing" and not chain:
+            problems.append("differencing disk %s lists no parent chain" % disk["path"])
+        if local_paths:
+            problems.extend("file %s of disk %s does not exist" % (path, disk["path"])
+                            for path in [disk["path"]] + list(chain) if not os.path.exists(path))
+    achieved = created.get("consistency") or point.get("consistency")
+    if consistency == "application" and achieved != "application":
+        problems.append("application consistency was required but the point is %s-consistent" % achieved)
+    if achieved not in ("application", "crash"):
+        problems.append("consistency %r is neither application nor crash" % (achieved,))
+    if problems:
+        raise HostOperationError(host, "create_recovery_point", "recovery_point",
+                                 "recovery point %s of VM %s failed validation: %s" % (point.get("id"), vm["name"], "; ".join(problems)),
+                                 hint="The point was removed again; retry, and check the host's event log "
+                                      "(Hyper-V-VMMS) if it keeps failing.", problems=problems)
+    merged = dict(point)
+    merged["consistency"] = achieved
+    merged["consistency_fallback"] = bool(created.get("consistency_fallback")) or (
+        consistency == "application_or_crash" and achieved == "crash")
+    return merged
+
+
+def _describe(point, method, consistency):
+    fallback = bool(point.get("consistency_fallback"))
+    result = {
+        "id": point["id"],
+        "name": point.get("name"),
+        "vm_id": point.get("vm_id"),
+        "vm_name": point.get("vm_name"),
+        "created": point.get("created"),
+        "method": method,
+        "consistency": point.get("consistency"),
+        "consistency_requested": consistency,
+        "consistency_fallback": fallback,
+        "warning": None,
+        "configuration": point.get("configuration"),
+        "disks": [{"disk_id": d.get("disk_id"), "path": d["path"], "virtual_size": int(d["virtual_size"]),
+                   "format": d.get("format"), "type": d.get("type"), "block_size": d.get("block_size"),
+                   "logical_sector_size": d.get("logical_sector_size"), "parent_chain": list(d.get("parent_chain") or []),
+                   "controller_type": d.get("controller_type"), "controller_number": d.get("controller_number"),
+                   "controller_location": d.get("controller_location"),
+                   "previous_rct_id": None, "reference_point_id": None} for d in point.get("disks") or []],
+    }
+    if fallback:
+        result["warning"] = ("VM %s could not be quiesced (guest VSS did not answer); the recovery point is only "
+                             "crash-consistent, as after a power loss" % point.get("vm_name"))
+    return result
+
+
+def _attach_previous_rct_ids(session, vm_id, result):
+    """Per disk, the RCT id of the newest reference point that tracked that disk (matched by disk_id)."""
+    references = session.run("get_reference_points", vm_id=vm_id)
+    for disk in result["disks"]:
+        for reference in reversed(references):  # oldest first -> newest first
+            rct_id = (reference.get("rct_ids") or {}).get(disk["disk_id"])
+            if rct_id:
+                disk["previous_rct_id"] = rct_id
+                disk["reference_point_id"] = reference["id"]
+                break
+
+
+# --- remove and clean up ---------------------------------------------------------------------------
+
+def remove_recovery_point(session, vm_id, point_id, check_mode=False):
+    """Remove one recovery point by id; already gone is success with changed False."""
+    present = [p for p in session.run("get_recovery_points", vm_id=vm_id) if p.get("id") == point_id]
+    if not present:
+        return {"id": point_id, "removed": False, "changed": False}
+    if check_mode:
+        return {"id": point_id, "removed": False, "changed": True}
+    result = session.run("remove_recovery_point", vm_id=vm_id, id=point_id)
+    return {"id": point_id, "removed": bool(result.get("removed", True)), "changed": True}
+
+
+def find_stale(session, vm_id, keep_run_id=None):
+    """Our recovery points of a VM, except the current run's: what a failed run left behind."""
+    keep = recovery_point_tag(keep_run_id) if keep_run_id else None
+    return [p for p in session.run("get_recovery_points", vm_id=vm_id) if is_ours(p) and p.get("name") != keep]
+
+
+def clean_stale(session, vm_id, keep_run_id=None, check_mode=False):
+    """Remove our stale recovery points of a VM; returns [{id, name, created, removed}]."""
+    report = []
+    for point in find_stale(session, vm_id, keep_run_id):
+        removed = False
+        if not check_mode:
+            removed = bool(session.run("remove_recovery_point", vm_id=vm_id, id=point["id"]).get("removed", True))
+        report.append({"id": point["id"], "name": point.get("name"), "created": point.get("created"), "removed": removed})
+    return report
+
+
+# --- reference points --------------------------------------------------------------------------------
+
+def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1, check_mode=False):
+    """Convert a completed RCT recovery point into a reference point and keep only the newest N per VM.
+
+    Idempotent: a point that is already a reference point (same id) is left as it is; retention
+    still applies. Returns {reference_point, removed_reference_points, changed}.
+    """
+    if int(keep_reference_points) < 1:
+        raise HyperVBackupError("keep_reference_points must be 1 or more (got %s)" % keep_reference_points,
+                                hint="The newest reference point is what the next incremental starts from.")
+    host = _host_name(session)
+    points = [p for p in session.run("get_recovery_points", vm_id=vm_id) if p.get("id") == point_id]
+    references = session.run("get_reference_points", vm_id=vm_id)
+    changed = False
+    reference = None
+    if points:
+        if points[0].get("method") != "rct":
+            raise HostOperationError(host, "convert_to_reference_point", "unsupported",
+                                     "recovery point %s is a %s point; only RCT recovery points become reference points"
+                                     % (point_id, points[0].get("method")), hint="Remove VSS points with state: absent.")
+        changed = True
+        if not check_mode:
+            reference = session.run("convert_to_reference_point", vm_id=vm_id, id=point_id)
+            references = session.run("get_reference_points", vm_id=vm_id)
+    else:
+        matching = [r for r in references if r.get("id") == point_id]
+        if not matching:
+            raise HostOperationError(host, "convert_to_reference_point", "not_found",
+                                     "VM %s has neither a recovery point nor a reference point with id %s" % (vm_id, point_id),
+                                     hint="Pass the id returned by hyperv_recovery_point state: present.")
+        reference = matching[0]
+    removed = []
+    surplus = len(references) - int(keep_reference_points) + (1 if check_mode and changed else 0)
+    for old in references[:max(0, surplus)]:  # oldest first
+        if reference is not None and old.get("id") == reference.get("id"):
+            continue
+        if not check_mode:
+            session.run("remove_reference_point", vm_id=vm_id, id=old["id"])
+        removed.append(old["id"])
+    return {"reference_point": reference, "removed_reference_points": removed, "changed": changed or bool(removed)}
+
+
+# --- change lists ------------------------------------------------------------------------------------
+
+class ChangeList:
+    """The changed ranges of one frozen disk since an RCT id, or why they cannot be trusted."""
+
+    def __init__(self, valid, ranges=None, reason=None, windows_error=None, changed_bytes=0):
+        self.valid = valid
+        self.ranges = ranges or []
+        self.reason = reason
+        self.windows_error = windows_error
+        self.changed_bytes = changed_bytes
+
+    def to_dict(self):
+        return {"changes_valid": self.valid, "ranges": [list(r) for r in self.ranges], "reason": self.reason,
+                "windows_error": self.windows_error, "changed_bytes": self.changed_bytes}
+
+
+def merge_ranges(ranges):
+    """Sort (offset, length) ranges and merge overlapping or touching ones."""
+    merged = []
+    for offset, length in sorted((int(o), int(n)) for o, n in ranges if int(n) > 0):
+        if merged and offset <= merged[-1][0] + merged[-1][1]:
+            end = max(merged[-1][0] + merged[-1][1], offset + length)
+            merged[-1] = (merged[-1][0], end - merged[-1][0])
+        else:
+            merged.append((offset, length))
+    return merged
+
+
+def collect_changes(session, path, limit_id, virtual_size, page_bytes=None):
+    """Page GetVirtualDiskChanges over the whole disk and return a merged, sorted ChangeList.
+
+    The host may process less than asked, so the loop advances by processed_byte_length until the
+    virtual size. An unusable limit id (category 'change_tracking'), a page that processes nothing or
+    a range outside the disk gives ``valid=False`` with the reason: the caller falls back to a full
+    backup instead of trusting a wrong list.
+    """
+    if not limit_id:
+        return ChangeList(False, reason="no change-tracking id of a previous reference point for %s; a full backup is needed" % path)
+    virtual_size = int(virtual_size)
+    offset = 0
+    found = []
+    while offset < virtual_size:
+        length = virtual_size - offset if page_bytes is None else min(int(page_bytes), virtual_size - offset)
+        try:
+            page = session.run("get_disk_changes", path=path, limit_id=limit_id, byte_offset=offset, byte_length=length)
+        except HostOperationError as err:
+            if err.category in ("change_tracking", "not_found"):
+                return ChangeList(False, reason="change tracking id %s cannot be used for %s: %s" % (limit_id, path, err.message),
+                                  windows_error=err.windows_error)
+            raise
+        processed = int(page.get("processed_byte_length") or 0)
+        offsets, lengths = page.get("changed_byte_offsets") or [], page.get("changed_byte_lengths") or []
+        if processed <= 0:
+            return ChangeList(False, reason="the host processed 0 bytes of %s at offset %d; stopping instead of looping "
+                                            "forever (a full backup is needed)" % (path, offset))
+        if len(offsets) != len(lengths):
+            return ChangeList(False, reason="the host returned %d offsets but %d lengths for %s at offset %d"
+                                            % (len(offsets), len(lengths), path, offset))
+        for start, size in zip(offsets, lengths):
+            start, size = int(start), int(size)
+            if start < offset or size < 0 or start + size > min(offset + processed, virtual_size):
+                return ChangeList(False, reason="the host reported range (%d, %d) outside the processed window "
+                                                "[%d, %d) of %s" % (start, size, offset, offset + processed, path))
+            found.append((start, size))
+        offset += processed
+    ranges = merge_ranges(found)
+    return ChangeList(True, ranges=ranges, changed_bytes=sum(n for _o, n in ranges))
+
+
+def changes_for_recovery_point(session, recovery_point, reference_rct_ids=None, page_bytes=None):
+    """ChangeList per disk of a recovery point, against ``reference_rct_ids`` ({disk_id: rct_id}) or,
+    when not given, the previous_rct_id the point carries per disk. Returns {disk_id: ChangeList}."""
+    out = {}
+    for disk in recovery_point["disks"]:
+        limit_id = (reference_rct_ids or {}).get(disk["disk_id"]) if reference_rct_ids is not None else disk.get("previous_rct_id")
+        out[disk["disk_id"]] = collect_changes(session, disk["path"], limit_id, disk["virtual_size"], page_bytes=page_bytes)
+    return out
+
+
+def changes_since_reference(session, vm_id, point_id, reference_point_id=None, page_bytes=None):
+    """The change list of every disk of recovery point ``point_id`` since a reference point (the newest
+    when ``reference_point_id`` is None). Returns {recovery_point_id, reference_point_id, changes_valid,
+    disks: [{disk_id, path, virtual_size, changes_valid, reason, windows_error, ranges, changed_bytes}]}."""
+    host = _host_name(session)
+    points = [p for p in session.run("get_recovery_points", vm_id=vm_id) if p.get("id") == point_id]
+    if not points:
+        raise HostOperationError(host, "get_recovery_points", "not_found", "VM %s has no recovery point %s" % (vm_id, point_id),
+                                 hint="Create one with hyperv_recovery_point state: present and pass its id.")
+    references = session.run("get_reference_points", vm_id=vm_id)
+    if reference_point_id:
+        references = [r for r in references if r.get("id") == reference_point_id]
+    reference = references[-1] if references else None
+    rct_ids = (reference or {}).get("rct_ids") or {}
+    disks = []
+    for disk in points[0].get("disks") or []:
+        change_list = collect_changes(session, disk["path"], rct_ids.get(disk.get("disk_id")), disk["virtual_size"], page_bytes)
+        if reference is None:
+            change_list.reason = ("VM %s has no reference point%s; a full backup is needed"
+                                  % (vm_id, " with id %s" % reference_point_id if reference_point_id else ""))
+        entry = {"disk_id": disk.get("disk_id"), "path": disk["path"], "virtual_size": int(disk["virtual_size"])}
+        entry.update(change_list.to_dict())
+        disks.append(entry)
+    return {"recovery_point_id": point_id, "reference_point_id": (reference or {}).get("id"),
+            "changes_valid": bool(disks) and all(d["changes_valid"] for d in disks), "disks": disks}

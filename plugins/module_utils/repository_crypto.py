@@ -1,0 +1,206 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Chunk ids, compression and encryption of repository objects (the "blob envelope").
+
+Every object the repository stores (chunk, disk manifest, backup record, catalog, verify status)
+is wrapped in one envelope, format version 1::
+
+    magic b"HVB1" | kind (1 byte) | flags (1 byte) | [nonce (12 bytes) if encrypted] | body
+
+``flags`` bit 0: the body is zstd-compressed; bit 1: the body is AES-256-GCM ciphertext (tag
+appended). The authenticated data of the cipher is the 6 header bytes plus the object's name, so
+a ciphertext moved to another name (e.g. chunk A renamed to chunk B) fails authentication.
+
+Chunk ids are BLAKE3 of the plaintext (hex, 64 chars) in a plain repository, and keyed BLAKE3
+under a secret id key in an encrypted one, so ids reveal nothing about content. Keys: a random
+data key and id key (32 bytes each) are wrapped with a key derived from the passphrase by scrypt
+(memory-hard); only the wrapped form is stored, in the repository config.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import os
+import struct
+import traceback
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+
+try:
+    import blake3
+    HAS_BLAKE3 = True
+    BLAKE3_IMPORT_ERROR = None
+except ImportError:
+    HAS_BLAKE3 = False
+    BLAKE3_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    import zstandard
+    HAS_ZSTANDARD = True
+    ZSTANDARD_IMPORT_ERROR = None
+except ImportError:
+    HAS_ZSTANDARD = False
+    ZSTANDARD_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+
+
+ENVELOPE_MAGIC = b"HVB1"
+HEADER = struct.Struct(">4sBB")
+NONCE_SIZE = 12
+FLAG_ZSTD = 0x01
+FLAG_ENCRYPTED = 0x02
+
+# Object kinds, recorded in the header so an object of one kind is never read as another.
+KIND_CHUNK = 1
+KIND_MANIFEST = 2
+KIND_BACKUP = 3
+KIND_CATALOG = 4
+KIND_STATUS = 5
+
+# scrypt cost: N=2**16, r=8 uses 64 MiB and ~0.2 s per open; stored in the config, so it can be raised later.
+DEFAULT_SCRYPT = {"n": 2 ** 16, "r": 8, "p": 1}
+KEY_WRAP_AAD = b"hyperv.backup repository keys v1"
+
+
+def require_libraries(encrypted=False):
+    """Raise RepositoryError naming the missing Python library and how to install it."""
+    missing = []
+    if not HAS_BLAKE3:
+        missing.append("blake3")
+    if not HAS_ZSTANDARD:
+        missing.append("zstandard")
+    if encrypted and not HAS_CRYPTOGRAPHY:
+        missing.append("cryptography")
+    if missing:
+        raise RepositoryError("The backup repository needs the Python libraries: %s." % ", ".join(missing),
+                              hint="Install them on the host that runs the module: pip install %s" % " ".join(missing))
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text):
+    return base64.b64decode(text.encode("ascii"))
+
+
+class RepositoryKeys:
+    """The secrets of an encrypted repository (None for a plain one), and the operations needing them."""
+
+    def __init__(self, data_key=None, id_key=None):
+        self.data_key = data_key
+        self.id_key = id_key
+        self._aead = AESGCM(data_key) if data_key else None
+
+    @property
+    def encrypted(self):
+        return self._aead is not None
+
+    @classmethod
+    def create(cls, passphrase, scrypt_params=None):
+        """New random keys, and the config section that stores them wrapped under ``passphrase``."""
+        require_libraries(encrypted=True)
+        params = dict(scrypt_params or DEFAULT_SCRYPT)
+        salt = os.urandom(16)
+        keys = cls(os.urandom(32), os.urandom(32))
+        kek = _derive(passphrase, salt, params)
+        nonce = os.urandom(NONCE_SIZE)
+        wrapped = AESGCM(kek).encrypt(nonce, keys.data_key + keys.id_key, KEY_WRAP_AAD)
+        section = {
+            "cipher": "AES-256-GCM",
+            "chunk_id": "blake3-keyed",
+            "kdf": {"name": "scrypt", "n": params["n"], "r": params["r"], "p": params["p"], "salt": _b64(salt)},
+            "wrapped_keys": _b64(wrapped),
+            "wrap_nonce": _b64(nonce),
+        }
+        return keys, section
+
+    @classmethod
+    def unlock(cls, section, passphrase, location):
+        """Unwrap the keys of an encrypted repository; a wrong passphrase raises a clear RepositoryError."""
+        if section is None:
+            return cls()
+        if not passphrase:
+            raise RepositoryError("Repository %s is encrypted and no passphrase was given." % location,
+                                  hint="Pass the repository passphrase (repository_passphrase).", location=location)
+        require_libraries(encrypted=True)
+        kdf = section["kdf"]
+        kek = _derive(passphrase, _unb64(kdf["salt"]), kdf)
+        try:
+            plain = AESGCM(kek).decrypt(_unb64(section["wrap_nonce"]), _unb64(section["wrapped_keys"]), KEY_WRAP_AAD)
+        except InvalidTag:
+            raise RepositoryError("Wrong passphrase for repository %s." % location,
+                                  hint="Use the passphrase the repository was created with; it cannot be recovered.",
+                                  location=location)
+        return cls(plain[:32], plain[32:])
+
+    def chunk_id(self, data):
+        """Content address of a chunk: hex BLAKE3, keyed with the id key when encrypted."""
+        if self.id_key:
+            return blake3.blake3(data, key=self.id_key).hexdigest()
+        return blake3.blake3(data).hexdigest()
+
+    def seal(self, kind, name, data, compressor=None):
+        """Wrap ``data`` for storage under ``name``: compress (kept only if smaller), then encrypt."""
+        flags = 0
+        body = data
+        if compressor is not None:
+            packed = compressor.compress(data)
+            if len(packed) < len(data):
+                body, flags = packed, FLAG_ZSTD
+        if self._aead is None:
+            return HEADER.pack(ENVELOPE_MAGIC, kind, flags) + body
+        flags |= FLAG_ENCRYPTED
+        header = HEADER.pack(ENVELOPE_MAGIC, kind, flags)
+        nonce = os.urandom(NONCE_SIZE)
+        return header + nonce + self._aead.encrypt(nonce, body, header + name.encode("utf-8"))
+
+    def unseal(self, kind, name, blob):
+        """Return the plaintext of ``blob`` stored under ``name``; raise ValueError if it is damaged."""
+        if len(blob) < HEADER.size:
+            raise ValueError("object is truncated (%d bytes)" % len(blob))
+        magic, got_kind, flags = HEADER.unpack_from(blob)
+        if magic != ENVELOPE_MAGIC:
+            raise ValueError("not a repository object (bad magic)")
+        if got_kind != kind:
+            raise ValueError("object kind %d where %d was expected" % (got_kind, kind))
+        body = memoryview(blob)[HEADER.size:]
+        if flags & FLAG_ENCRYPTED:
+            if self._aead is None:
+                raise ValueError("object is encrypted but the repository has no key")
+            nonce = bytes(body[:NONCE_SIZE])
+            try:
+                body = self._aead.decrypt(nonce, bytes(body[NONCE_SIZE:]), bytes(blob[:HEADER.size]) + name.encode("utf-8"))
+            except InvalidTag:
+                raise ValueError("authentication failed (corrupt or tampered)")
+        elif self._aead is not None:
+            raise ValueError("object is not encrypted in an encrypted repository (tampered)")
+        if flags & FLAG_ZSTD:
+            try:
+                return zstandard.ZstdDecompressor().decompress(body)
+            except zstandard.ZstdError as err:
+                raise ValueError("zstd decompression failed: %s" % err)
+        return bytes(body)
+
+
+def _derive(passphrase, salt, params):
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode("utf-8")
+    return Scrypt(salt=salt, length=32, n=int(params["n"]), r=int(params["r"]), p=int(params["p"])).derive(passphrase)
+
+
+def new_compressor(level):
+    """A zstd compressor (one per thread: ZstdCompressor objects are not thread-safe)."""
+    return zstandard.ZstdCompressor(level=level)

@@ -1,0 +1,439 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Where repository objects live: a local directory or an S3-compatible bucket, behind one interface.
+
+An object is named by a ``/``-separated key (``chunks/ab/ab12...``, ``backups/<id>``). Both stores give:
+``put`` (atomic and durable: a reader sees the whole object or nothing), ``get``, ``stat``, ``list``,
+``delete``, ``touch`` (mark an existing object as used now), ``exclusive_lock`` (one prune/GC at a
+time, with expiry so a crashed holder does not block forever) and ``chunk_guard``/``sweep_guard`` (a
+short shared/exclusive section that makes "dedup hit + touch" and "re-check + delete" atomic against
+each other where the medium allows it: flock locally; S3 has no such primitive, see docs/repository.md).
+
+Local: files 0600 and directories 0700; ``put`` writes a temp name in the same directory, fsyncs,
+renames; directories touched are fsynced by ``flush``. S3: single PUTs are atomic; with Object Lock,
+``put`` and ``touch`` set or extend the retention of the object.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+
+try:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+    HAS_BOTO3 = True
+    BOTO3_IMPORT_ERROR = None
+except ImportError:
+    HAS_BOTO3 = False
+    BOTO3_IMPORT_ERROR = traceback.format_exc()
+
+
+class ObjectInfo:
+    """What a store knows about one object: size, modification time and Object Lock retention (epoch s)."""
+
+    def __init__(self, key, size, mtime, retain_until=None):
+        self.key = key
+        self.size = size
+        self.mtime = mtime
+        self.retain_until = retain_until
+
+
+class LockHeld(Exception):
+    """Raised inside the stores when an exclusive lock is taken by someone else."""
+
+
+def open_store(location, s3_options=None, create=False):
+    """The store for ``location``: ``s3://bucket/prefix`` or a local directory path."""
+    if str(location).startswith("s3://"):
+        return S3Store(location, s3_options or {})
+    if s3_options:
+        raise RepositoryError("S3 options were given but the repository location %s is not an s3:// URL." % location,
+                              hint="Use s3://bucket/prefix as the location, or drop the S3 options.")
+    return LocalStore(location, create=create)
+
+
+def make_private_dirs(directory):
+    """Create ``directory`` and any missing parents as 0700 (os.makedirs gives parents the default mode)."""
+    missing = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _owner_text():
+    return "%s pid %d" % (socket.gethostname(), os.getpid())
+
+
+class LocalStore:
+    """Objects as files under a directory."""
+
+    kind = "local"
+
+    def __init__(self, root, create=False):
+        self.root = os.path.abspath(str(root))
+        self.location = self.root
+        self._dirty_dirs = set()
+        self._dirty_lock = threading.Lock()
+        self._known_dirs = set()
+        if create:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)
+
+    def _path(self, key):
+        return os.path.join(self.root, *key.split("/"))
+
+    def _ensure_dir(self, directory):
+        if directory in self._known_dirs:
+            return
+        make_private_dirs(directory)
+        self._known_dirs.add(directory)
+
+    def put(self, key, data, retain_until=None, durable=True):
+        """Write atomically: temp name, fsync, rename. The directory fsync is deferred to ``flush``."""
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, path)
+        with self._dirty_lock:
+            self._dirty_dirs.add(directory)
+
+    def flush(self):
+        """Make every rename done so far durable (fsync of the directories)."""
+        with self._dirty_lock:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        for directory in dirs:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def get(self, key):
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise KeyError(key)
+
+    def stat(self, key):
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix):
+        """Yield ObjectInfo for every object whose key starts with ``prefix`` (a directory path ending in /)."""
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        for directory, _dirs, files in os.walk(base):
+            rel = os.path.relpath(directory, self.root)
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                key = name if rel == "." else "/".join(rel.split(os.sep) + [name])
+                try:
+                    st = os.stat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list_temporary(self, prefix, older_than):
+        """Temp files left by a crash (never visible as objects); GC removes those older than ``older_than``."""
+        base = self._path(prefix.rstrip("/"))
+        for directory, _dirs, files in os.walk(base):
+            for name in files:
+                path = os.path.join(directory, name)
+                if name.startswith(".tmp-"):
+                    try:
+                        if os.stat(path).st_mtime < older_than:
+                            yield path
+                    except FileNotFoundError:
+                        continue
+
+    def remove_temporary(self, path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def delete(self, key):
+        try:
+            os.unlink(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def delete_prefix(self, prefix):
+        for info in list(self.list(prefix)):
+            self.delete(info.key)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._path(prefix.rstrip("/")))
+
+    def touch(self, key, retain_until=None):
+        """Mark an existing object as used now; False if it is gone."""
+        try:
+            os.utime(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def now(self):
+        return time.time()
+
+    @contextlib.contextmanager
+    def _flock(self, name, mode):
+        path = self._path("locks/" + name)
+        self._ensure_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def chunk_guard(self):
+        """Shared section for a writer's "exists? then touch" on a chunk."""
+        return self._flock("chunks", fcntl.LOCK_SH)
+
+    def sweep_guard(self):
+        """Exclusive section for GC's "re-check age, then delete" on chunks."""
+        return self._flock("chunks", fcntl.LOCK_EX)
+
+    @contextlib.contextmanager
+    def exclusive_lock(self, name, purpose, wait_seconds=0, ttl_seconds=None):
+        """Hold the repository-wide lock ``name`` (flock: released by the kernel if the holder dies)."""
+        path = self._path("locks/" + name)
+        self._ensure_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.time() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.time() >= deadline:
+                        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                        raise LockHeld(holder or "another process")
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"owner": _owner_text(), "purpose": purpose, "since": time.time()}).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _epoch(value):
+    if value is None:
+        return None
+    return value.timestamp()
+
+
+class S3Store:
+    """Objects in an S3-compatible bucket under an optional prefix (boto3)."""
+
+    kind = "s3"
+
+    def __init__(self, location, options):
+        if not HAS_BOTO3:
+            raise RepositoryError("An S3 repository needs the Python library boto3.",
+                                  hint="Install it on the host that runs the module: pip install boto3")
+        rest = location[len("s3://"):]
+        self.bucket, _sep, prefix = rest.partition("/")
+        if not self.bucket:
+            raise RepositoryError("S3 location %s has no bucket name." % location, hint="Use s3://bucket/prefix.")
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.location = location
+        self.lock_mode = (options.get("object_lock_mode") or "COMPLIANCE").upper()
+        session = boto3.session.Session(
+            aws_access_key_id=options.get("access_key"), aws_secret_access_key=options.get("secret_key"),
+            aws_session_token=options.get("session_token"), profile_name=options.get("profile"),
+            region_name=options.get("region") or "us-east-1")
+        config = botocore.config.Config(max_pool_connections=int(options.get("max_connections") or 16),
+                                        retries={"max_attempts": 5, "mode": "standard"})
+        self.client = session.client("s3", endpoint_url=options.get("endpoint_url"),
+                                     verify=options.get("ca_bundle") or options.get("validate_certs", True),
+                                     config=config)
+
+    def _key(self, key):
+        return self.prefix + key
+
+    def _error(self, err, what):
+        code = err.response.get("Error", {}).get("Code", "")
+        return RepositoryError("S3 %s failed on %s: %s" % (what, self.location, code or err),
+                               hint="Check the bucket name, endpoint, credentials and permissions.", s3_error=code)
+
+    def check_bucket(self):
+        """Return the bucket's Object Lock state (True/False); clear error if it cannot be reached."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as err:
+            raise self._error(err, "access to bucket %s" % self.bucket)
+        except botocore.exceptions.BotoCoreError as err:
+            raise RepositoryError("Cannot reach S3 endpoint for %s: %s" % (self.location, err),
+                                  hint="Check endpoint_url and the network.")
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            return conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except botocore.exceptions.ClientError:
+            return False
+
+    def _lock_args(self, retain_until):
+        if retain_until is None:
+            return {}
+        return {"ObjectLockMode": self.lock_mode,
+                "ObjectLockRetainUntilDate": datetime.datetime.fromtimestamp(retain_until, datetime.timezone.utc)}
+
+    def put(self, key, data, retain_until=None, durable=True):
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data), **self._lock_args(retain_until))
+        except botocore.exceptions.ClientError as err:
+            raise self._error(err, "upload of %s" % key)
+
+    def flush(self):
+        """Nothing to do: an acknowledged PUT is durable."""
+
+    def get(self, key):
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key)
+            raise self._error(err, "download of %s" % key)
+
+    def stat(self, key):
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._error(err, "stat of %s" % key)
+        return ObjectInfo(key, head["ContentLength"], _epoch(head["LastModified"]), _epoch(head.get("ObjectLockRetainUntilDate")))
+
+    def list(self, prefix):
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], _epoch(item["LastModified"]))
+        except botocore.exceptions.ClientError as err:
+            raise self._error(err, "listing of %s" % prefix)
+
+    def list_temporary(self, prefix, older_than):
+        """S3 has no temp objects: an interrupted PUT leaves nothing."""
+        return iter(())
+
+    def remove_temporary(self, path):
+        """Nothing to remove on S3."""
+
+    def delete(self, key):
+        """Delete (on a versioned/locked bucket this adds a delete marker; locked versions stay)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "AccessDenied":
+                return False
+            raise self._error(err, "delete of %s" % key)
+
+    def delete_prefix(self, prefix):
+        for info in list(self.list(prefix)):
+            self.delete(info.key)
+
+    def touch(self, key, retain_until=None):
+        """Mark an existing object as used now: extend its retention (Object Lock) or copy it onto itself."""
+        try:
+            if retain_until is not None:
+                info = self.stat(key)
+                if info is None:
+                    return False
+                if info.retain_until is None or info.retain_until < retain_until:
+                    self.client.put_object_retention(
+                        Bucket=self.bucket, Key=self._key(key),
+                        Retention={"Mode": self.lock_mode, "RetainUntilDate": datetime.datetime.fromtimestamp(
+                            retain_until, datetime.timezone.utc)})
+                return True
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(key), MetadataDirective="REPLACE",
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(key)},
+                                    Metadata={"touched": "%d" % time.time()})
+            return True
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._error(err, "touch of %s" % key)
+
+    def now(self):
+        return time.time()
+
+    def chunk_guard(self):
+        return contextlib.nullcontext()
+
+    def sweep_guard(self):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def exclusive_lock(self, name, purpose, wait_seconds=0, ttl_seconds=3600):
+        """A lock object created only if absent (conditional PUT); an expired one is taken over."""
+        key = self._key("locks/" + name)
+        token = uuid.uuid4().hex
+        deadline = time.time() + wait_seconds
+        while True:
+            body = json.dumps({"owner": _owner_text(), "purpose": purpose, "token": token,
+                               "expires": time.time() + ttl_seconds}).encode()
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                break
+            except botocore.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                    raise self._error(err, "lock %s" % name)
+            try:
+                held = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            except (botocore.exceptions.ClientError, ValueError):
+                held = {"expires": 0}
+            if held.get("expires", 0) < time.time():
+                # Expired: the holder died. Remove it and race again through the conditional PUT.
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+                continue
+            if time.time() >= deadline:
+                raise LockHeld("%s (%s)" % (held.get("owner", "unknown"), held.get("purpose", "")))
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(botocore.exceptions.ClientError):
+                self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,0 +1,297 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The virtual disk API the rest of the collection uses: open, read and write VHDX/AVHDX/VHD files.
+
+``open_disk`` recognises the format by signature, follows differencing parents (always confirming
+the parent linkage) and returns a ``VirtualDisk`` that reads through the whole chain.
+``create_vhdx`` / ``open_vhdx_for_write`` / ``write_vhdx_from`` write VHDX files (see
+``vhdx_writer``). ``disk_info`` describes one file without opening its parents.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
+from ansible_collections.hyperv.backup.plugins.module_utils.vhd import VHD_COOKIE, VhdImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+    FILE_SIGNATURE, RUN_DATA, RUN_PARENT, MiB, VhdxImage)
+from ansible_collections.hyperv.backup.plugins.module_utils.vhdx_writer import VhdxWriter, create_vhdx_file
+
+MAX_CHAIN_DEPTH = 128
+_ZEROS = bytes(MiB)
+
+
+def open_layer(path):
+    """Open one file (no parents) as a VhdxImage or VhdImage, by its signature."""
+    path = str(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 512))
+            tail = handle.read(512)
+    except OSError as err:
+        raise VirtualDiskError(path, "cannot open the file: %s" % err.strerror,
+                               hint="Check that the path exists and is readable by this user.")
+    if head == FILE_SIGNATURE:
+        return VhdxImage(path)
+    if head == VHD_COOKIE or tail[:8] == VHD_COOKIE or tail[1:9] == VHD_COOKIE:
+        return VhdImage(path)
+    raise VirtualDiskError(path, "not a VHDX or VHD file (no 'vhdxfile' signature and no 'conectix' footer)",
+                           hint="Check the path; only VHDX, AVHDX and VHD files are supported.")
+
+
+def _parent_candidates(child_path, hints, search_paths):
+    """Paths to try for a parent, best first: relative path, absolute path, then by file name."""
+    child_dir = os.path.dirname(os.path.abspath(child_path))
+    out = []
+    for kind, value in hints:
+        posix = value.replace("\\", "/")
+        if kind == "relative":
+            while posix.startswith("./"):
+                posix = posix[2:]
+            out.append(os.path.normpath(os.path.join(child_dir, posix)))
+        elif os.path.isabs(posix):
+            out.append(posix)
+    names = []
+    for _kind, value in hints:
+        name = value.replace("\\", "/").rsplit("/", 1)[-1]
+        if name and name not in names:
+            names.append(name)
+    for directory in [child_dir] + [str(p) for p in (search_paths or [])]:
+        for name in names:
+            out.append(os.path.join(directory, name))
+    unique = []
+    for candidate in out:
+        if candidate not in unique:
+            unique.append(candidate)
+    return unique
+
+
+def _open_parent(child, search_paths, chain_real_paths):
+    tried, mismatches = [], []
+    for candidate in _parent_candidates(child.path, child.parent_hints(), search_paths):
+        tried.append(candidate)
+        if not os.path.isfile(candidate):
+            continue
+        if os.path.realpath(candidate) in chain_real_paths:
+            raise VirtualDiskError(child.path, "the parent chain loops back to %s" % candidate,
+                                   hint="The differencing chain is corrupt (a cycle).")
+        parent = open_layer(candidate)
+        problem = child.parent_mismatch(parent)
+        if problem is None:
+            return parent
+        parent.close()
+        mismatches.append("%s: %s" % (candidate, problem))
+    if mismatches:
+        raise VirtualDiskError(child.path, "parent linkage mismatch: " + "; ".join(mismatches),
+                               hint="The parent was modified after this child was created (or it is another disk); "
+                                    "use the parent that belongs to this checkpoint chain.")
+    raise VirtualDiskError(child.path, "the parent disk was not found (tried: %s)" % ", ".join(tried),
+                           hint="Copy the whole chain into one directory or pass its directory in search_paths.")
+
+
+def open_disk(path, search_paths=None):
+    """Open a VHDX, AVHDX or VHD with its whole differencing chain; returns a VirtualDisk."""
+    layers = [open_layer(path)]
+    try:
+        real_paths = {os.path.realpath(layers[0].path)}
+        while layers[-1].has_parent:
+            if len(layers) >= MAX_CHAIN_DEPTH:
+                raise VirtualDiskError(path, "the differencing chain is deeper than %d files" % MAX_CHAIN_DEPTH,
+                                       hint="Merge checkpoints on the host before backing up.")
+            parent = _open_parent(layers[-1], search_paths, real_paths)
+            layers.append(parent)
+            real_paths.add(os.path.realpath(parent.path))
+            if parent.logical_sector_size != layers[0].logical_sector_size:
+                raise VirtualDiskError(parent.path, "logical sector size %d differs from the child's %d"
+                                       % (parent.logical_sector_size, layers[0].logical_sector_size))
+    except BaseException:
+        for layer in layers:
+            layer.close()
+        raise
+    return VirtualDisk(layers)
+
+
+class VirtualDisk:
+    """A readable virtual disk: the top file and its parents, read through as one disk."""
+
+    def __init__(self, layers):
+        self._layers = layers
+        top = layers[0]
+        self.path = top.path
+        self.chain = [layer.path for layer in layers]
+        self.virtual_size = top.virtual_size
+        self.logical_sector_size = top.logical_sector_size
+        self.physical_sector_size = top.physical_sector_size
+        self.block_size = top.block_size
+        self.format = top.format_name
+
+    def read(self, offset, length):
+        """Return exactly ``length`` bytes from ``offset``; raise past the end."""
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def readinto(self, offset, buffer):
+        view = memoryview(buffer).cast("B")
+        if self._layers is None:
+            raise VirtualDiskError(self.path, "read after close")
+        if offset < 0 or offset + len(view) > self.virtual_size:
+            raise VirtualDiskError(self.path, "read of %d bytes at offset %d is outside the %d-byte disk"
+                                   % (len(view), offset, self.virtual_size))
+        self._read_layer(0, offset, view)
+
+    def _read_layer(self, depth, offset, view):
+        layer = self._layers[depth]
+        length = len(view)
+        inside = max(0, min(length, layer.virtual_size - offset))
+        if inside < length:
+            _zero(view[inside:])
+        if not inside:
+            return
+        for run_offset, run_length, kind, file_offset in layer.runs(offset, inside):
+            sub = view[run_offset - offset:run_offset - offset + run_length]
+            if kind == RUN_DATA:
+                layer.read_data(sub, file_offset)
+            elif kind == RUN_PARENT and depth + 1 < len(self._layers):
+                self._read_layer(depth + 1, run_offset, sub)
+            else:
+                _zero(sub)
+
+    def allocated_ranges(self):
+        """Merged, sorted [(offset, length)] that may hold non-zero data, from the BATs of the chain."""
+        return [(start, end - start) for start, end in self._allocated(0)]
+
+    def _allocated(self, depth):
+        layer = self._layers[depth]
+        own, through = [], []
+        for start, length, kind in layer.block_map():
+            if kind == RUN_DATA:
+                own.append((start, start + length))
+            elif kind == RUN_PARENT:
+                through.append((start, start + length))
+        if through and depth + 1 < len(self._layers):
+            own.extend(_intersect(through, self._allocated(depth + 1)))
+        return _merge(own)
+
+    def close(self):
+        if self._layers:
+            for layer in self._layers:
+                layer.close()
+        self._layers = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _zero(view):
+    position = 0
+    while position < len(view):
+        step = min(len(_ZEROS), len(view) - position)
+        view[position:position + step] = _ZEROS[:step]
+        position += step
+
+
+def _merge(intervals):
+    out = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _intersect(a, b):
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        start = max(a[i][0], b[j][0])
+        end = min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def create_vhdx(path, virtual_size, block_size=32 * MiB, logical_sector_size=512, physical_sector_size=4096,
+                parent=None, parent_absolute_path=None):
+    """Create a dynamic VHDX (or a differencing one on ``parent``) and return its VhdxWriter.
+
+    ``virtual_size`` may be None with a parent (the child takes the parent's size).
+    ``parent_absolute_path`` overrides the absolute_win32_path locator entry (e.g. a Windows path).
+    """
+    return create_vhdx_file(path, virtual_size, block_size, logical_sector_size, physical_sector_size,
+                            parent, parent_absolute_path)
+
+
+def open_vhdx_for_write(path):
+    """Open an existing dynamic or differencing VHDX for random-access writes."""
+    return VhdxWriter(path)
+
+
+def write_vhdx_from(path, source, virtual_size, block_size=32 * MiB, logical_sector_size=512,
+                    physical_sector_size=4096):
+    """Write a whole image into a new dynamic VHDX at ``path``, skipping all-zero blocks.
+
+    ``source`` is ``read_at(offset, length) -> bytes`` or an object with such a ``read`` method.
+    The file is built as ``path + '.partial'`` and renamed at the end, so ``path`` never holds a half
+    file. Returns {path, virtual_size, allocated_bytes}.
+    """
+    read_at = source if callable(source) else source.read
+    path = str(path)
+    partial = path + ".partial"
+    if os.path.exists(partial):
+        os.unlink(partial)
+    allocated = 0
+    try:
+        with create_vhdx(partial, virtual_size, block_size, logical_sector_size, physical_sector_size) as writer:
+            zero_block = bytes(block_size)
+            for offset in range(0, virtual_size, block_size):
+                length = min(block_size, virtual_size - offset)
+                data = read_at(offset, length)
+                if len(data) != length:
+                    raise VirtualDiskError(path, "the source returned %d bytes at offset %d, expected %d"
+                                           % (len(data), offset, length), hint="The source image is shorter than the disk.")
+                if data == zero_block[:length]:
+                    continue
+                writer.write(offset, data)
+                allocated += length
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    return {"path": path, "virtual_size": virtual_size, "allocated_bytes": allocated}
+
+
+def disk_info(path):
+    """Describe one VHDX/AVHDX/VHD file (without opening its parents)."""
+    layer = open_layer(path)
+    try:
+        info = layer.info()
+        parent_path = None
+        if layer.has_parent:
+            try:
+                parent = _open_parent(layer, None, {os.path.realpath(layer.path)})
+                parent_path = parent.path
+                parent.close()
+            except VirtualDiskError:
+                parent_path = None
+        info["parent_path"] = parent_path
+        return info
+    finally:
+        layer.close()

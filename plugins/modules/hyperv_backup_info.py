@@ -1,0 +1,181 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module hyperv_backup_info: list the backups in the repository catalog."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: hyperv_backup_info
+short_description: List Hyper-V backups in the backup repository
+version_added: 0.1.0
+description:
+  - Lists the backups in the repository catalog, newest last, with per-disk sizes, type, method, consistency and state.
+  - The catalog is brought up to date from the backup records first, so a lost or stale catalog is rebuilt.
+  - Runs on the controller or the backup proxy that holds the repository; use C(delegate_to).
+author:
+  - hyperv.backup contributors
+extends_documentation_fragment:
+  - hyperv.backup.repository
+options:
+  vm_name:
+    description: Only backups of the VM with this name.
+    type: str
+  vm_id:
+    description: Only backups of the VM with this id (GUID).
+    type: str
+  source_host:
+    description: Only backups taken from this Hyper-V host (case-insensitive).
+    type: str
+  since:
+    description: Only backups created at or after this time (ISO 8601, for example C(2026-11-01) or C(2026-11-01T00:00:00Z)).
+    type: str
+  until:
+    description: Only backups created at or before this time (ISO 8601).
+    type: str
+  backup_id:
+    description: Only this backup.
+    type: str
+  include_in_progress:
+    description: Also list backups being written now (state C(in_progress)) and ones whose writer died (C(abandoned)).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: List the backups of web01 from this month
+  hyperv.backup.hyperv_backup_info:
+    repository: /srv/hyperv-backup
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    vm_name: web01
+    since: "2026-11-01"
+  delegate_to: backup-proxy
+  register: web01_backups
+
+- name: Show the newest one
+  ansible.builtin.debug:
+    msg: "{{ web01_backups.backups | last }}"
+"""
+
+RETURN = r"""
+backups:
+  description: The matching backups, oldest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    backup_id:
+      description: Id of the backup (sortable by time).
+      type: str
+      sample: 20261125T061911Z-d083c6579554
+    vm_id:
+      description: Id of the VM.
+      type: str
+    vm_name:
+      description: Name of the VM when it was backed up.
+      type: str
+    host:
+      description: Hyper-V host the backup was taken from.
+      type: str
+    created:
+      description: When the backup started (ISO 8601 UTC).
+      type: str
+    completed:
+      description: When it was committed (ISO 8601 UTC).
+      type: str
+    type:
+      description: C(full) or C(incremental).
+      type: str
+    method:
+      description: How it was read (C(rct) or C(vss)).
+      type: str
+    consistency:
+      description: C(application) or C(crash).
+      type: str
+    state:
+      description: C(complete), C(damaged) (the last verify found problems), C(in_progress) or C(abandoned).
+      type: str
+    parent_backup_id:
+      description: The backup an incremental was based on.
+      type: str
+    virtual_size:
+      description: Sum of the virtual sizes of the disks, in bytes.
+      type: int
+    stored_bytes:
+      description: Bytes this backup added to the repository (after dedup and compression).
+      type: int
+    disks:
+      description: Per disk C(disk_key), C(virtual_size), C(chunk_count), C(stored_bytes), C(referenced_bytes), C(rct_id).
+      type: list
+      elements: dict
+vms:
+  description: Per VM in the result, its id, name, number of backups and newest backup.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"vm_id": "0b7e...", "vm_name": "web01", "backups": 14, "latest_backup_id": "20261125T061911Z-d083c6579554"}]
+repository:
+  description: Facts about the repository (no secrets).
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import (
+    backup_result, open_repository, repository_argument_spec,
+)
+
+
+def run(params):
+    repo = open_repository(params)
+    records = repo.list_backups(host=params["source_host"], since=params["since"], until=params["until"],
+                                include_in_progress=params["include_in_progress"])
+    records = [r for r in records
+               if (not params["vm_name"] or r.vm_name == params["vm_name"])
+               and (not params["vm_id"] or (r.vm_id or "").lower() == params["vm_id"].lower().strip("{}"))
+               and (not params["backup_id"] or r.backup_id == params["backup_id"])]
+    vms = {}
+    for record in records:
+        entry = vms.setdefault(record.vm_id, {"vm_id": record.vm_id, "vm_name": record.vm_name, "backups": 0})
+        entry["backups"] += 1
+        entry["latest_backup_id"] = record.backup_id
+    return {"changed": False, "backups": [backup_result(r) for r in records], "vms": list(vms.values()),
+            "repository": repo.describe()}
+
+
+def main():
+    spec = repository_argument_spec()
+    spec.update(
+        vm_name=dict(type="str"),
+        vm_id=dict(type="str"),
+        source_host=dict(type="str"),
+        since=dict(type="str"),
+        until=dict(type="str"),
+        backup_id=dict(type="str"),
+        include_in_progress=dict(type="bool", default=False),
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    for name, present, error in (("blake3", repository_crypto.HAS_BLAKE3, repository_crypto.BLAKE3_IMPORT_ERROR),
+                                 ("zstandard", repository_crypto.HAS_ZSTANDARD, repository_crypto.ZSTANDARD_IMPORT_ERROR)):
+        if not present:
+            module.fail_json(msg=missing_required_lib(name), exception=error)
+    try:
+        module.exit_json(**run(module.params))
+    except HyperVBackupError as err:
+        module.fail_json(msg=str(err), **err.details())
+
+
+if __name__ == "__main__":
+    main()
