@@ -42,21 +42,6 @@ def _refuse_operation(category, message, hint=None, windows_error=None):
     raise LabError(message, hint=hint, category=category, windows_error=windows_error)
 
 
-class LabFleet:
-    """All lab hosts under one directory."""
-
-    def __init__(self, lab_directory):
-        self.lab_directory = os.path.abspath(lab_directory)
-
-    def host_names(self):
-        if not os.path.isdir(self.lab_directory):
-            return []
-        return sorted(name for name in os.listdir(self.lab_directory) if LabLayout(self.lab_directory, name).exists())
-
-    def layout(self, host):
-        return LabLayout(self.lab_directory, host)
-
-
 # --- hosts ---------------------------------------------------------------------------------
 
 def _normalise_services(services):
@@ -414,8 +399,9 @@ def migrate_vm(layout, vm_name, target_host, check_mode=False):
         _refuse("migration target lab host %s does not exist" % target_host)
     target_doc = target.read_host()
     if version_tuple(vm["configuration_version"]) > version_tuple(ERAS[target_doc["era"]]["max_config"]):
-        _refuse("VM %s has configuration version %s; %s supports up to %s" % (vm["name"], vm["configuration_version"],
-                                                                          target_host, ERAS[target_doc["era"]]["max_config"]))
+        _refuse("VM %s has configuration version %s; %s supports up to %s"
+                % (vm["name"], vm["configuration_version"], target_host, ERAS[target_doc["era"]]["max_config"]),
+                hint="Migrate it to a newer host.")
     if check_mode:
         return True
     first, second = sorted([layout, target], key=lambda item: item.host)

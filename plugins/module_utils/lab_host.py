@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import os
 
 from ansible_collections.hyperv.backup.plugins.module_utils import lab_rct, lab_vm
@@ -37,6 +38,8 @@ WMI_INVALID_PARAMETER = "32773"
 WMI_FILE_NOT_FOUND = "32779"
 VSS_E_WRITERERROR_RETRYABLE = "0x800423F3"
 VSS_E_SNAPSHOT_SET_IN_PROGRESS = "0x80042316"
+# Operations that do not go through the Hyper-V management service (vmms).
+HOST_LEVEL_OPERATIONS = ("get_host_info", "get_service", "start_service", "get_disk_changes")
 
 
 class LabHost:
@@ -60,6 +63,8 @@ class LabHost:
         except ValueError as exc:
             self.fail("failed", str(exc), hint="This is a bug in the caller; the lab host takes what host_operations documents.")
         host_doc = self._reachable_host()
+        if operation_name not in HOST_LEVEL_OPERATIONS:
+            self._require_running(host_doc, "vmms", "Hyper-V cannot manage virtual machines without it")
         try:
             return getattr(self, "op_" + operation_name)(host_doc, **checked)
         except VirtualDiskError as exc:
@@ -240,7 +245,6 @@ class LabHost:
                                "'vss_writer_failed').", windows_error=VSS_E_WRITERERROR_RETRYABLE)
         else:
             self.fail("unsupported", "method %r is not 'rct' or 'vss'" % (method,))
-        self._require_running(host_doc, "vmms", "it manages the VMs")
 
     def _check_csv_one_at_a_time(self, host_doc, vm):
         """2008 R2 CSV with only the software provider: one VSS backup per CSV at a time."""
@@ -256,9 +260,10 @@ class LabHost:
                           windows_error=VSS_E_SNAPSHOT_SET_IN_PROGRESS)
 
     def op_create_recovery_point(self, host_doc, vm_id, method, consistency, tag):
-        self._vm(vm_id)
-        # The CSV rule looks at other VMs, so the host lock is held too (always host before VM).
-        with self.layout.host_lock():
+        vm = self._vm(vm_id)
+        # The CSV rule looks at other VMs, so then the host lock is held too (always host before VM).
+        csv_rule = method == "vss" and host_doc["era"] == "2008r2" and vm.get("csv")
+        with (self.layout.host_lock() if csv_rule else contextlib.nullcontext()):
             with self.layout.vm_lock(vm_id):
                 vm = self._vm(vm_id)
                 self._check_method(host_doc, vm, method)
@@ -429,6 +434,23 @@ class LabTransport(LabHost):
 
     def close(self):
         """Nothing to close (no connection); present for the session layer."""
+
+
+class LabFleet:
+    """All lab hosts under one directory."""
+
+    def __init__(self, lab_directory):
+        self.lab_directory = os.path.abspath(lab_directory)
+
+    def host_names(self):
+        """Names of the lab hosts that exist (a directory with a host.json)."""
+        if not os.path.isdir(self.lab_directory):
+            return []
+        return sorted(name for name in os.listdir(self.lab_directory)
+                      if not name.startswith(".") and LabLayout(self.lab_directory, name).exists())
+
+    def host(self, name):
+        return LabHost(self.lab_directory, name)
 
 
 def operation_names():

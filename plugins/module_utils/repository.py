@@ -718,7 +718,7 @@ class BackupSession:
                         self.known_chunks.add(cid)
                     return cid, 0, "dedup"
         blob = repo.keys.seal(KIND_CHUNK, key, data, repo.compressor())
-        repo.store.put(key, blob, retain_until=self.retain_until)
+        repo.store.put(key, blob, retain_until=self.retain_until, durable=False)   # synced in batch by commit
         with self._lock:
             self.known_chunks.add(cid)
         return cid, len(blob), "new"

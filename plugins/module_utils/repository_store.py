@@ -94,6 +94,7 @@ class LocalStore:
         self.root = os.path.abspath(str(root))
         self.location = self.root
         self._dirty_dirs = set()
+        self._unsynced = []
         self._dirty_lock = threading.Lock()
         self._known_dirs = set()
         if create:
@@ -110,7 +111,7 @@ class LocalStore:
         self._known_dirs.add(directory)
 
     def put(self, key, data, retain_until=None, durable=True):
-        """Write atomically: temp name, fsync, rename. The directory fsync is deferred to ``flush``."""
+        """Write atomically: temp name, rename; fsync now (``durable``) or in the next ``flush`` (batched)."""
         path = self._path(key)
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
@@ -131,13 +132,24 @@ class LocalStore:
         os.rename(tmp, path)
         with self._dirty_lock:
             self._dirty_dirs.add(directory)
+            if not durable:
+                self._unsynced.append(path)
 
     def flush(self):
-        """Make every rename done so far durable (fsync of the directories)."""
+        """Make everything written so far durable: fsync of the files written lazily, then of the directories.
+
+        Chunks are written without an fsync each and synced here in one batch before the manifest that refers to
+        them is written: the kernel then writes them back together, which is several times faster on this kind of
+        disk than one synchronous flush per chunk, with the same guarantee at commit.
+        """
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
-        for directory in dirs:
-            fd = os.open(directory, os.O_RDONLY)
+            files, self._unsynced = self._unsynced, []
+        for path in files + sorted(dirs):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue        # removed since (a chunk deleted by GC after its writer died)
             try:
                 os.fsync(fd)
             finally:

@@ -6,7 +6,9 @@
 A fixed bootstrap (``BOOTSTRAP``, sent with -EncodedCommand) reads one line from stdin: base64 of a
 JSON document ``{"script": text, "parameters": {...}}``. It turns the script text into a script
 block and calls it with the parameters splatted, so user values stay parameters here too, never
-script text. The script is sent over stdin because it is longer than a command line may be.
+script text. The script is sent over stdin because it is longer than a command line may be. This is
+the pattern of ansible-core's own ``executor/powershell/bootstrap_wrapper.ps1`` (stdin JSON with
+script and params, splatted), which runs with ``-EncodedCommand`` over WinRM the same way.
 """
 
 from __future__ import absolute_import, division, print_function

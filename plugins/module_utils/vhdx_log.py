@@ -55,6 +55,8 @@ def parse_entry(ring, position, log_length, log_guid_bytes):
     if crc32c(entry) != checksum:
         return None
     descriptor_area = -(-(ENTRY_HEADER.size + count * DESCRIPTOR.size) // LOG_SECTOR) * LOG_SECTOR
+    if descriptor_area > length:
+        return None
     data_position = descriptor_area
     writes = []
     for index in range(count):

@@ -18,7 +18,7 @@ description:
   - The catalog is brought up to date from the backup records first, so a lost or stale catalog is rebuilt.
   - Runs on the controller or the backup proxy that holds the repository; use C(delegate_to).
 author:
-  - hyperv.backup contributors
+  - hyperv.backup contributors (@hyperv-backup)
 extends_documentation_fragment:
   - hyperv.backup.repository
 options:
@@ -46,10 +46,16 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying the repository.
     support: full
     details: The module only reads.
   diff_mode:
+    description: Will return details on what has changed, when in diff mode.
     support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 """
 
 EXAMPLES = r"""

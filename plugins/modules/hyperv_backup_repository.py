@@ -23,7 +23,7 @@ description:
     no remaining backup references.
   - Runs on the controller or the backup proxy that holds the repository; use C(delegate_to).
 author:
-  - hyperv.backup contributors
+  - hyperv.backup contributors (@hyperv-backup)
 extends_documentation_fragment:
   - hyperv.backup.repository
 options:
@@ -90,10 +90,16 @@ options:
     default: 0
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying the repository.
     support: full
     details: O(state=present) reports whether it would create; O(state=pruned) reports what would be removed; O(state=verified) reads only.
   diff_mode:
+    description: Will return details on what has changed, when in diff mode.
     support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 notes:
   - Several backups (of different VMs) may write to one repository at once; prune waits for nobody but never
     removes what a running backup has just referenced.
@@ -153,7 +159,7 @@ repository:
            "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 1}
 verify:
   description:
-    - The verify report; RV(verify.backups) lists per backup C(ok), C(missing_chunks) and C(corrupt_chunks)
+    - The verify report; C(backups) lists per backup C(ok), C(missing_chunks) and C(corrupt_chunks)
       (each with C(disk_key), C(offset), C(chunk_id)), C(missing_count), C(corrupt_count) and C(problems).
   returned: when O(state=verified)
   type: dict

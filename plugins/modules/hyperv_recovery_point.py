@@ -64,9 +64,20 @@ options:
   previous_method:
     description:
       - The method of the VM's earlier recovery points (usually the method of its latest backup in the repository).
-      - Not set means the VM has no earlier backup.
+      - When not set and O(repository) is given, the method of the VM's latest complete backup in the repository is used.
+      - Not set and no O(repository) means the VM has no earlier backup.
     type: str
     choices: [rct, vss]
+    version_added: 0.1.0
+  repository:
+    description:
+      - The backup repository to look up O(previous_method) in (the method of the VM's latest complete backup).
+      - A local directory path, or C(s3://bucket/prefix) for S3-compatible object storage. The other C(repository_*)
+        options say how to open it.
+      - Optional here, unlike in the backup modules. If the value is not specified in the task, the value of environment
+        variable E(HYPERV_BACKUP_REPOSITORY) will be used instead.
+    type: str
+    required: false
     version_added: 0.1.0
   consistency:
     description:
@@ -99,6 +110,7 @@ options:
     version_added: 0.1.0
 extends_documentation_fragment:
   - hyperv.backup.connection
+  - hyperv.backup.repository
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -174,6 +186,16 @@ method_reason:
   returned: when O(state=present)
   type: str
   sample: host and VM meet the RCT rules (Windows Server 2016+, configuration version 6.2+, VHDX disks); first backup ...
+previous_method:
+  description: The method of the VM's earlier backups used for the choice (null when it has none).
+  returned: when O(state=present)
+  type: str
+  sample: vss
+previous_method_source:
+  description: Where RV(previous_method) came from (the option, the repository's latest backup, or nothing).
+  returned: when O(state=present)
+  type: str
+  sample: latest backup 20261124T220000Z-web01 in the repository
 full_required:
   description: Whether the backup of this point must be a full backup (no usable change-tracking chain).
   returned: when O(state=present)
@@ -271,6 +293,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
 
 
 def _find_vm(session, params, vms):
@@ -286,6 +309,18 @@ def _find_vm(session, params, vms):
     return wanted[0]
 
 
+def previous_method_of(params, vm):
+    """(method, source): the option when given, else the method of the VM's latest backup in the repository."""
+    if params["previous_method"]:
+        return params["previous_method"], "previous_method option"
+    if not params["repository"]:
+        return None, "no previous_method and no repository given: treated as the VM's first backup"
+    record = open_repository(params).latest_backup(vm["id"])
+    if record is None:
+        return None, "the repository has no complete backup of VM %s" % vm["name"]
+    return record.method, "latest backup %s in the repository" % record.backup_id
+
+
 def present(module, session):
     params = module.params
     run_id = params["run_id"] or rp.new_run_id()
@@ -296,10 +331,12 @@ def present(module, session):
     if params["cleanup_stale"]:
         stale = [dict(p, vm=vm["name"]) for p in rp.clean_stale(session, vm["id"], keep_run_id=run_id, check_mode=module.check_mode)]
         vms = session.run("get_vms")
-    eligibility, decision = rp.decide_method(host_facts, vm, params["method"], params["previous_method"])
+    previous_method, previous_source = previous_method_of(params, vm)
+    eligibility, decision = rp.decide_method(host_facts, vm, params["method"], previous_method)
     queue = rp.check_serialization(session, host_facts, _find_vm(session, params, vms), vms)
     result = dict(changed=True, run_id=run_id, method=decision.method, method_reason=decision.reason,
                   full_required=decision.full_required, rct=eligibility.to_dict(),
+                  previous_method=previous_method, previous_method_source=previous_source,
                   serialization_key=queue["serialization_key"], stale_removed=stale,
                   recovery_point=None, consistency=None, consistency_fallback=False)
     if module.check_mode:
@@ -325,6 +362,9 @@ def cleaned(module, session):
 
 def main():
     argument_spec = connection_argument_spec()
+    argument_spec.update(repository_argument_spec())
+    # only used to look up previous_method, so optional here (the backup modules require it)
+    argument_spec["repository"] = dict(argument_spec["repository"], required=False)
     argument_spec.update(
         vm=dict(type="str"),
         vm_id=dict(type="str"),

@@ -64,7 +64,7 @@ def run_play(play, work_dir, timeout=PLAY_TIMEOUT):
     })
     env.pop("HYPERV_HOST", None)
     proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "localhost,", str(playbook)], cwd=str(work_dir), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     return PlaybookResult(proc.returncode, proc.stdout + proc.stderr, playbook)
 
 

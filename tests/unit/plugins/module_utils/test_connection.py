@@ -141,8 +141,8 @@ def test_dispatch_to_lab_transport_is_lazy(monkeypatch, tmp_path):
     fake = types.ModuleType("lab_host")
     fake.LabTransport = FakeLab
     monkeypatch.setitem(sys.modules, "ansible_collections.hyperv.backup.plugins.module_utils.lab_host", fake)
-    session = HostSession.from_module_params(params(transport="lab", lab_directory=str(tmp_path), host="lab1",
-                                                     username=None, password=None))
+    lab_params = params(transport="lab", lab_directory=str(tmp_path), host="lab1", username=None, password=None)
+    session = HostSession.from_module_params(lab_params)
     assert session.run("get_host_info") == {"computer_name": "lab1"}
     assert seen["args"] == (str(tmp_path), "lab1")
     assert connection.TRANSPORTS == ("psrp", "winrm", "lab")

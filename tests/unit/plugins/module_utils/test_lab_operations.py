@@ -7,7 +7,7 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils import host_operations as ops
 from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport, operation_names
+from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabFleet, LabTransport, operation_names
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk, write_vhdx_from
 
 from test_lab_helpers import TAG, build_host
@@ -267,3 +267,23 @@ def test_import_refuses_a_configuration_newer_than_the_host(tmp_path, lab):
     _old_layout, old, _ = build_host(tmp_path, host="old", era="2016", vms=())
     error = category_of(old, "import_vm", {"configuration": config, "disk_paths": [], "generate_new_id": True})
     assert error.category == "unsupported"
+
+
+def test_fleet_lists_hosts(tmp_path):
+    build_host(tmp_path, host="hv02", vms=())
+    build_host(tmp_path, host="hv01", vms=())
+    (tmp_path / "not-a-host").mkdir()
+    fleet = LabFleet(str(tmp_path))
+    assert fleet.host_names() == ["hv01", "hv02"]
+    assert fleet.host("hv02").run("get_host_info", {})["computer_name"] == "HV02"
+
+
+def test_vm_operations_need_the_vmms_service(lab):
+    layout, transport, ids = lab
+    lab_admin.ensure_host(layout, services={"vmms": "Stopped"})
+    error = category_of(transport, "get_vms", {})
+    assert error.category == "service" and "vmms" in str(error)
+    assert category_of(transport, "create_recovery_point", {"vm_id": ids["web01"], "method": "rct", "consistency": "application",
+                                                            "tag": TAG}).category == "service"
+    assert transport.run("start_service", {"name": "vmms"})["changed"] is True
+    assert len(transport.run("get_vms", {})) == 2

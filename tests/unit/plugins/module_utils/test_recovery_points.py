@@ -160,8 +160,8 @@ def test_convert_refuses_vss_points_and_unknown_ids():
 
 def test_2008r2_csv_sibling_holding_a_point_is_busy():
     csv = "C:\\ClusterStorage\\Volume1"
-    session = FakeHostSession(build=7601, vms=[make_vm("a", csv_path=csv), make_vm("b", csv_path=csv),
-                                                  make_vm("c", csv_path="C:\\ClusterStorage\\Volume2")])
+    vms = [make_vm("a", csv_path=csv), make_vm("b", csv_path=csv), make_vm("c", csv_path="C:\\ClusterStorage\\Volume2")]
+    session = FakeHostSession(build=7601, vms=vms)
     vms = session.run("get_vms")
     facts = session.run("get_host_info")
     assert rp.check_serialization(session, facts, vms[0], vms)["serialization_key"] == "hv01:csv:" + csv
@@ -182,8 +182,8 @@ def paged_host(changes, page_limit, size):
         processed = min(length, page_limit, size - offset)
         inside = [(max(o, offset), min(o + n, offset + processed)) for o, n in changes]
         inside = [(a, b - a) for a, b in inside if a < b]
-        return {"processed_byte_length": processed, "changed_byte_offsets": [a for a, _ in inside],
-                "changed_byte_lengths": [n for _, n in inside]}
+        return {"processed_byte_length": processed, "changed_byte_offsets": [a for a, _n in inside],
+                "changed_byte_lengths": [n for _a, n in inside]}
     return page
 
 

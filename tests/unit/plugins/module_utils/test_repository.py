@@ -8,6 +8,7 @@ import random
 import stat
 import time
 
+import botocore.exceptions
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
@@ -98,7 +99,7 @@ def test_round_trip_of_random_images(backend, seed):
     assert read_all(repo, record.backup_id) == data
     reader = repo.open_disk_reader(record.backup_id, "disk0")
     rng = random.Random(seed)
-    for _ in range(20):
+    for _attempt in range(20):
         offset = rng.randrange(len(data))
         length = rng.randrange(min(3 * CHUNK, len(data) - offset) + 1)
         assert reader.read(offset, length) == data[offset:offset + length]
@@ -379,6 +380,13 @@ def test_object_lock_keeps_locked_backups_and_prune_reports_them(s3_server):
         (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)).strftime("%Y-%m-%d"))
     assert [r.backup_id for r in repo.list_backups()] == [first.backup_id, second.backup_id]
     assert repo.verify()["ok"]
+    # Someone with the repository credentials tries to destroy a backup's data for good: refused.
+    client = s3_server.client()
+    bucket, prefix = location[len("s3://"):].split("/", 1)
+    cid = repo.load_disk_manifest(first.backup_id, "disk0").chunk_ids[0]
+    versions = client.list_object_versions(Bucket=bucket, Prefix="%s/%s" % (prefix, chunk_key(cid)))["Versions"]
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        client.delete_object(Bucket=bucket, Key=versions[0]["Key"], VersionId=versions[0]["VersionId"])
 
 
 def test_object_lock_refused_where_it_cannot_work(s3_server, tmp_path):

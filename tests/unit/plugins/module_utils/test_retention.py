@@ -91,5 +91,5 @@ def test_raising_a_count_never_removes_more(backups, counts, rule):
     keep, _remove = RetentionPolicy.from_dict(counts).apply(backups)
     more = dict(counts)
     more[rule] += 1
-    keep_more, _ = RetentionPolicy.from_dict(more).apply(backups)
+    keep_more, _removed = RetentionPolicy.from_dict(more).apply(backups)
     assert set(keep) <= set(keep_more)

@@ -17,7 +17,11 @@ NASTY_TAG = "hyperv.backup:run'1\"; $(Stop-Computer) ; & calc"
 
 
 class FakeProtocol(object):
+    """Stands in for winrm.protocol.Protocol; the class attributes say what the next instances answer."""
+
     instances = []
+    reply = (b"", b"", 0)
+    failure = None
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
@@ -25,13 +29,12 @@ class FakeProtocol(object):
         self.inputs = []
         self.cleaned = []
         self.closed = []
-        self.reply = (b"", b"", 0)
-        self.error = None
+        self.codepage = None
         FakeProtocol.instances.append(self)
 
     def open_shell(self, codepage=437):
-        if self.error:
-            raise self.error
+        if FakeProtocol.failure is not None:
+            raise FakeProtocol.failure
         self.codepage = codepage
         return "shell-1"
 
@@ -43,7 +46,7 @@ class FakeProtocol(object):
         self.inputs.append((shell_id, command_id, stdin_input, end))
 
     def get_command_output(self, shell_id, command_id):
-        return self.reply
+        return FakeProtocol.reply
 
     def cleanup_command(self, shell_id, command_id):
         self.cleaned.append(command_id)
@@ -54,17 +57,13 @@ class FakeProtocol(object):
 
 @pytest.fixture
 def protocol(monkeypatch):
-    FakeProtocol.instances = []
     monkeypatch.setattr(transport_winrm, "Protocol", FakeProtocol)
     monkeypatch.setattr(transport_winrm, "HAS_WINRM", True)
+    monkeypatch.setattr(FakeProtocol, "instances", [])
 
     def reply(stdout=b"", stderr=b"", status=0, error=None):
-        def patched_init(self, **kwargs):
-            FakeProtocol.__init__(self, **kwargs)
-            self.reply = (stdout, stderr, status)
-            self.error = error
-
-        monkeypatch.setattr(transport_winrm, "Protocol", type("P", (FakeProtocol,), {"__init__": patched_init}))
+        monkeypatch.setattr(FakeProtocol, "reply", (stdout, stderr, status))
+        monkeypatch.setattr(FakeProtocol, "failure", error)
         return FakeProtocol.instances
     return reply
 
@@ -83,8 +82,8 @@ def decode_payload(stdin_input):
 def test_script_travels_on_stdin_with_parameters(protocol):
     instances = protocol(stdout=json.dumps({"id": "rp1", "consistency_fallback": False}).encode() + b"\r\n")
     vm_id = "5f0e0b7c-0000-4000-8000-000000000001"
-    result = session(operation_timeout=900).run("create_recovery_point", vm_id=vm_id, method="rct",
-                                                 consistency="application", tag=NASTY_TAG)
+    result = session(operation_timeout=900).run(
+        "create_recovery_point", vm_id=vm_id, method="rct", consistency="application", tag=NASTY_TAG)
     assert result == {"id": "rp1", "consistency_fallback": False}
     client = instances[0]
     (shell_id, command, arguments), = client.commands

@@ -82,7 +82,7 @@ def test_recovery_point_lifecycle(monkeypatch, capsys):
     failed, made = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="web01", run_id="r1",
                               consistency="application_or_crash")
     assert not failed and made["method"] == "rct" and made["consistency_fallback"] is True
-    assert any("crash-consistent" in w for w in made["warnings"])
+    assert "crash-consistent" in json.dumps(made["warnings"])  # 2.19 may wrap warnings in dicts
     point_id = made["recovery_point"]["id"]
     failed, ref = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="web01", state="reference_point", id=point_id)
     assert not failed and ref["changed"] and ref["reference_point"]["rct_ids"]
@@ -105,3 +105,24 @@ def test_recovery_point_changes_without_reference_says_full(monkeypatch, capsys)
     failed, result = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="web01", state="changes", id=point["id"])
     assert not failed and result["changes_valid"] is False and result["reference_point_id"] is None
     assert "no reference point" in result["disks"][0]["reason"]
+
+
+def test_previous_method_comes_from_the_repository(monkeypatch, capsys, tmp_path):
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=65536)
+    with repo.begin_backup("id-web01", "web01", "hv01", "vss", "full") as backup:
+        disk = backup.add_disk("disk0", 65536)
+        disk.put_chunk(0, b"x" * 65536)
+        backup.commit()
+    session = FakeHostSession(vms=[make_vm("web01"), make_vm("db01")])
+    failed, result = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="web01",
+                                repository=str(tmp_path / "repo"), _ansible_check_mode=True)
+    assert not failed and result["previous_method"] == "vss" and result["method"] == "vss"
+    assert "in the repository" in result["previous_method_source"]
+    failed, result = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="db01",
+                                repository=str(tmp_path / "repo"), _ansible_check_mode=True)
+    assert not failed and result["previous_method"] is None and result["method"] == "rct" and result["full_required"]
+    # the option wins over the repository
+    failed, result = run_module(hyperv_recovery_point, monkeypatch, capsys, session, vm="web01", previous_method="rct",
+                                repository=str(tmp_path / "repo"), _ansible_check_mode=True)
+    assert not failed and result["method"] == "rct" and result["previous_method_source"] == "previous_method option"
