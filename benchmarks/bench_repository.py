@@ -46,8 +46,8 @@ def child_write(repo_path, image_path, passphrase):
     print(json.dumps(record.stats))
 
 
-def child_restore(repo_path, image_path, passphrase, out_path):
-    """Restore the backup to a sparse file and compare it with the image."""
+def child_restore(repo_path, out_path, passphrase):
+    """Restore the backup to a sparse file (compared with the image afterwards, outside the timing)."""
     from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
     repo = Repository.open(repo_path, passphrase=passphrase or None)
     record = repo.list_backups()[-1]
@@ -60,8 +60,6 @@ def child_restore(repo_path, image_path, passphrase, out_path):
         os.fsync(fd)
     finally:
         os.close(fd)
-    same = subprocess.run(["cmp", "-s", out_path, image_path], check=False).returncode == 0
-    print(json.dumps({"identical": same}))
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -69,6 +67,7 @@ def child_restore(repo_path, image_path, passphrase, out_path):
 def timed(cmd, env=None, cwd=None):
     """Run ``cmd`` under /usr/bin/time -v; return wall s, cpu s, peak RSS MiB and stdout."""
     report = "/tmp/bench_repository_time.txt"
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", "-o", report] + cmd, env=env, cwd=cwd, capture_output=True, text=True,
                           check=False)
@@ -79,7 +78,7 @@ def timed(cmd, env=None, cwd=None):
     user = float(re.search(r"User time \(seconds\): ([\d.]+)", text).group(1))
     system = float(re.search(r"System time \(seconds\): ([\d.]+)", text).group(1))
     rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-    return {"wall": wall, "cpu": user + system, "rss_mib": rss_kib / 1024.0, "stdout": proc.stdout}
+    return {"wall": wall, "cpu": user + system, "rss_mib": rss_kib / 1024.0, "stdout": proc.stdout, "load": load}
 
 
 def du_bytes(path):
@@ -101,8 +100,8 @@ def run_ours(workdir, image, config, env):
     write = timed([sys.executable, __file__, "_write", repo, image, passphrase], env=env)
     size = du_bytes(repo)
     restored = os.path.join(workdir, "restore.raw")
-    restore = timed([sys.executable, __file__, "_restore", repo, image, passphrase, restored], env=env)
-    identical = json.loads(restore["stdout"])["identical"]
+    restore = timed([sys.executable, __file__, "_restore", repo, restored, passphrase], env=env)
+    identical = subprocess.run(["cmp", "-s", restored, image], check=False).returncode == 0
     os.unlink(restored)
     shutil.rmtree(repo, ignore_errors=True)
     return {"backup": write, "repo_bytes": size, "restore": restore, "restore_identical": identical}
@@ -141,8 +140,9 @@ def median(values):
 
 
 def table(results, image_bytes):
-    rows = ["| tool / config | full backup MB/s (wall s, range) | CPU s | peak RSS MiB | repository MiB | restore MB/s (wall s) | restore peak RSS MiB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| tool / config | full backup MB/s (wall s, range) | CPU s | peak RSS MiB | repository MiB | restore MB/s (wall s) "
+            "| restore peak RSS MiB | machine load |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, trials in results.items():
         walls = [t["backup"]["wall"] for t in trials]
         line = "| %s | **%.0f** (%.2f s; %.2f-%.2f) | %.1f | %.0f | %.0f |" % (
@@ -157,6 +157,7 @@ def table(results, image_bytes):
                 median([t["restore"]["rss_mib"] for t in trials]))
         else:
             line += " - | - |"
+        line += " %.1f |" % median([t["backup"]["load"] for t in trials])
         rows.append(line)
     return "\n".join(rows)
 
@@ -165,7 +166,7 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_write":
         return child_write(sys.argv[2], sys.argv[3], sys.argv[4])
     if len(sys.argv) > 1 and sys.argv[1] == "_restore":
-        return child_restore(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+        return child_restore(sys.argv[2], sys.argv[3], sys.argv[4])
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=20240901)
@@ -218,6 +219,8 @@ Command (from the collection root, after `source scripts/env.sh`):
 Image: `gen_image.py disk.raw %(size)d 20240901` (40 %% zeros, 30 %% compressible, 30 %% random).
 %(trials)d trials, medians; the range of wall times in brackets. MB/s = image size / wall time.
 CPU s = user + system of the whole process (/usr/bin/time -v); peak RSS = its maximum resident set.
+"machine load" = 1-minute load average when the backup started (2 vCPUs; other work was running on the
+machine, so wall times are noisy: compare CPU seconds first).
 "hyperv.backup" is one process: `Repository.init`, one session, `put_chunk_async` of every 4 MiB chunk read with
 `os.pread`, `commit` (chunk files fsynced, then manifest, then record). Restore = `iter_chunks` into a sparse file,
 fsync, then `cmp` with the image (all identical unless marked MISMATCH).

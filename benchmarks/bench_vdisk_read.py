@@ -49,6 +49,7 @@ def ours_memory(path):
 
 
 SPARSE = 64 * 1024
+WRITE_PIECE = 2 * MiB
 ZERO_SPARSE = bytes(SPARSE)
 
 
@@ -57,9 +58,13 @@ def write_sparse(fd, buf, length, offset):
     view = memoryview(buf)
     start = None
     for position in range(0, length, SPARSE):
+        if start is not None and position - start >= WRITE_PIECE:    # 2 MiB writes, like qemu-img
+            os.pwrite(fd, view[start:position], offset + start)
+            start = position
         zero = buf[position:position + SPARSE] == ZERO_SPARSE[:min(SPARSE, length - position)]
         if zero and start is not None:
-            os.pwrite(fd, view[start:position], offset + start)
+            if position > start:
+                os.pwrite(fd, view[start:position], offset + start)
             start = None
         elif not zero and start is None:
             start = position
@@ -77,6 +82,7 @@ def ours_file(path, out):
         buffers = [bytearray(CHUNK), bytearray(CHUNK)]
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            os.ftruncate(fd, disk.virtual_size)    # as qemu-img does: size first, then writes inside the file
             pending = None
             turn = 0
             for start, length in disk.allocated_ranges():
@@ -90,7 +96,6 @@ def ours_file(path, out):
                     turn = 1 - turn
             if pending is not None:
                 pending.result()
-            os.ftruncate(fd, disk.virtual_size)
             os.fsync(fd)
         finally:
             os.close(fd)

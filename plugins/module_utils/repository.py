@@ -717,11 +717,11 @@ class BackupSession:
                     with self._lock:
                         self.known_chunks.add(cid)
                     return cid, 0, "dedup"
-        blob = repo.keys.seal(KIND_CHUNK, key, data, repo.compressor())
-        repo.store.put(key, blob, retain_until=self.retain_until, durable=False)   # synced in batch by commit
+        parts = repo.keys.seal_parts(KIND_CHUNK, key, data, repo.compressor())
+        repo.store.put(key, parts, retain_until=self.retain_until, durable=False)   # synced in batch by commit
         with self._lock:
             self.known_chunks.add(cid)
-        return cid, len(blob), "new"
+        return cid, sum(len(part) for part in parts), "new"
 
     def abort(self):
         """Give up: nothing becomes visible; chunks already written are left for GC."""

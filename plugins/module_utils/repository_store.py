@@ -81,6 +81,18 @@ def make_private_dirs(directory):
             pass
 
 
+def _write_all(fd, parts):
+    """Write every buffer of ``parts`` in order (os.writev, resuming after short writes)."""
+    views = [memoryview(part).cast("B") for part in parts if len(part)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
 def _owner_text():
     return "%s pid %d" % (socket.gethostname(), os.getpid())
 
@@ -118,10 +130,7 @@ class LocalStore:
         tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
             if durable:
                 os.fsync(fd)
         except BaseException:
@@ -333,7 +342,8 @@ class S3Store:
 
     def put(self, key, data, retain_until=None, durable=True):
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data), **self._lock_args(retain_until))
+            body = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **self._lock_args(retain_until))
         except botocore.exceptions.ClientError as err:
             raise self._error(err, "upload of %s" % key)
 

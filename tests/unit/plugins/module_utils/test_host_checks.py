@@ -104,3 +104,15 @@ def test_preflight_shape_and_per_vm_lists():
     assert all(set(c) == {"check", "vm", "ok", "blocking", "message"} for c in result["preflight"])
     assert {c["check"] for c in result["vms"][0]["preflight"]} == {
         "backup_integration", "scsi_controller", "configuration_version", "cluster_functional_level", "stray_checkpoints"}
+
+
+def test_host_inventory_combines_facts_rules_queues_and_checks():
+    csv = "C:\\ClusterStorage\\Volume1"
+    session = FakeHostSession(build=7601, vms=[make_vm("a", config="5.0", csv_path=csv, disk_format="vhd"), make_vm("b")])
+    inventory = hc.host_inventory(session)
+    assert inventory["host"]["os_build"] == 7601 and inventory["vss_service"]["status"] == "Stopped"
+    a, b = inventory["vms"]
+    assert a["serialization_key"] == "hv01:csv:" + csv and b["serialization_key"] == "hv01:host"
+    assert not a["rct"]["eligible"] and len(a["rct"]["reasons"]) == 3  # build, configuration version, VHD disk
+    assert [c["vm"] for c in a["preflight"]] == ["a"] * 5
+    assert not any(op in ("start_service", "enable_integration_service") for op, _params in session.calls)

@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab_rct import GRANULE, MAX_PAGE_BYTES
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, write_vhdx_from
 
 from test_lab_helpers import SMALL_DISK, TAG, GuestModel, MiB, all_changes, build_host, granule_ranges, read_all
 
@@ -80,7 +80,7 @@ def test_rct_change_list_equals_the_guest_writes(tmp_path):
     vm_id = ids["web01"]
     lab_admin.churn(layout, "web01", seed=1, writes=30)
     first = transport.run("convert_to_reference_point", {"vm_id": vm_id, "id": rct_point(transport, vm_id)["id"]})
-    (disk_id, rct_id), = first["rct_ids"].items()
+    [(disk_id, rct_id)] = list(first["rct_ids"].items())
 
     odd = lab_admin.churn(layout, "web01", seed=5, writes=1, write_size=512, offsets=[GRANULE * 3 + 512])
     random_writes = lab_admin.churn(layout, "web01", seed=6, writes=25, write_size=12288)
@@ -179,8 +179,8 @@ def test_migration_to_a_host_without_rct_invalidates_ids(tmp_path):
     model = GuestModel(SMALL_DISK).apply(lab_admin.churn(layout, "web01", seed=1, writes=6))
     _reference_point, rct_id = _reference(transport, layout, ids["web01"])
     model.apply(lab_admin.churn(layout, "web01", seed=1, writes=4))   # same seed as in _reference
-    old_layout, old, _ = build_host(tmp_path, host="old", era="2016", vms=(), cluster={"name": "CL", "functional_level": 8},
-                                    csvs=[csv])
+    old_layout, old, _ids = build_host(tmp_path, host="old", era="2016", vms=(), cluster={"name": "CL", "functional_level": 8},
+                                       csvs=[csv])
     with pytest.raises(HyperVBackupError):      # configuration 9.0 does not run on 2016
         lab_admin.ensure_vm(layout, {"name": "v9", "configuration_version": "9.0"}) and lab_admin.migrate_vm(layout, "v9", "old")
     assert lab_admin.migrate_vm(layout, "web01", "old") is True
@@ -215,8 +215,8 @@ def test_vm_from_an_existing_vhdx(tmp_path):
 
 
 def test_fill_is_deterministic_and_real(tmp_path):
-    layout, transport, ids = build_host(tmp_path, vms=({"name": "a", "disks": [{"size": SMALL_DISK, "fill": {"seed": 4, "percent": 25}}]},
-                                                         {"name": "b", "disks": [{"size": SMALL_DISK, "fill": {"seed": 4, "percent": 25}}]}))
+    filled = [{"size": SMALL_DISK, "fill": {"seed": 4, "percent": 25}}]
+    layout, transport, ids = build_host(tmp_path, vms=({"name": "a", "disks": filled}, {"name": "b", "disks": filled}))
     a, b = (read_all(current_path(transport, ids[name])) for name in ("a", "b"))
     assert a == b
     assert sum(1 for index in range(0, SMALL_DISK, MiB) if a[index:index + MiB] != bytes(MiB)) == 16
@@ -240,3 +240,17 @@ def test_vm_from_an_existing_vhd_reports_vhd_and_refuses_writes(tmp_path):
     assert info.value.category == "unsupported" and "VHDX" in str(info.value)
     with pytest.raises(HyperVBackupError):
         lab_admin.churn(layout, "old", seed=1, writes=1)
+
+
+def test_restore_over_the_vm_gives_new_disks_whose_old_rct_ids_do_not_match(tmp_path):
+    layout, transport, ids = build_host(tmp_path)
+    _reference_point, rct_id = _reference(transport, layout, ids["web01"])
+    config = transport.run("get_vm_configuration", {"vm_id": ids["web01"]})
+    restored = str(tmp_path / "restored.vhdx")
+    with open_disk(current_path(transport, ids["web01"])) as source:
+        write_vhdx_from(restored, source, source.virtual_size)
+    assert lab_admin.remove_vm(layout, "web01") is True
+    imported = transport.run("import_vm", {"configuration": config, "disk_paths": [restored]})
+    assert imported["vm_id"] == ids["web01"]            # Import-VM -Copy keeps the id
+    error = _changes_error(transport, restored, rct_id)
+    assert (error.category, error.windows_error) == ("change_tracking", "0xC03A0029")

@@ -64,8 +64,8 @@ def all_changes(transport, path, limit_id, size):
     """Page through get_disk_changes like a backup does; returns ([(offset, length)], pages)."""
     offset, ranges, pages = 0, [], 0
     while offset < size:
-        page = transport.run("get_disk_changes", {"path": path, "limit_id": limit_id, "byte_offset": offset,
-                                                   "byte_length": size - offset})
+        params = {"path": path, "limit_id": limit_id, "byte_offset": offset, "byte_length": size - offset}
+        page = transport.run("get_disk_changes", params)
         assert page["processed_byte_length"] > 0
         ranges.extend(zip(page["changed_byte_offsets"], page["changed_byte_lengths"]))
         offset += page["processed_byte_length"]

@@ -72,10 +72,10 @@ def test_vm_disk_and_checkpoint_shapes(lab):
     assert [vm["name"] for vm in vms] == ["db01", "web01"]
     vm = vms[1]
     assert_documented(vm, ops.VM_SHAPE)
-    assert set(shape_keys(ops.VM_SHAPE.split("disks:")[0])) - {"name", "enabled", "operational_status"} <= set(vm)
+    assert set(shape_keys(ops.VM_SHAPE.split("disks:", maxsplit=1)[0])) - {"name", "enabled", "operational_status"} <= set(vm)
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", vm["id"])
-    assert {s["name"] for s in vm["integration_services"]} >= {"VSS", "Shutdown", "Heartbeat", "Time Synchronization",
-                                                              "Key-Value Pair Exchange", "Guest Service Interface"}
+    assert {s["name"] for s in vm["integration_services"]} >= {
+        "VSS", "Shutdown", "Heartbeat", "Time Synchronization", "Key-Value Pair Exchange", "Guest Service Interface"}
     disk = vm["disks"][0]
     assert set(disk) == shape_keys(ops.DISK_SHAPE) | {"windows_path"}
     assert os.path.isfile(disk["path"]) and disk["windows_path"].startswith("C:\\")
@@ -113,8 +113,8 @@ def test_get_vms_filters_and_not_found(lab):
 
 def test_services_start_once_and_report_changed(lab):
     _layout, transport, _ids = lab
-    assert transport.run("get_service", {"name": "swprv"}) == {"name": "swprv", "display_name": "Microsoft Software Shadow Copy Provider",
-                                                                "status": "Stopped", "start_type": "Manual"}
+    assert transport.run("get_service", {"name": "swprv"}) == {
+        "name": "swprv", "display_name": "Microsoft Software Shadow Copy Provider", "status": "Stopped", "start_type": "Manual"}
     first = transport.run("start_service", {"name": "swprv"})
     assert (first["previous_status"], first["status"], first["changed"]) == ("Stopped", "Running", True)
     second = transport.run("start_service", {"name": "swprv"})
@@ -264,7 +264,7 @@ def test_import_refuses_a_configuration_newer_than_the_host(tmp_path, lab):
     _layout, transport, ids = lab
     config = transport.run("get_vm_configuration", {"vm_id": ids["web01"]})
     assert config["configuration_version"] == "10.0"
-    _old_layout, old, _ = build_host(tmp_path, host="old", era="2016", vms=())
+    _old_layout, old, _ids = build_host(tmp_path, host="old", era="2016", vms=())
     error = category_of(old, "import_vm", {"configuration": config, "disk_paths": [], "generate_new_id": True})
     assert error.category == "unsupported"
 

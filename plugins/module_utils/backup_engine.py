@@ -1,0 +1,362 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup of one VM: recovery point -> type and estimate -> parallel chunk copy -> commit -> hand back.
+
+``run_backup`` is what hyperv_backup calls. The copy reads the recovery point's frozen disks (through
+their differencing chain, with vdisk) at the allocated or changed chunks only, and hands each chunk to
+the repository (hash, zero skip, dedup, zstd, write). Each worker thread reads one chunk with pread and
+then hashes/compresses it, so with more workers than cores reads overlap the CPU work; blake3 and zstd
+release the GIL. At most ``in_flight`` chunk buffers exist at once, so memory does not grow with the
+disk size. A failure anywhere aborts the repository session (nothing becomes visible) and removes the
+recovery point.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import concurrent.futures
+import os
+import threading
+import time
+
+from ansible_collections.hyperv.backup.plugins.module_utils import backup_planning as planning
+from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.disk_access import RateLimiter, locate_disk, open_source_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
+
+MiB = 1024 * 1024
+MAX_IN_FLIGHT_BYTES = 128 * MiB       # chunk buffers alive at once (reading, hashing, compressing)
+# Test aid: make the copy fail after this many chunks (a fault in the middle of a copy, see the integration tests).
+FAULT_ENV = "HYPERV_BACKUP_FAULT_AFTER_CHUNKS"
+
+
+def default_workers():
+    """Threads: one per core plus two, so that a reader waiting on I/O leaves no core idle."""
+    return (os.cpu_count() or 2) + 2
+
+
+class CopyOptions:
+    """Knobs of the copy: threads, buffers in flight, read rate cap, progress, fault injection."""
+
+    def __init__(self, workers=None, read_rate_limit=None, progress=None, fault_after_chunks=None, credentials=None,
+                 path_map=None, smb=False):
+        self.workers = int(workers or default_workers())
+        self.limiter = RateLimiter(read_rate_limit)
+        self.progress = progress or ProgressReporter()
+        env_fault = os.environ.get(FAULT_ENV)
+        self.fault_after_chunks = fault_after_chunks if fault_after_chunks is not None else (int(env_fault) if env_fault else None)
+        self.credentials = credentials or (None, None)
+        self.path_map = path_map
+        self.smb = smb
+
+
+class ChunkCopier:
+    """Copies chunks of one source disk into one repository DiskWriter with a bounded thread pool."""
+
+    def __init__(self, repo, options):
+        self.repo = repo
+        self.options = options
+        self.chunk_size = repo.chunk_size
+        self.in_flight = max(2, min(options.workers * 2, MAX_IN_FLIGHT_BYTES // self.chunk_size))
+        self._lock = threading.Lock()
+        self.chunks_done = 0
+        self.read_bytes = 0
+        self.reused_after_compare = 0
+
+    def _count(self, nbytes):
+        with self._lock:
+            self.chunks_done += 1
+            self.read_bytes += nbytes
+            done = self.chunks_done
+        fault = self.options.fault_after_chunks
+        if fault is not None and done > fault:
+            raise HyperVBackupError("Injected fault: the copy failed after %d chunk(s) (%s is set)." % (fault, FAULT_ENV),
+                                    hint="Unset %s; it exists only to test failure handling." % FAULT_ENV)
+        self.options.progress.advance(nbytes)
+
+    def _copy_one(self, source, writer, index, compare):
+        offset = index * self.chunk_size
+        length = min(self.chunk_size, source.virtual_size - offset)
+        buf = bytearray(length)
+        self.options.limiter.acquire(length)
+        source.readinto(offset, buf)
+        self._count(length)
+        if compare is not None:
+            parent_manifest = compare
+            parent_id = parent_manifest.chunk_ids[index] if index < len(parent_manifest.chunk_ids) else None
+            if parent_id and self.repo.keys.chunk_id(buf) == parent_id:
+                writer.reuse_chunk(index, parent_manifest)
+                with self._lock:
+                    self.reused_after_compare += 1
+                return
+        writer.put_chunk(index, buf)
+
+    def copy(self, source, writer, indexes, compare=None):
+        """Read and store the chunks ``indexes``; with ``compare`` (a parent manifest) unchanged chunks are reused."""
+        slots = threading.BoundedSemaphore(self.in_flight)
+        failed = []
+        futures = []
+
+        def done(future):
+            slots.release()
+            if future.exception() is not None:
+                failed.append(future.exception())
+
+        with concurrent.futures.ThreadPoolExecutor(self.options.workers, thread_name_prefix="backup-copy") as pool:
+            for index in indexes:
+                slots.acquire()
+                if failed:
+                    slots.release()
+                    break
+                future = pool.submit(self._copy_one, source, writer, index, compare)
+                future.add_done_callback(done)
+                futures.append(future)
+            if failed:
+                for future in futures:
+                    future.cancel()
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+
+
+# --- the flow of one hyperv_backup call -------------------------------------------------------------
+
+def find_vm(session, vms, name=None, vm_id=None):
+    wanted = [vm for vm in vms if (vm_id and vm["id"] == vm_id.lower()) or (name and vm["name"] == name)]
+    if not wanted:
+        raise HostOperationError(session.host, "get_vms", "not_found", "no VM with %s" % (
+            "id %s" % vm_id if vm_id else "name %s" % name), hint="The host has: %s." % ", ".join(sorted(v["name"] for v in vms)))
+    return wanted[0]
+
+
+def _with_keys(disks):
+    out = []
+    for disk in disks:
+        item = dict(disk)
+        item["disk_key"] = planning.disk_key(disk)
+        item["virtual_size"] = int(disk["virtual_size"])
+        out.append(item)
+    return out
+
+
+def _given_point(session, vm, point_id):
+    points = [p for p in session.run("get_recovery_points", vm_id=vm["id"]) if p.get("id") == point_id]
+    if not points:
+        raise HostOperationError(session.host, "get_recovery_points", "not_found",
+                                 "VM %s has no recovery point %s" % (vm["name"], point_id),
+                                 hint="Pass the id that hyperv_recovery_point state: present returned (recovery_point.id).")
+    point = dict(points[0])
+    point.setdefault("consistency_fallback", False)
+    return point
+
+
+class BackupRun:
+    """State of one backup while it runs: built by ``run_backup``; methods are its steps."""
+
+    def __init__(self, session, repo, params, check_mode=False, options=None):
+        self.session = session
+        self.repo = repo
+        self.params = params
+        self.check_mode = check_mode
+        self.options = options or CopyOptions()
+        self.result = {"changed": False, "warnings": []}
+        self.point = None
+        self.point_created = False
+
+    # step 1-2: VM, method
+    def prepare(self):
+        params = self.params
+        session = self.session
+        host_facts = session.run("get_host_info")
+        vms = session.run("get_vms")
+        self.vm = find_vm(session, vms, params.get("vm"), params.get("vm_id"))
+        self.parent = self.repo.latest_backup(self.vm["id"])
+        previous_method = self.parent.method if self.parent is not None else None
+        eligibility, self.decision = rp.decide_method(host_facts, self.vm, params.get("method") or "auto", previous_method)
+        self.result.update(vm=self.vm["name"], vm_id=self.vm["id"], method=self.decision.method,
+                           method_reason=self.decision.reason, rct=eligibility.to_dict(),
+                           previous_backup_id=self.parent.backup_id if self.parent else None)
+        if not params.get("recovery_point_id"):
+            rp.check_serialization(session, host_facts, self.vm, vms)
+
+    # step 3-4: type and estimate, on the recovery point's disks (or the live disks in check mode)
+    def plan(self, disks):
+        method = self.method
+        kept, excluded = planning.select_disks(_with_keys(disks), self.params.get("exclude_disks"))
+        self.disks, self.excluded = kept, excluded
+        change_lists, problem = None, None
+        if method == "rct" and self.parent is not None and self.parent.method == "rct" and self.params.get("type") != "full":
+            rct_ids, problem = planning.reference_rct_ids(self.parent, self.session.run("get_reference_points", vm_id=self.vm["id"]))
+            if rct_ids is not None:
+                change_lists = dict((d["disk_id"], rp.collect_changes(self.session, d["path"], rct_ids.get(d["disk_id"]),
+                                                                      d["virtual_size"])) for d in kept)
+        self.type = planning.decide_type(self.params.get("type") or "auto", method, self.result["method_reason"], self.parent,
+                                         kept, change_lists, problem)
+        estimates = []
+        self.sources = {}
+        for disk in kept:
+            location = locate_disk(disk, self.session.host, self.options.path_map, self.options.smb)
+            source = open_source_disk(location, *self.options.credentials)
+            self.sources[disk["disk_key"]] = (source, location)
+            if self.type.type == "incremental" and method == "rct":
+                ranges, basis = change_lists[disk["disk_id"]].ranges, "rct_change_list"
+            else:
+                ranges, basis = source.allocated_ranges(), "allocated_ranges"
+            estimates.append(planning.estimate_disk(disk["disk_key"], disk["virtual_size"], self.repo.chunk_size, basis, ranges))
+        self.estimates = dict((e["disk_key"], e) for e in estimates)
+        self.estimate = planning.summarise_estimate(estimates, self.parent, self.type.type, method)
+        self.result.update(type=self.type.type, type_reason=self.type.reason, parent_backup_id=self.type.to_dict()["parent_backup_id"],
+                           estimate=self.estimate, excluded_disks=[d["disk_key"] for d in excluded])
+
+    @property
+    def method(self):
+        return self.point["method"] if self.point else self.decision.method
+
+    def create_point(self):
+        params = self.params
+        if params.get("recovery_point_id"):
+            self.point = _given_point(self.session, self.vm, params["recovery_point_id"])
+            if self.point.get("method") and self.point["method"] != self.decision.method:
+                self.result["method_reason"] = "the recovery point %s given by id is a %s point" % (self.point["id"], self.point["method"])
+                self.result["method"] = self.point["method"]
+        else:
+            self.point = rp.create_recovery_point(self.session, self.vm, self.decision.method, params.get("consistency") or "application",
+                                                  params.get("run_id") or rp.new_run_id(),
+                                                  local_paths=params.get("transport") == "lab")
+            if self.point.get("warning"):
+                self.result["warnings"].append(self.point["warning"])
+        self.point_created = True
+        self.result.update(recovery_point_id=self.point["id"], consistency=self.point.get("consistency"),
+                           consistency_fallback=bool(self.point.get("consistency_fallback")))
+
+    # step 5: copy and commit
+    def copy(self):
+        repo, vm, point = self.repo, self.vm, self.point
+        configuration = self.session.run("get_vm_configuration", vm_id=vm["id"], recovery_point_id=point["id"])
+        metadata = {"recovery_point": {"id": point["id"], "created": point.get("created"), "method": self.method,
+                                       "consistency": point.get("consistency"),
+                                       "consistency_fallback": bool(point.get("consistency_fallback"))},
+                    "configuration": configuration, "type_reason": self.type.reason, "method_reason": self.result["method_reason"],
+                    "estimate": self.estimate, "excluded_disks": self.result["excluded_disks"]}
+        progress = self.options.progress
+        progress.set_phase("copying", self.estimate["bytes_to_read"])
+        copier = ChunkCopier(repo, self.options)
+        started = time.monotonic()
+        per_disk = []
+        session = repo.begin_backup(vm["id"], vm["name"], self.session.host, self.method, self.type.type,
+                                    parent_backup_id=self.result["parent_backup_id"], consistency=point.get("consistency"),
+                                    metadata=metadata)
+        with session:
+            for disk in self.disks:
+                per_disk.append(self._copy_disk(session, copier, disk))
+            record = session.commit()
+        duration = max(time.monotonic() - started, 1e-9)
+        progress.finish()
+        self._report(record, per_disk, copier, duration)
+        return record
+
+    def _copy_disk(self, session, copier, disk):
+        key = disk["disk_key"]
+        source, location = self.sources[key]
+        estimate = self.estimates[key]
+        writer = session.add_disk(key, disk["virtual_size"], source_path=location.windows_path, rct_id=disk.get("rct_id"),
+                                  metadata={"disk_id": disk.get("disk_id"), "controller_type": disk.get("controller_type"),
+                                            "controller_number": disk.get("controller_number"),
+                                            "controller_location": disk.get("controller_location"),
+                                            "logical_sector_size": disk.get("logical_sector_size"), "format": disk.get("format"),
+                                            "block_size": disk.get("block_size"), "file_name": location.windows_path.replace(
+                                                "/", "\\").rsplit("\\", 1)[-1]})
+        before = (copier.read_bytes, copier.reused_after_compare)
+        started = time.monotonic()
+        compare = None
+        if self.type.type == "incremental":
+            parent_manifest = self.repo.load_disk_manifest(self.type.parent.backup_id, key, self.type.parent)
+            if self.method == "rct":
+                wanted = set(estimate["indexes"])
+                for index in range(writer.chunk_count):
+                    if index not in wanted:
+                        writer.reuse_chunk(index, parent_manifest)
+            else:
+                compare = parent_manifest
+        copier.copy(source, writer, estimate["indexes"], compare)
+        writer.wait()
+        stats = writer.stats
+        return {"disk_key": key, "disk_id": disk.get("disk_id"), "path": location.path, "access": location.kind,
+                "virtual_size": disk["virtual_size"], "bytes_estimated": estimate["bytes_to_read"],
+                "bytes_read": copier.read_bytes - before[0], "new_bytes": stats["new_bytes"], "bytes_written": stats["stored_bytes"],
+                "new_chunks": stats["new_chunks"], "dedup_chunks": stats["dedup_chunks"],
+                "reused_chunks": stats["reused_chunks"], "zero_chunks": stats["zero_chunks"],
+                "unchanged_chunks_compared": copier.reused_after_compare - before[1],
+                "duration_seconds": round(time.monotonic() - started, 3)}
+
+    def _report(self, record, per_disk, copier, duration):
+        read = copier.read_bytes
+        new = sum(d["new_bytes"] for d in per_disk)
+        written = sum(d["bytes_written"] for d in per_disk)
+        self.result.update(changed=True, backup_id=record.backup_id, disks=per_disk, bytes_estimated=self.estimate["bytes_to_read"],
+                           bytes_write_estimated=self.estimate["bytes_to_write"], bytes_read=read, bytes_new=new, bytes_written=written,
+                           dedup_ratio=round(read / float(new), 3) if new else None,
+                           compression_ratio=round(new / float(written), 3) if written else None,
+                           duration_seconds=round(duration, 3), bytes_per_second=int(read / duration),
+                           read_rate_waited_seconds=round(self.options.limiter.waited_seconds, 3))
+
+    # step 6: hand the recovery point back
+    def hand_back(self):
+        vm_id, point = self.vm["id"], self.point
+        try:
+            if self.method == "rct":
+                converted = rp.convert_to_reference_point(self.session, vm_id, point["id"], self.params.get("keep_reference_points") or 1)
+                self.result["reference_point"] = converted["reference_point"]
+            else:
+                rp.remove_recovery_point(self.session, vm_id, point["id"])
+            self.result["recovery_point_handled"] = "converted to a reference point" if self.method == "rct" else "removed"
+        except HyperVBackupError as err:
+            # the backup is committed and good; a leftover point is cleaned by the next run's stale cleanup
+            self.result["warnings"].append("Backup %s is complete, but its recovery point %s could not be handed back: %s"
+                                           % (self.result["backup_id"], point["id"], err))
+
+    def discard_point(self):
+        if not self.point_created:
+            return
+        try:
+            rp.remove_recovery_point(self.session, self.vm["id"], self.point["id"])
+            self.result["recovery_point_removed"] = True
+        except HyperVBackupError as err:
+            self.result["warnings"].append("The recovery point %s could not be removed after the failure: %s" % (self.point["id"], err))
+
+    def close_sources(self):
+        for source, _location in getattr(self, "sources", {}).values():
+            source.close()
+        self.sources = {}
+
+
+def run_backup(session, repo, params, check_mode=False, options=None):
+    """One backup of one VM (see the module docstring for the steps). Returns the module result dict.
+
+    ``params``: vm or vm_id, method, type, consistency, exclude_disks, recovery_point_id, run_id,
+    keep_reference_points, transport. Failures raise HyperVBackupError after cleaning up.
+    """
+    run = BackupRun(session, repo, params, check_mode, options)
+    run.prepare()
+    if check_mode:
+        try:
+            run.plan(run.vm["disks"])    # the live disks: no recovery point is created in check mode
+        finally:
+            run.close_sources()
+        run.result["check_mode_note"] = "estimate from the live disks; nothing was created or written"
+        run.result["changed"] = True
+        return run.result
+    run.create_point()
+    try:
+        run.plan(run.point["disks"])
+        run.copy()
+    except BaseException:
+        run.close_sources()
+        run.discard_point()
+        raise
+    run.close_sources()
+    run.hand_back()
+    return run.result

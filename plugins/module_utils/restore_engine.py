@@ -1,0 +1,248 @@
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a VM's backup to disk files, prove them equal to the backup, optionally register the VM.
+
+``run_restore`` is what hyperv_restore calls. Per disk: pick the output name (never outside the
+destination), write the backup's non-zero chunks (fetched and decompressed ahead on a thread pool) into a new
+dynamic VHDX (vdisk.create_vhdx) or a sparse raw image under a temporary name, re-open what was written and
+re-hash it chunk by chunk with the repository's chunk-id function against the manifest (zero chunks
+must read as zeros), and only then rename it into place. A mismatch removes the file and fails.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import concurrent.futures
+import os
+import re
+import threading
+import time
+
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import ZERO_ID, parse_time
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk
+
+FORMATS = ("vhdx", "raw")
+TEMP_SUFFIX = ".restoring"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
+
+
+# --- which backup --------------------------------------------------------------------------------------
+
+def select_backup(repo, vm=None, backup_id=None, point_in_time=None):
+    """The backup to restore: by id, else the VM's latest complete one at or before ``point_in_time`` (or latest)."""
+    if backup_id:
+        record = repo.get_backup(backup_id)
+        if vm and vm not in (record.vm_id, record.vm_name):
+            raise RepositoryError("Backup %s belongs to VM %s (%s), not %s." % (backup_id, record.vm_name, record.vm_id, vm),
+                                  hint="Drop vm or pass a backup id of that VM.")
+        return record
+    if not vm:
+        raise HyperVBackupError("Say which backup to restore: vm (latest or point_in_time) or backup_id.")
+    until = parse_time(point_in_time) if point_in_time else None
+    candidates = [r for r in repo.list_backups(vm=vm, until=until) if r.state == "complete"]
+    if not candidates:
+        everything = repo.list_backups(vm=vm)
+        raise RepositoryError("The repository has no complete backup of VM %s%s." % (
+            vm, " at or before %s" % point_in_time if point_in_time else ""),
+            hint="Its backups: %s." % (", ".join("%s (%s)" % (r.backup_id, r.created) for r in everything) or "none"))
+    return candidates[-1]
+
+
+# --- where to write ------------------------------------------------------------------------------------
+
+def output_name(disk, fmt, vm_name, names=None):
+    """The file name of a restored disk: ``names[disk_key]``, else the original file name, else vm_disk_key."""
+    key = disk["disk_key"]
+    name = (names or {}).get(key) or (disk.get("metadata") or {}).get("file_name") or "%s_%s.vhdx" % (vm_name, key)
+    name = str(name)
+    stem = name.rsplit(".", 1)[0] if name.lower().endswith((".vhdx", ".avhdx", ".vhd", ".raw", ".img")) else name
+    return stem + "." + fmt
+
+
+def safe_target(destination, name):
+    """``destination/name``, refusing anything that would land outside ``destination``."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or not _SAFE_NAME.match(name):
+        raise HyperVBackupError("The restore file name %r is not allowed (a path, '..', or unusual characters)." % name,
+                                hint="Use plain file names (letters, digits, space, . _ - + ( )) in disk_names.")
+    root = os.path.realpath(destination)
+    target = os.path.realpath(os.path.join(root, name))
+    if os.path.dirname(target) != root:
+        raise HyperVBackupError("The restore target %s would escape the destination %s (a symlink?)." % (target, root),
+                                hint="Restore into a directory without symlinks named like the disks.")
+    return target
+
+
+# --- reading the backup in order -----------------------------------------------------------------------
+
+def _write_vhdx(path, reader, progress, logical_sector_size):
+    """A dynamic VHDX with the backup's non-zero chunks written in place (fresh blocks read as zeros elsewhere).
+
+    Writing chunk by chunk (rather than vdisk.write_vhdx_from's whole-image stream) never assembles or
+    compares a whole 32 MiB block: zero chunks cost nothing and each data chunk is one pwrite.
+    """
+    with create_vhdx(path, reader.virtual_size, logical_sector_size=logical_sector_size) as writer:
+        for offset, data in reader.iter_chunks(skip_zero=True):
+            writer.write(offset, data)
+            progress.advance(len(data))
+
+
+def _write_raw(path, reader, progress):
+    with open(path, "wb") as handle:
+        handle.truncate(reader.virtual_size)       # sparse: zero chunks are never written
+        for offset, data in reader.iter_chunks(skip_zero=True):
+            os.pwrite(handle.fileno(), data, offset)
+            progress.advance(len(data))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class _RawFile:
+    def __init__(self, path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self.virtual_size = os.fstat(self._fd).st_size
+
+    def read(self, offset, length):
+        return os.pread(self._fd, length, offset)
+
+    def close(self):
+        os.close(self._fd)
+
+
+# --- verify --------------------------------------------------------------------------------------------
+
+def verify_file(repo, manifest, path, fmt, workers=None):
+    """Re-read ``path`` and compare every chunk with the manifest; returns {verified_chunks, mismatches, hashes}."""
+    disk = open_disk(path) if fmt == "vhdx" else _RawFile(path)
+    try:
+        if disk.virtual_size != manifest.virtual_size:
+            return {"verified_chunks": 0, "mismatches": [{"offset": 0, "problem": "size %d, expected %d" % (
+                disk.virtual_size, manifest.virtual_size)}], "manifest_hash": None, "restored_hash": None}
+        zero = bytes(manifest.chunk_size)
+        ids = [None] * len(manifest.chunk_ids)
+        lock = threading.Lock()
+
+        def check(index):
+            length = manifest.chunk_length(index)
+            data = disk.read(index * manifest.chunk_size, length)
+            cid = None if data == zero[:length] else repo.keys.chunk_id(data)
+            with lock:
+                ids[index] = cid
+
+        with concurrent.futures.ThreadPoolExecutor(workers or (os.cpu_count() or 2)) as pool:
+            list(pool.map(check, range(len(ids))))
+    finally:
+        disk.close()
+    mismatches = [{"offset": i * manifest.chunk_size, "expected": want or "zeros", "found": got or "zeros"}
+                  for i, (want, got) in enumerate(zip(manifest.chunk_ids, ids)) if want != got]
+    return {"verified_chunks": len(ids), "mismatches": mismatches[:20], "mismatch_count": len(mismatches),
+            "manifest_hash": _list_hash(repo, manifest.chunk_ids), "restored_hash": _list_hash(repo, ids)}
+
+
+def _list_hash(repo, ids):
+    """One hash over the chunk id list (zeros as the zero id): equal lists, equal disks."""
+    return repo.keys.chunk_id(b"".join(bytes.fromhex(cid) if cid else ZERO_ID for cid in ids))
+
+
+# --- the restore ---------------------------------------------------------------------------------------
+
+def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
+    """Write one disk to ``target`` (through a temporary name), verify, rename. Returns its result entry."""
+    started = time.monotonic()
+    manifest = repo.load_disk_manifest(record.backup_id, disk["disk_key"], record)
+    reader = repo.open_disk_reader(record.backup_id, disk["disk_key"])
+    temp = target + TEMP_SUFFIX
+    if os.path.exists(temp):
+        os.unlink(temp)         # ours, from an interrupted restore
+    try:
+        if fmt == "vhdx":
+            meta = disk.get("metadata") or {}
+            _write_vhdx(temp, reader, progress, int(meta.get("logical_sector_size") or 512))
+        else:
+            _write_raw(temp, reader, progress)
+        written = time.monotonic()
+        check = verify_file(repo, manifest, temp, fmt) if verify else None
+        if check is not None and (check["mismatch_count"] or check["manifest_hash"] != check["restored_hash"]):
+            raise HyperVBackupError("The restored disk %s does not match backup %s: %d chunk(s) differ (first at offset %d)."
+                                    % (target, record.backup_id, check["mismatch_count"], check["mismatches"][0]["offset"]),
+                                    hint="The file was removed. Run verify on the repository; restore another backup.",
+                                    mismatches=check["mismatches"])
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    entry = {"disk_key": disk["disk_key"], "path": target, "format": fmt, "virtual_size": manifest.virtual_size,
+             "chunks": len(manifest.chunk_ids), "data_chunks": sum(1 for c in manifest.chunk_ids if c),
+             "write_seconds": round(written - started, 3), "duration_seconds": round(time.monotonic() - started, 3)}
+    if check is not None:
+        entry.update(verified=True, verified_chunks=check["verified_chunks"], manifest_hash=check["manifest_hash"],
+                     restored_hash=check["restored_hash"])
+    else:
+        entry["verified"] = False
+    return entry
+
+
+def _disk_order(record, restored):
+    """Restored paths in the order of the captured configuration's disks (import_vm wants them so)."""
+    document = ((record.metadata or {}).get("configuration") or {}).get("document") or {}
+    by_key = dict((d["disk_key"], d["path"]) for d in restored)
+    ordered = []
+    for disk in document.get("disks") or []:
+        key = "%s%d-%d" % (str(disk.get("controller_type", "")).lower(), int(disk.get("controller_number") or 0),
+                           int(disk.get("controller_location") or 0))
+        if key in by_key:
+            ordered.append(by_key.pop(key))
+    return ordered + [by_key[k] for k in sorted(by_key)]
+
+
+def run_restore(repo, params, session=None, check_mode=False, progress_file=None):
+    """Restore per ``params`` (vm, backup_id, point_in_time, destination, format, force, disk_names, verify,
+    register, new_name, generate_new_id). ``session`` (a HostSession) is needed only to register the VM."""
+    fmt = params.get("format") or "vhdx"
+    if fmt not in FORMATS:
+        raise HyperVBackupError("format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
+    record = select_backup(repo, params.get("vm"), params.get("backup_id"), params.get("point_in_time"))
+    destination = params["destination"]
+    if params.get("register") and session is None:
+        raise HyperVBackupError("register: true needs the host connection options (host, transport, ...).")
+    if params.get("register") and fmt != "vhdx":
+        raise HyperVBackupError("register: true needs format: vhdx (Hyper-V cannot attach raw images).")
+    plan = []
+    for disk in record.disks:
+        target = safe_target(destination, output_name(disk, fmt, record.vm_name, params.get("disk_names")))
+        exists = os.path.exists(target)
+        if exists and not params.get("force"):
+            raise HyperVBackupError("%s already exists; restore never overwrites a file unless force: true." % target,
+                                    hint="Choose another destination, delete the file, or set force: true.", path=target)
+        plan.append((disk, target, exists))
+    result = {"backup_id": record.backup_id, "vm": record.vm_name, "vm_id": record.vm_id, "backup_type": record.type,
+              "created": record.as_dict()["created"], "consistency": record.consistency, "destination": destination,
+              "format": fmt, "planned": [{"disk_key": d["disk_key"], "path": t, "replaces_existing": e} for d, t, e in plan]}
+    if check_mode:
+        result["changed"] = True
+        return result
+    if not os.path.isdir(destination):
+        os.makedirs(destination, mode=0o750)
+    total = sum(int(d["virtual_size"]) for d, _t, _e in plan)
+    progress = ProgressReporter(progress_file, total, operation="restore")
+    progress.set_phase("restoring")
+    started = time.monotonic()
+    restored = [restore_disk(repo, record, disk, target, fmt, progress, verify=params.get("verify", True))
+                for disk, target, _exists in plan]
+    duration = max(time.monotonic() - started, 1e-9)
+    progress.finish()
+    result.update(changed=True, disks=restored, duration_seconds=round(duration, 3), bytes_per_second=int(total / duration),
+                  verified=all(d["verified"] for d in restored))
+    if params.get("register"):
+        configuration = (record.metadata or {}).get("configuration")
+        if not configuration:
+            raise HyperVBackupError("Backup %s has no captured VM configuration; the disks were restored but the VM cannot be "
+                                    "registered." % record.backup_id, hint="Create the VM by hand and attach the restored disks.")
+        result["registered_vm"] = session.run("import_vm", configuration=configuration, disk_paths=_disk_order(record, restored),
+                                              new_name=params.get("new_name"), generate_new_id=bool(params.get("generate_new_id")))
+    return result

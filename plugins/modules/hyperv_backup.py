@@ -1,0 +1,244 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module hyperv_backup: back up one Hyper-V VM (full or incremental) into the backup repository."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: hyperv_backup
+short_description: Back up a Hyper-V VM into the backup repository, full or incremental
+version_added: 0.1.0
+description:
+  - Chooses the method (RCT or host VSS; a VM keeps the method of its latest backup in the repository unless
+    O(method) says otherwise), creates a recovery point (or takes the one given by O(recovery_point_id)), decides
+    full or incremental and says why, estimates the bytes to read and write, copies the changed or allocated chunks
+    of every disk into the repository, commits the backup, and hands the recovery point back (converted to an RCT
+    reference point for the next incremental, or removed for VSS).
+  - The first backup of a VM is full; every later one is incremental. A full backup is taken (and RV(type_reason)
+    says why) when the repository has no usable parent, the parent's RCT reference point or change tracking id is
+    gone or invalid, the disk set or a disk's size changed, or the method changed.
+  - An RCT incremental reads only the chunks the change list touches; a VSS incremental reads every allocated
+    chunk but stores only the chunks that differ from the parent.
+  - With check mode only the estimate is returned (from the live disks); no recovery point is created and nothing
+    is written.
+  - A failure at any step leaves no visible backup and removes the recovery point.
+  - Runs on the backup proxy that holds (or reaches) the repository and can read the host's disk files (the lab
+    host's files directly, a mounted share through O(path_map), or SMB with O(smb_access)).
+author:
+  - hyperv.backup contributors (@hyperv-backup)
+extends_documentation_fragment:
+  - hyperv.backup.connection
+  - hyperv.backup.repository
+options:
+  vm:
+    description: Name of the VM. One of O(vm) or O(vm_id) is required.
+    type: str
+  vm_id:
+    description: Id of the VM (GUID), instead of O(vm).
+    type: str
+  method:
+    description:
+      - C(auto) uses RCT when the host and VM meet the RCT rules, unless the VM's latest backup used VSS.
+      - C(rct) or C(vss) force a method; switching makes this backup full.
+    type: str
+    choices: [auto, rct, vss]
+    default: auto
+  type:
+    description:
+      - C(auto) is full for the first backup and when no incremental is possible, else incremental.
+      - C(full) always copies every allocated chunk. C(incremental) fails, with the reason, when only a full is possible.
+    type: str
+    choices: [auto, full, incremental]
+    default: auto
+  consistency:
+    description: C(application) fails when the guest cannot be quiesced; C(application_or_crash) falls back to crash consistency.
+    type: str
+    choices: [application, application_or_crash]
+    default: application
+  recovery_point_id:
+    description: Back up this existing recovery point (from M(hyperv.backup.hyperv_recovery_point)) instead of creating one.
+    type: str
+  run_id:
+    description: Run id used to name the recovery point (C(hyperv.backup:<run_id>)); generated when not given.
+    type: str
+  exclude_disks:
+    description: Disks not to back up, by path, file name or controller slot (C(SCSI 0:1) or C(scsi0-1)).
+    type: list
+    elements: str
+    default: []
+  keep_reference_points:
+    description: RCT reference points to keep per VM after the backup (the newest is what the next incremental starts from).
+    type: int
+    default: 1
+  read_rate_limit:
+    description: Cap on the read rate from the host in bytes per second (0 or unset means no cap).
+    type: int
+  progress_file:
+    description:
+      - Path of a file that gets a JSON line with percent, bytes and rate at most once a second while copying (and a
+        final line). Useful with C(async) (poll it with M(ansible.builtin.slurp)).
+    type: path
+  path_map:
+    description: Map of host path prefixes (Windows) to local directories on the proxy where that storage is mounted.
+    type: dict
+  smb_access:
+    description: Read disk files that are not local or mapped over SMB with the connection credentials.
+    type: bool
+    default: false
+  workers:
+    description: Copy threads (default number of cores + 2).
+    type: int
+notes:
+  - Supports C(async); the progress file shows how far a running backup is.
+  - Test aid: the environment variable E(HYPERV_BACKUP_FAULT_AFTER_CHUNKS) makes the copy fail after that many chunks.
+"""
+
+EXAMPLES = r"""
+- name: Back up web01 (full the first time, incremental afterwards)
+  hyperv.backup.hyperv_backup:
+    host: hv01
+    vm: web01
+    repository: /srv/backups
+  delegate_to: backup-proxy
+  register: backup
+
+- name: Estimate only
+  hyperv.backup.hyperv_backup:
+    host: hv01
+    vm: web01
+    repository: /srv/backups
+  check_mode: true
+
+- name: Long backup in the background with a progress file
+  hyperv.backup.hyperv_backup:
+    host: hv01
+    vm: db01
+    repository: /srv/backups
+    exclude_disks: ['SCSI 0:2']
+    read_rate_limit: 209715200
+    progress_file: /var/tmp/db01.progress
+  async: 7200
+  poll: 0
+"""
+
+RETURN = r"""
+backup_id:
+  description: Id of the committed backup.
+  returned: success, not in check mode
+  type: str
+type:
+  description: C(full) or C(incremental).
+  returned: always
+  type: str
+type_reason:
+  description: Why this type was chosen.
+  returned: always
+  type: str
+method:
+  description: C(rct) or C(vss).
+  returned: always
+  type: str
+method_reason:
+  description: Why this method was chosen.
+  returned: always
+  type: str
+parent_backup_id:
+  description: The backup an incremental builds on.
+  returned: always
+  type: str
+consistency:
+  description: The consistency level achieved (C(application) or C(crash)); also recorded in the backup's manifest.
+  returned: success, not in check mode
+  type: str
+estimate:
+  description: Bytes to read and expected bytes to write, per disk, from the BAT (full) or the RCT change list.
+  returned: always
+  type: dict
+bytes_estimated:
+  description: Estimated bytes to read.
+  returned: success, not in check mode
+  type: int
+bytes_read:
+  description: Bytes read from the host.
+  returned: success, not in check mode
+  type: int
+bytes_written:
+  description: Bytes written to the repository (compressed, new chunks only).
+  returned: success, not in check mode
+  type: int
+dedup_ratio:
+  description: Bytes read per new byte stored before compression.
+  returned: success, not in check mode
+  type: float
+compression_ratio:
+  description: New bytes per byte written.
+  returned: success, not in check mode
+  type: float
+duration_seconds:
+  description: Duration of the copy.
+  returned: success, not in check mode
+  type: float
+bytes_per_second:
+  description: Read throughput of the copy.
+  returned: success, not in check mode
+  type: int
+disks:
+  description: Per disk the same figures, with its key (controller slot), path and chunk counts.
+  returned: success, not in check mode
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(repository_argument_spec())
+    argument_spec.update(
+        vm=dict(type="str"),
+        vm_id=dict(type="str"),
+        method=dict(type="str", default="auto", choices=["auto", "rct", "vss"]),
+        type=dict(type="str", default="auto", choices=["auto", "full", "incremental"]),
+        consistency=dict(type="str", default="application", choices=["application", "application_or_crash"]),
+        recovery_point_id=dict(type="str"),
+        run_id=dict(type="str"),
+        exclude_disks=dict(type="list", elements="str", default=[]),
+        keep_reference_points=dict(type="int", default=1),
+        read_rate_limit=dict(type="int"),
+        progress_file=dict(type="path"),
+        path_map=dict(type="dict"),
+        smb_access=dict(type="bool", default=False),
+        workers=dict(type="int"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[("vm", "vm_id")], required_one_of=[("vm", "vm_id")])
+    params = module.params
+    try:
+        repo = open_repository(params)
+        options = CopyOptions(workers=params["workers"], read_rate_limit=params["read_rate_limit"],
+                              progress=None if module.check_mode else ProgressReporter(params["progress_file"]),
+                              credentials=(params["username"], params["password"]), path_map=params["path_map"],
+                              smb=params["smb_access"])
+        with HostSession.from_module_params(params) as session:
+            result = run_backup(session, repo, params, check_mode=module.check_mode, options=options)
+    except HyperVBackupError as err:
+        module.fail_json(msg=str(err), **err.details())
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hyperv.backup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module hyperv_restore: restore a VM's backup to verified disk files, optionally re-register the VM."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: hyperv_restore
+short_description: Restore a Hyper-V VM backup to VHDX (or raw) files and optionally re-register the VM
+version_added: 0.1.0
+description:
+  - Restores the latest backup of a VM, the one given by O(backup_id), or the latest at or before O(point_in_time),
+    into O(destination) on the machine the module runs on (the backup proxy; for a lab host any directory the lab
+    host can see, for example its VM folder).
+  - Each disk becomes a dynamic VHDX that Hyper-V can attach (O(format=vhdx)) or a sparse raw image for other
+    hypervisors (O(format=raw)). Files are written under a temporary name, re-read and compared chunk by chunk with
+    the backup's manifest (the repository's chunk ids; zero chunks must read as zeros), and renamed into place only
+    when they match. A mismatch removes the file and fails.
+  - An existing file is never overwritten unless O(force=true); names that would escape O(destination) are refused.
+  - With O(register=true) the VM is registered again on the host from the configuration captured with the backup
+    and the restored disks (the host's Import-VM; the lab host's import_vm).
+author:
+  - hyperv.backup contributors (@hyperv-backup)
+extends_documentation_fragment:
+  - hyperv.backup.connection
+  - hyperv.backup.repository
+options:
+  host:
+    description: The Hyper-V host to register the VM on; needed only with O(register=true).
+    type: str
+    required: false
+  vm:
+    description: Name or id of the VM whose backup to restore (its latest, or the latest at or before O(point_in_time)).
+    type: str
+  backup_id:
+    description: Restore this backup.
+    type: str
+  point_in_time:
+    description: Restore the latest backup created at or before this time (ISO 8601).
+    type: str
+  destination:
+    description: Directory for the restored files (created if missing).
+    type: path
+    required: true
+  format:
+    description: C(vhdx) (dynamic VHDX) or C(raw) (sparse raw image).
+    type: str
+    choices: [vhdx, raw]
+    default: vhdx
+  force:
+    description: Replace existing files (only after the new file is verified).
+    type: bool
+    default: false
+  disk_names:
+    description: File names per disk key (for example C(scsi0-0)); default is the original file name.
+    type: dict
+  verify:
+    description: Re-read and compare every restored chunk with the backup before renaming the file into place.
+    type: bool
+    default: true
+  register:
+    description: Register the VM on O(host) from the captured configuration with the restored disks.
+    type: bool
+    default: false
+  new_name:
+    description: Name of the registered VM (default the original name).
+    type: str
+  generate_new_id:
+    description: Give the registered VM a new id (needed when the original VM still exists on the host).
+    type: bool
+    default: false
+  progress_file:
+    description: JSON lines with percent and rate, at most once a second.
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Restore web01 as it was last night to raw images
+  hyperv.backup.hyperv_restore:
+    repository: /srv/backups
+    vm: web01
+    point_in_time: '2026-11-24T23:59:59Z'
+    destination: /srv/restore/web01
+    format: raw
+
+- name: Restore a backup and register it as a new VM
+  hyperv.backup.hyperv_restore:
+    repository: /srv/backups
+    backup_id: 20261125T061100Z-1a2b3c4d5e6f
+    destination: /srv/lab/hv01/restored
+    register: true
+    host: hv01
+    new_name: web01-restored
+    generate_new_id: true
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup that was restored.
+  returned: always
+  type: str
+disks:
+  description: Per disk the file written, its format, size, timings, and the verification hashes (manifest and restored).
+  returned: success, not in check mode
+  type: list
+  elements: dict
+verified:
+  description: True when every restored disk matched the backup chunk by chunk.
+  returned: success, not in check mode
+  type: bool
+registered_vm:
+  description: The VM registered on the host (vm_id, name, state).
+  returned: when register is true
+  type: dict
+planned:
+  description: The files that are (or in check mode would be) written.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec["host"] = dict(argument_spec["host"], required=False)
+    argument_spec.update(repository_argument_spec())
+    argument_spec.update(
+        vm=dict(type="str"),
+        backup_id=dict(type="str"),
+        point_in_time=dict(type="str"),
+        destination=dict(type="path", required=True),
+        format=dict(type="str", default="vhdx", choices=["vhdx", "raw"]),
+        force=dict(type="bool", default=False),
+        disk_names=dict(type="dict"),
+        verify=dict(type="bool", default=True),
+        register=dict(type="bool", default=False),
+        new_name=dict(type="str"),
+        generate_new_id=dict(type="bool", default=False),
+        progress_file=dict(type="path"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_one_of=[("vm", "backup_id")], mutually_exclusive=[("backup_id", "point_in_time")],
+                           required_if=[("register", True, ("host",))])
+    params = module.params
+    try:
+        repo = open_repository(params)
+        if params["register"]:
+            with HostSession.from_module_params(params) as session:
+                result = run_restore(repo, params, session=session, check_mode=module.check_mode,
+                                     progress_file=params["progress_file"])
+        else:
+            result = run_restore(repo, params, check_mode=module.check_mode, progress_file=params["progress_file"])
+    except HyperVBackupError as err:
+        module.fail_json(msg=str(err), **err.details())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
