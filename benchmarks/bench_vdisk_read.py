@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ def ours_memory(path):
 
 SPARSE = 64 * 1024
 WRITE_PIECE = 2 * MiB
+WRITERS = 2
 ZERO_SPARSE = bytes(SPARSE)
 
 
@@ -72,30 +74,30 @@ def write_sparse(fd, buf, length, offset):
         os.pwrite(fd, view[start:length], offset + start)
 
 
-def ours_file(path, out):
+def ours_file(path, out, writers=WRITERS):
     """Restore-to-raw as the engines do it: only the allocated ranges (from the BATs) are read and written.
 
-    Two buffers: while one 4 MiB piece is written by a helper thread, the next is read (pread and
-    pwrite release the GIL), as qemu-img overlaps its reads and writes.
+    The main thread reads 4 MiB pieces while ``writers`` helper threads write earlier ones (pread and
+    pwrite release the GIL), as qemu-img overlaps reads with several parallel writes.
     """
-    with open_disk(path) as disk, ThreadPoolExecutor(max_workers=1) as pool:
-        buffers = [bytearray(CHUNK), bytearray(CHUNK)]
+    with open_disk(path) as disk, ThreadPoolExecutor(max_workers=writers) as pool:
+        buffers = [bytearray(CHUNK) for _buffer in range(writers + 1)]
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, disk.virtual_size)    # as qemu-img does: size first, then writes inside the file
-            pending = None
+            pending = []
             turn = 0
             for start, length in disk.allocated_ranges():
                 for offset in range(start, start + length, CHUNK):
+                    if len(pending) > writers - 1:
+                        pending.pop(0).result()     # its buffer is the one we are about to reuse
                     buf = buffers[turn]
                     size = min(CHUNK, start + length - offset)
                     disk.readinto(offset, memoryview(buf)[:size])
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(write_sparse, fd, buf, size, offset)
-                    turn = 1 - turn
-            if pending is not None:
-                pending.result()
+                    pending.append(pool.submit(write_sparse, fd, buf, size, offset))
+                    turn = (turn + 1) % len(buffers)
+            for future in pending:
+                future.result()
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -114,10 +116,18 @@ def qemu_null(path, size):
                     "driver=null-co,size=%d" % size], check=True)
 
 
+def _cpu():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed(func, *args):
+    """(wall seconds, CPU seconds of this process and its children): CPU time is less disturbed by other load."""
+    cpu = _cpu()
     start = time.perf_counter()
     func(*args)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu() - cpu
 
 
 def verify(path, raw):
@@ -168,15 +178,19 @@ def main():
         allocated = sum(length for _offset, length in disk.allocated_ranges())
     out = os.path.join(args.workdir, "out.raw")
     load_before = os.getloadavg()
-    times = {"ours/memory": [], "ours/file": [], "qemu/file": [], "qemu/null": []}
+    names = ("ours/memory", "qemu/null", "ours/file", "qemu/file")
+    times = dict((name, []) for name in names)
+    cpu = dict((name, []) for name in names)
     for _trial in range(args.trials):
-        times["ours/memory"].append(timed(ours_memory, vhdx))
-        times["qemu/null"].append(timed(qemu_null, vhdx, size))
-        times["ours/file"].append(timed(ours_file, vhdx, out))
-        os.unlink(out)
-        times["qemu/file"].append(timed(qemu_file, vhdx, out))
-        os.unlink(out)
+        for name, func, extra in (("ours/memory", ours_memory, ()), ("qemu/null", qemu_null, (size,)),
+                                  ("ours/file", ours_file, (out,)), ("qemu/file", qemu_file, (out,))):
+            wall, used = timed(func, vhdx, *extra)
+            times[name].append(wall)
+            cpu[name].append(used)
+            if os.path.exists(out):
+                os.unlink(out)
     medians = dict((name, statistics.median(values)) for name, values in times.items())
+    cpu_medians = dict((name, statistics.median(values)) for name, values in cpu.items())
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "image": {"path": vhdx, "virtual_size": size, "allocated_bytes": allocated, "file_size": os.path.getsize(vhdx),
@@ -184,7 +198,9 @@ def main():
         "machine": machine(),
         "load_average_before_after": [load_before, os.getloadavg()],
         "trials": times,
+        "cpu_trials": cpu,
         "median_seconds": medians,
+        "median_cpu_seconds": cpu_medians,
         "median_mb_per_s": dict((name, size / 1e6 / seconds) for name, seconds in medians.items()),
         "ratio_ours_memory_vs_qemu_null": medians["qemu/null"] / medians["ours/memory"],
         "ratio_ours_file_vs_qemu_file": medians["qemu/file"] / medians["ours/file"],
@@ -193,11 +209,11 @@ def main():
     report = os.path.join(ROOT, "benchmarks", "results", "vdisk-%s.json" % time.strftime("%Y%m%dT%H%M%S"))
     with open(report, "w") as handle:
         json.dump(result, handle, indent=2)
-    print("| run | median s | MB/s | trials (s) |")
-    print("| --- | --- | --- | --- |")
-    for name in times:
+    print("| run | median wall s | MB/s | median CPU s | wall trials (s) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
         trials = ", ".join("%.3f" % t for t in times[name])
-        print("| %s | %.3f | %.0f | %s |" % (name, medians[name], result["median_mb_per_s"][name], trials))
+        print("| %s | %.3f | %.0f | %.3f | %s |" % (name, medians[name], result["median_mb_per_s"][name], cpu_medians[name], trials))
     print("ours/memory vs qemu/null: %.2fx; ours/file vs qemu/file: %.2fx (>1 = ours faster)"
           % (result["ratio_ours_memory_vs_qemu_null"], result["ratio_ours_file_vs_qemu_file"]))
     print("load average before/after: %s / %s" % tuple(result["load_average_before_after"]))

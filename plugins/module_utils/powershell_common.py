@@ -45,8 +45,11 @@ def script_parameters(params, timeout_seconds):
 PRELUDE = r"""
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
-# [HV2:msvm-computersystem] the Hyper-V WMI v2 namespace (Windows Server 2012 and later)
+# [HV2:msvm-computersystem] the Hyper-V WMI v2 namespace (Windows Server 2012 = 6.2 and later); Windows Server
+# 2008 / 2008 R2 (6.0 / 6.1) only have v1, root\virtualization [COLISEO; reference section 4].
 $HvNamespace = 'root\virtualization\v2'
+$HvOsVersion = [Environment]::OSVersion.Version
+if ($HvOsVersion.Major -lt 6 -or ($HvOsVersion.Major -eq 6 -and $HvOsVersion.Minor -lt 2)) { $HvNamespace = 'root\virtualization' }
 $HvDeadline = (Get-Date).AddSeconds($HvTimeoutSeconds)
 $HvOursPrefix = 'hyperv.backup:'
 

@@ -4,6 +4,8 @@
 """PowerShell scripts for recovery checkpoints, reference points and RCT change lists (WMI, Windows Server 2016+).
 
 Flow and names from the reference's sections 2.2-2.6 and 8 ([XHVB], [BAREOS], [NXM], [HV2:...]).
+The create / list / remove recovery point scripts also carry the host-VSS path (method vss, any host
+version) from ``powershell_vss``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -11,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.hyperv.backup.plugins.module_utils.powershell_common import build_script
+from ansible_collections.hyperv.backup.plugins.module_utils.powershell_vss import VSS_FUNCTIONS, VSS_SOURCES
 
 # Shared by the scripts that describe a recovery checkpoint (create / list).
 _RECOVERY_POINT_FUNCTIONS = r"""
@@ -41,7 +44,7 @@ function ConvertTo-HvRecoveryPoint {
 CREATE_RECOVERY_POINT = build_script("create_recovery_point", r"""
 param([Parameter(Mandatory = $true)][string]$VmId, [Parameter(Mandatory = $true)][string]$Method,
       [Parameter(Mandatory = $true)][string]$Consistency, [Parameter(Mandatory = $true)][string]$Tag, [int]$HvTimeoutSeconds = 3600)
-""", _RECOVERY_POINT_FUNCTIONS + r"""
+""", _RECOVERY_POINT_FUNCTIONS + VSS_FUNCTIONS + r"""
 function New-HvRecoverySnapshot {
     param($Vm, [byte]$Level)
     # Msvm_VirtualSystemSnapshotService [HV2:msvm-virtualsystemsnapshotservice]
@@ -65,10 +68,10 @@ function New-HvRecoverySnapshot {
 
 function Invoke-HvOperation {
     $vm = Get-HvVm -VmId $VmId
+    # Host VSS with the Hyper-V writer (diskshadow, reference section 4): any host, the only way before 2016.
+    if ($Method -eq 'vss') { return (New-HvVssRecoveryPoint -Vm $vm -Consistency $Consistency -Tag $Tag) }
     if ($Method -ne 'rct') {
-        # The host-VSS path (diskshadow with the Hyper-V writer, reference section 4) is not implemented yet.
-        throw (New-HvError -Category 'unsupported' -Message ('recovery point method ' + $Method + ' is not available from this collection yet') `
-            -Hint 'Use method rct (Windows Server 2016 or later).')
+        throw (New-HvError -Category 'unsupported' -Message ('recovery point method ' + $Method + ' is not rct or vss') -Hint 'Use method rct or vss.')
     }
     # WS2016 = build 14393 is the minimum for recovery checkpoints and RCT [reference 2.8].
     if ([Environment]::OSVersion.Version.Build -lt 14393) {
@@ -99,14 +102,17 @@ function Invoke-HvOperation {
     return $out
 }
 """, ["HV2:msvm-virtualsystemsnapshotsettingdata", "HV2:createsnapshot-msvm-virtualsystemsnapshotservice", "XHVB", "BAREOS", "NXM",
-      "HV2:msvm-storageallocationsettingdata", "PSDOC:Get-VMHardDiskDrive"])
+      "HV2:msvm-storageallocationsettingdata", "PSDOC:Get-VMHardDiskDrive"] + VSS_SOURCES)
 
 GET_RECOVERY_POINTS = build_script("get_recovery_points", r"""
 param([Parameter(Mandatory = $true)][string]$VmId, [int]$HvTimeoutSeconds = 3600)
-""", _RECOVERY_POINT_FUNCTIONS + r"""
+""", _RECOVERY_POINT_FUNCTIONS + VSS_FUNCTIONS + r"""
 function Invoke-HvOperation {
     $vm = Get-HvVm -VmId $VmId
-    $out = @()
+    # Host-VSS points first: their markers under %ProgramData%\hyperv.backup\vss (any host version).
+    $out = @(Get-HvVssRecoveryPoints -VmGuid (ConvertTo-HvVssGuid -Value ([string]$vm.Name) -What 'VM id'))
+    # Recovery checkpoints exist from Windows Server 2016 (build 14393) on [reference 2.8].
+    if ([Environment]::OSVersion.Version.Build -lt 14393) { return , @($out) }
     # Recovery checkpoints: VirtualSystemType 'Microsoft:Hyper-V:Snapshot:Recovery' among Msvm_SnapshotOfVirtualSystem [XHVB Get-VmBackupCheckpoints].
     foreach ($s in @(Get-CimAssociatedInstance -InputObject $vm -Association Msvm_SnapshotOfVirtualSystem -ResultClassName Msvm_VirtualSystemSettingData |
             Where-Object { $_.VirtualSystemType -eq 'Microsoft:Hyper-V:Snapshot:Recovery' })) {
@@ -115,13 +121,15 @@ function Invoke-HvOperation {
     }
     return , @($out)
 }
-""", ["XHVB", "HV2:msvm-snapshotofvirtualsystem", "HV2:msvm-virtualsystemsettingdata", "HV2:msvm-storageallocationsettingdata"])
+""", ["XHVB", "HV2:msvm-snapshotofvirtualsystem", "HV2:msvm-virtualsystemsettingdata", "HV2:msvm-storageallocationsettingdata"] + VSS_SOURCES)
 
 REMOVE_RECOVERY_POINT = build_script("remove_recovery_point", r"""
 param([Parameter(Mandatory = $true)][string]$VmId, [Parameter(Mandatory = $true)][string]$Id, [int]$HvTimeoutSeconds = 3600)
-""", r"""
+""", VSS_FUNCTIONS + r"""
 function Invoke-HvOperation {
     $vm = Get-HvVm -VmId $VmId
+    # Host-VSS point (id 'vss:<work id>:<set id>'): delete the shadow copy set and our marker folder.
+    if ($Id.StartsWith('vss:')) { return (Remove-HvVssRecoveryPoint -VmGuid (ConvertTo-HvVssGuid -Value ([string]$vm.Name) -What 'VM id') -Id $Id) }
     $snapshot = @(Get-CimAssociatedInstance -InputObject $vm -Association Msvm_SnapshotOfVirtualSystem -ResultClassName Msvm_VirtualSystemSettingData |
         Where-Object { $_.InstanceID -eq $Id }) | Select-Object -First 1
     if (-not $snapshot) { return [ordered]@{ id = $Id; removed = $false } }
@@ -132,13 +140,17 @@ function Invoke-HvOperation {
     Wait-HvJob -Result $r -Method 'DestroySnapshot' -Category 'recovery_point' | Out-Null
     return [ordered]@{ id = $Id; removed = $true }
 }
-""", ["HV2:msvm-virtualsystemsnapshotservice", "BAREOS"])
+""", ["HV2:msvm-virtualsystemsnapshotservice", "BAREOS"] + VSS_SOURCES)
 
 CONVERT_TO_REFERENCE_POINT = build_script("convert_to_reference_point", r"""
 param([Parameter(Mandatory = $true)][string]$VmId, [Parameter(Mandatory = $true)][string]$Id, [int]$HvTimeoutSeconds = 3600)
 """, r"""
 function Invoke-HvOperation {
     $vm = Get-HvVm -VmId $VmId
+    if ($Id.StartsWith('vss:')) {
+        throw (New-HvError -Category 'unsupported' -Message ('recovery point ' + $Id + ' is a host VSS shadow copy, not an RCT checkpoint') `
+            -Hint 'Remove it with remove_recovery_point instead.')
+    }
     $snapshot = Get-HvRecoveryPoint -Vm $vm -Id $Id
     if ($snapshot.VirtualSystemType -ne 'Microsoft:Hyper-V:Snapshot:Recovery') {
         # "Only recovery snapshots can be converted to reference points." [HV2:msvm-virtualsystemsnapshotservice-converttoreferencepoint]

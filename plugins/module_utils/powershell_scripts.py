@@ -5,7 +5,7 @@
 
 The psrp and winrm transports send ``SCRIPTS[name].text`` with the operation's parameters as
 script parameters (``script_parameters``). The texts live in ``powershell_common`` (shared prelude),
-``powershell_vm`` and ``powershell_rct``; docs/powershell.md describes each one and its sources.
+``powershell_vm``, ``powershell_rct`` and ``powershell_vss`` (diskshadow, method vss); docs/powershell.md describes each one and its sources.
 """
 
 from __future__ import absolute_import, division, print_function

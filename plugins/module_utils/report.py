@@ -197,6 +197,24 @@ def merge_history(*sources):
     return sorted(runs.values(), key=lambda r: (r["started"] or "", r["run_id"]))
 
 
+def combine_history(catalog, reports, run_started=None):
+    """History for the chart: the runs of the earlier reports, plus catalogue runs from before them.
+
+    Catalogue backups without a run id are grouped by day, which would count a reported run twice; so from the
+    first reported run on (or from the start of the current run when there is no report yet) the reports are
+    the only source, except for catalogue runs whose id a report also has (the report wins for those).
+    """
+    reported = merge_history(reports)
+    known = set(r["run_id"] for r in reported)
+    starts = [parse_time(r["started"], "history started") for r in reported if r["started"]]
+    if run_started:
+        starts.append(parse_time(run_started, "run started"))
+    cutoff = min(starts) if starts else None
+    kept = [c for c in merge_history(catalog)
+            if c["run_id"] in known or cutoff is None or (c["started"] and parse_time(c["started"], "started") < cutoff)]
+    return merge_history(kept, reported)
+
+
 def history_from_catalog(backups):
     """Group catalogue backup records into runs.
 

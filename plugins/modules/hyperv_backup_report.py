@@ -115,7 +115,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.report import (
-    build_report, history_from_catalog, history_from_reports, merge_history, write_report,
+    build_report, combine_history, history_from_catalog, history_from_reports, write_report,
 )
 
 
@@ -135,7 +135,8 @@ def main():
     params = module.params
     try:
         # The earlier reports know failures and exact run spans, so they win over the catalogue.
-        history = merge_history(history_from_catalog(params["catalog"]), history_from_reports(params["directory"]))
+        history = combine_history(history_from_catalog(params["catalog"]), history_from_reports(params["directory"]),
+                                  run_started=params["started"])
         report = build_report(params["run_id"], params["results"], started=params["started"],
                               finished=params["finished"], history=history, title=params["title"])
         safe = report["run_id"].replace(":", "-")

@@ -101,3 +101,17 @@ def test_write_report_into_unwritable_place_says_so(tmp_path):
     blocker.write_text("x")
     with pytest.raises(rpt.ReportError, match="Cannot create the report directory"):
         rpt.write_report(str(blocker / "sub"), rpt.build_report("r", []))
+
+
+def test_combine_history_uses_the_catalogue_only_before_the_reports():
+    catalog = rpt.history_from_catalog([
+        {"backup_id": "1", "vm_name": "a", "created": "2026-01-01T22:00:00Z", "stored_bytes": 5},
+        {"backup_id": "2", "vm_name": "a", "created": "2026-01-02T22:00:01Z", "stored_bytes": 6},
+        {"backup_id": "3", "vm_name": "a", "created": "2026-01-03T22:00:01Z", "stored_bytes": 7},
+    ])
+    reports = [{"run_id": "r2", "started": "2026-01-02T22:00:00Z", "bytes_stored": 6, "duration_seconds": 3}]
+    combined = rpt.combine_history(catalog, reports, run_started="2026-01-03T22:00:00Z")
+    # The day-groups of 01-02 (reported as r2) and 01-03 (the current run) are not counted twice.
+    assert [h["run_id"] for h in combined] == ["2026-01-01", "r2"]
+    assert [h["run_id"] for h in rpt.combine_history(catalog, [])] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert [h["run_id"] for h in rpt.combine_history(catalog, [], run_started="2026-01-02T00:00:00Z")] == ["2026-01-01"]
