@@ -63,7 +63,8 @@ def write_sparse(fd, buf, length, offset):
         if start is not None and position - start >= WRITE_PIECE:    # 2 MiB writes, like qemu-img
             os.pwrite(fd, view[start:position], offset + start)
             start = position
-        zero = buf[position:position + SPARSE] == ZERO_SPARSE[:min(SPARSE, length - position)]
+        piece = min(SPARSE, length - position)
+        zero = buf.startswith(ZERO_SPARSE[:piece], position, position + piece)   # a memcmp, no copy
         if zero and start is not None:
             if position > start:
                 os.pwrite(fd, view[start:position], offset + start)

@@ -27,6 +27,13 @@ description:
 author:
   - hyperv.backup contributors (@hyperv-backup)
 options:
+  transport:
+    description:
+      - Accepted so that C(module_defaults) for C(group/hyperv.backup.hyperv) can carry C(transport=lab) for every
+        module of a play that targets lab hosts; this module only manages lab hosts.
+    type: str
+    choices: [lab]
+    default: lab
   lab_directory:
     description:
       - Directory that holds the lab hosts (one sub-directory per host); created owner-only if missing.
@@ -396,6 +403,7 @@ def argument_spec():
                  writes=dict(type="int", default=16), write_size=dict(type="int", default=65536),
                  offsets=dict(type="list", elements="int"))
     return dict(
+        transport=dict(type="str", choices=["lab"], default="lab"),
         lab_directory=dict(type="path", required=True, fallback=(env_fallback, ["HYPERV_LAB_DIRECTORY"])),
         host=dict(type="str", required=True, fallback=(env_fallback, ["HYPERV_HOST"])),
         state=dict(type="str", choices=["present", "absent"], default="present"),

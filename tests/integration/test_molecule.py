@@ -20,5 +20,10 @@ def test_molecule_default_scenario():
                           capture_output=True, text=True, timeout=1200, env=ansible_env({"NO_COLOR": "1"}))
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, out[-15000:]
-    for action in ("create", "converge", "verify", "destroy"):
-        assert re.search(r"default ➜ %s: Executed: Successful" % action, out), (action, out[-5000:])
+    recap = re.search(r"default\s*:\s*actions=(\d+)\s+successful=(\d+).*failed=(\d+)", out)
+    assert recap, out[-5000:]
+    actions, successful, failed = (int(n) for n in recap.groups())
+    assert actions == successful == 6 and failed == 0, recap.group(0)
+    # The verify playbook really ran its checks (catalogue, report, timer).
+    for task in ("Every VM of every lab host has a backup", "The report says every VM succeeded", "Check the timer link"):
+        assert re.search(r"TASK \[%s\][^\n]*\n+ok: \[localhost\]" % re.escape(task), out), (task, out[-5000:])

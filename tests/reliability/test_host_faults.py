@@ -17,7 +17,7 @@ from playbook_helpers import (
     MiB, backup_task, disk_bytes, lab_task, open_repo, our_recovery_points, repository_task, restored_bytes, run_tasks,
     snapshot_task, wrong_bytes)
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]   # two playbooks each: 10-40 s
 
 DISK = 4 * MiB
 SETUP = [lab_task(era="2022", services={"vss": "Running"},
@@ -39,19 +39,27 @@ def rename_vm(work_dir, old, new):
         layout.write_host(host)
 
 
-# name: (inject tasks, python action, clear tasks, vm name for b2/b3, expected b2: ("fail", categories) or ("ok", types))
+# name: (inject tasks, python action, clear tasks, vm name for b2/b3, expected b2: ("fail", categories) or ("ok", types)
+#        [, extra options of the second backup])
 SCENARIOS = {
     "host unreachable": ([lab_task(faults=["unreachable"])], None, [lab_task(faults=[])], "web01", ("fail", {"unreachable"})),
     "credentials refused": ([lab_task(faults=["auth_fails"])], None, [lab_task(faults=[])], "web01", ("fail", {"authentication"})),
-    "VSS service will not start": ([lab_task(services={"vss": "Stopped"}, faults=["service_wont_start:vss"])], None,
-                                   [lab_task(faults=[])], "web01", ("fail", {"service"})),
+    "VSS service will not start (RCT backup: not needed)": (
+        [lab_task(services={"vss": "Stopped"}, faults=["service_wont_start:vss"])], None, [lab_task(faults=[])], "web01",
+        ("ok", {"incremental"})),
+    "VSS service will not start (VSS backup)": (
+        [lab_task(services={"vss": "Stopped"}, faults=["service_wont_start:vss"])], None, [lab_task(faults=[])], "web01",
+        ("fail", {"service"}), {"method": "vss"}),
     "integration service missing": ([lab_task(faults=["integration_missing"])], None, [lab_task(faults=[])], "web01",
                                     ("fail", {"integration"})),
     "integration service not answering": ([lab_task(faults=["integration_no_contact"])], None, [lab_task(faults=[])], "web01",
                                           ("fail", {"integration"})),
     "recovery point creation fails": ([lab_task(faults=["recovery_point_fails"])], None, [lab_task(faults=[])], "web01",
                                       ("fail", {"recovery_point"})),
-    "VSS writer failed": ([lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01", ("ok", {"incremental", "full"})),
+    "VSS writer failed (RCT backup: not needed)": ([lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01",
+                                                  ("ok", {"incremental"})),
+    "VSS writer failed (VSS backup)": ([lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01",
+                                       ("fail", {"service", "recovery_point", "failed"}), {"method": "vss"}),
     "RCT id invalid": ([lab_task(faults=["rct_invalid"])], None, [lab_task(faults=[])], "web01", ("ok", {"full"})),
     "disk resized between backups": ([lab_task(resize_disk={"vm": "web01", "disk": 0, "size": 6 * MiB})], None, [], "web01",
                                      ("ok", {"full", "incremental"})),
@@ -70,7 +78,8 @@ def _outcome(result):
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
-    inject, action, clear, vm_name, (expected, allowed) = SCENARIOS[scenario]
+    inject, action, clear, vm_name, (expected, allowed) = SCENARIOS[scenario][:5]
+    b2_options = SCENARIOS[scenario][5] if len(SCENARIOS[scenario]) > 5 else {}
     first, registered = run_tasks(tmp_path, SETUP + [backup_task("b1", ignore_errors=False), snapshot_task("b1", "after_b1.vhdx")],
                                   collect=["b1"])
     assert first.rc == 0, first.output[-5000:]
@@ -79,7 +88,7 @@ def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
     if action:
         rename_vm(tmp_path, action[1], action[2])
     second_play = ([lab_task(churn=[{"vm": "web01", "seed": 5, "writes": 12}])] if action is None else []) + inject + [
-        backup_task("b2", vm=vm_name), snapshot_task("b2", "after_b2.vhdx")] + clear + [
+        backup_task("b2", vm=vm_name, **b2_options), snapshot_task("b2", "after_b2.vhdx")] + clear + [
         backup_task("b3", vm=vm_name), snapshot_task("b3", "after_b3.vhdx"),
         {"name": "list", "hyperv.backup.hyperv_backup_info": {"repository": "{{ repository_path }}"}, "register": "info"},
         repository_task(state="verified", register="verified")]
