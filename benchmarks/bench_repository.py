@@ -141,8 +141,8 @@ def median(values):
 
 def table(results, image_bytes):
     rows = ["| tool / config | full backup MB/s (wall s, range) | CPU s | peak RSS MiB | repository MiB | restore MB/s (wall s) "
-            "| restore peak RSS MiB | machine load |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| restore CPU s | restore peak RSS MiB | machine load |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, trials in results.items():
         walls = [t["backup"]["wall"] for t in trials]
         line = "| %s | **%.0f** (%.2f s; %.2f-%.2f) | %.1f | %.0f | %.0f |" % (
@@ -152,11 +152,12 @@ def table(results, image_bytes):
         if "restore" in trials[0]:
             rwalls = [t["restore"]["wall"] for t in trials]
             ok = all(t["restore_identical"] for t in trials)
-            line += " %.0f (%.2f s)%s | %.0f |" % (
+            line += " %.0f (%.2f s)%s | %.1f |" % (
                 image_bytes / median(rwalls) / 1e6, median(rwalls), "" if ok else " MISMATCH",
-                median([t["restore"]["rss_mib"] for t in trials]))
+                median([t["restore"]["cpu"] for t in trials]))
+            line += " %.0f |" % median([t["restore"]["rss_mib"] for t in trials])
         else:
-            line += " - | - |"
+            line += " - | - | - |"
         line += " %.1f |" % median([t["backup"]["load"] for t in trials])
         rows.append(line)
     return "\n".join(rows)
@@ -223,7 +224,8 @@ CPU s = user + system of the whole process (/usr/bin/time -v); peak RSS = its ma
 machine, so wall times are noisy: compare CPU seconds first).
 "hyperv.backup" is one process: `Repository.init`, one session, `put_chunk_async` of every 4 MiB chunk read with
 `os.pread`, `commit` (chunk files fsynced, then manifest, then record). Restore = `iter_chunks` into a sparse file,
-fsync, then `cmp` with the image (all identical unless marked MISMATCH).
+fsync (untimed `cmp` with the image afterwards: all identical unless marked MISMATCH). restic and borg were
+timed for the backup only (their restores are in /work/shared/reference/perf_baseline.md, section 4).
 
 %(table)s
 """

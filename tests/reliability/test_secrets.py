@@ -41,8 +41,7 @@ def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_l
         lab_task(services={"vss": "Running"}, vms=[{"name": "web01", "disks": [{"size": 4 << 20, "fill": {"seed": 3, "percent": 50}}]}]),
         repository_task(passphrase=PASSPHRASE),
         dict({"name": "facts", "hyperv.backup.hyperv_host_info": dict(connection, host="hv1")}, register="facts"),
-        dict(backup_task("b1", passphrase=PASSPHRASE, ignore_errors=False, progress_file="{{ work_directory }}/progress.json"),
-             **{}),
+        backup_task("b1", passphrase=PASSPHRASE, ignore_errors=False, progress_file="{{ work_directory }}/progress.json"),
         backup_task("b_wrong", passphrase=WRONG_PASSPHRASE),
         {"name": "restore", "hyperv.backup.hyperv_restore": {
             "vm": "web01", "repository": "{{ repository_path }}", "repository_passphrase": PASSPHRASE,
@@ -53,7 +52,9 @@ def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_l
         {"name": "verify", "hyperv.backup.hyperv_backup_repository": {
             "repository": "{{ repository_path }}", "repository_passphrase": PASSPHRASE, "state": "verified"}, "register": "verified"},
         {"name": "report", "hyperv.backup.hyperv_backup_report": {
-            "directory": "{{ work_directory }}/report", "run_id": "run-1", "results": ["{{ b1 }}", "{{ b_wrong }}"]},
+            "directory": "{{ work_directory }}/report", "run_id": "run-1", "results": [
+                {"host": "hv1", "vm": "web01", "status": "success", "backup_id": "{{ b1.backup_id }}", "backup_type": "{{ b1.type }}"},
+                {"host": "hv1", "vm": "web01", "status": "failed", "error": "{{ b_wrong.msg }}"}]},
          "register": "report"},
         lab_task(faults=["auth_fails"]),
         dict({"name": "refused login", "hyperv.backup.hyperv_host_info": dict(connection, host="hv1")}, register="refused",
@@ -73,6 +74,10 @@ def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_l
     assert "<ESTABLISH LOCAL CONNECTION" in result.output or "ESTABLISH" in result.output   # really verbose
 
     secrets = [PASSWORD, PASSPHRASE, WRONG_PASSPHRASE, S3_SECRET]
+    # the detector works: the playbook (the user's input) has every secret, and encoded forms are found too
+    assert leaks_in((tmp_path / "playbook.yml").read_bytes(), secrets) == sorted(secrets)
+    assert leaks_in(b"x" + base64.b64encode(b"ab" + PASSWORD.encode()) + b"y", [PASSWORD]) == [PASSWORD]
+    assert leaks_in(("Write-Host '%s'" % PASSPHRASE).encode("utf-16-le"), [PASSPHRASE]) == [PASSPHRASE]
     found = {}
     leaked = leaks_in(result.output.encode("utf-8"), secrets)
     if leaked:
@@ -91,5 +96,5 @@ def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_l
                 found[os.path.relpath(path, tmp_path)] = leaked
     assert scanned > 20 and (tmp_path / "ansible.log").exists()
     fault_ledger.record("secrets in a -vvv run (password, passphrase, wrong passphrase, S3 secret key)",
-                        "found in %d of %d outputs" % (len(found) + (0), scanned + 1), data_lost=0)
+                        "found in %d of %d outputs (stdout/stderr + %d files)" % (len(found), scanned + 1, scanned), data_lost=0)
     assert not found, "secrets leaked into: %s" % found

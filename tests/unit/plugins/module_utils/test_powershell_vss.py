@@ -42,7 +42,7 @@ def _function(text, name):
 
 def _syntax_errors(text):
     tree = PARSER.parse(text.encode("utf-8"))
-    return [n for n in _nodes(tree.root_node, "ERROR")] + [n for n in _nodes(tree.root_node, "MISSING")]
+    return list(_nodes(tree.root_node, "ERROR")) + list(_nodes(tree.root_node, "MISSING"))
 
 
 def guid_validator_problems(text):
