@@ -14,6 +14,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
+
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
 from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import (
     RCT_MIN_BUILD, RCT_MIN_CLUSTER_LEVEL, RCT_MIN_CONFIGURATION_VERSION, parallel_safety, rct_eligibility, version_tuple)
@@ -22,6 +24,8 @@ from ansible_collections.hyperv.backup.plugins.module_utils.recovery_points impo
 VSS_SERVICE = "vss"
 # Get-VMIntegrationService calls the backup service 'VSS'; older hosts and localised ones show the long name.
 BACKUP_INTEGRATION_NAMES = ("vss", "backup (volume shadow copy)", "backup (volume checkpoint)")
+# VSS_WRITER_STATE (vss.h): 1 VSS_WS_STABLE, 5 VSS_WS_WAITING_FOR_BACKUP_COMPLETE; 6 and up are failures.
+HEALTHY_WRITER_STATE_NUMBERS = (1, 5)
 HEALTHY_WRITER_STATES = ("stable", "waiting for completion")
 NO_WRITER_ERROR = ("", "no error", "none")
 WINDOWS_SERVER_2012_R2_BUILD = 9600
@@ -50,7 +54,12 @@ def vss_writer_check(writer):
     writer = writer or {}
     state = str(writer.get("state") or "")
     last_error = str(writer.get("last_error") or "")
-    state_ok = any(state.lower().lstrip("[0123456789] ").startswith(good) for good in HEALTHY_WRITER_STATES)
+    # vssadmin's words are localised; its "[N]" state number is not, so judge by the number when there is one.
+    number = re.match(r"\s*\[(\d+)\]", state)
+    if number:
+        state_ok = int(number.group(1)) in HEALTHY_WRITER_STATE_NUMBERS
+    else:
+        state_ok = any(state.lower().startswith(good) for good in HEALTHY_WRITER_STATES)
     ok = bool(state) and state_ok and last_error.strip().lower() in NO_WRITER_ERROR
     if ok:
         message = "Hyper-V VSS writer is %s" % state

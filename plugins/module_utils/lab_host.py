@@ -124,7 +124,7 @@ class LabHost:
         if host_doc.get("hardware_vss_provider"):
             providers.append(dict(HARDWARE_VSS_PROVIDER))
         failed = "vss_writer_failed" in host_faults(host_doc)
-        writer = dict(HYPERV_VSS_WRITER, state="Failed" if failed else "Stable",
+        writer = dict(HYPERV_VSS_WRITER, state="[8] Failed" if failed else "[1] Stable",
                       last_error="Retryable error" if failed else "No error")
         return {"computer_name": host_doc["name"].upper(), "os_name": era["os_name"], "os_version": era["os_version"],
                 "os_build": era["os_build"], "cluster": cluster_fact(host_doc), "csvs": csv_facts(host_doc),

@@ -420,6 +420,32 @@ class Repository:
             out.append(BackupRecord(rec))
         return out
 
+    def _load_backups(self, backup_ids, strict):
+        """Yield (backup_id, record, [DiskManifest]) for each id, fetched on a thread pool (S3 round trips overlap).
+
+        ``strict``: a record or manifest that cannot be read raises. Otherwise the RepositoryError takes its place.
+        """
+        def load(backup_id):
+            try:
+                record = self.get_backup(backup_id)
+            except RepositoryError as err:
+                if strict:
+                    raise
+                return backup_id, err, []
+            manifests = []
+            for disk in record.disks:
+                try:
+                    manifests.append(self.load_disk_manifest(backup_id, disk["disk_key"], record))
+                except RepositoryError as err:
+                    if strict:
+                        raise
+                    manifests.append(err)
+            return backup_id, record, manifests
+
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            for item in pool.map(load, backup_ids):
+                yield item
+
     # -- verify -----------------------------------------------------------------------------
 
     def verify(self, backup_ids=None, record_status=True):
@@ -431,24 +457,20 @@ class Repository:
         results = []
         wanted = {}                # chunk id -> expected length
         per_backup = []
-        for backup_id in ids:
+        for backup_id, record, manifests in self._load_backups(ids, strict=False):
             entry = {"backup_id": backup_id, "missing_chunks": [], "corrupt_chunks": [], "problems": []}
-            try:
-                record = self.get_backup(backup_id)
+            if isinstance(record, RepositoryError):
+                entry["problems"].append(record.message)
+            else:
                 entry.update(vm_id=record.vm_id, vm_name=record.vm_name, created=iso(record.created))
-                manifests = []
-                for disk in record.disks:
-                    try:
-                        manifests.append(self.load_disk_manifest(backup_id, disk["disk_key"], record))
-                    except RepositoryError as err:
-                        entry["problems"].append(err.message)
-                for manifest in manifests:
-                    for index, cid in enumerate(manifest.chunk_ids):
-                        if cid:
-                            wanted[cid] = manifest.chunk_length(index)
-            except RepositoryError as err:
-                entry["problems"].append(err.message)
-                manifests = []
+            for manifest in list(manifests):
+                if isinstance(manifest, RepositoryError):
+                    entry["problems"].append(manifest.message)
+                    manifests.remove(manifest)
+                    continue
+                for index, cid in enumerate(manifest.chunk_ids):
+                    if cid:
+                        wanted[cid] = manifest.chunk_length(index)
             per_backup.append((entry, manifests))
         outcome = {}
         checked_bytes = [0]
@@ -571,11 +593,15 @@ class Repository:
             cutoff = min(cutoff, started - TOUCH_AFTER_SECONDS)
         referenced = set()
         committed = self._committed_ids()
-        for backup_id in committed:
-            record = self.get_backup(backup_id)
-            for disk in record.disks:
-                manifest = self.load_disk_manifest(backup_id, disk["disk_key"], record)
-                referenced.update(cid for cid in manifest.chunk_ids if cid)
+        # Any unreadable record or manifest stops GC here, before it deletes anything (its references are unknown).
+        try:
+            for _backup_id, _record, manifests in self._load_backups(committed, strict=True):
+                for manifest in manifests:
+                    referenced.update(cid for cid in manifest.chunk_ids if cid)
+        except RepositoryError as err:
+            raise RepositoryError("Garbage collection stopped before deleting anything: %s" % err.message,
+                                  hint="Run verify to list the damaged backups, and restore the missing object from a copy "
+                                       "of the repository if there is one.", **err.extra)
         report = {"dry_run": dry_run, "chunks_total": 0, "chunks_referenced": len(referenced), "chunks_removed": 0,
                   "bytes_removed": 0, "chunks_kept_recent": 0, "chunks_locked": 0, "live_sessions": len(live),
                   "stale_sessions_removed": 0, "orphan_manifests_removed": 0}

@@ -56,7 +56,7 @@ def test_host_info_by_era(tmp_path, era, version, build):
     assert [p["type"] for p in info["vss_providers"]] == ["software", "hardware"]
     assert info["vss_providers"][0]["id"] == "{b5946137-7b9f-4925-af80-51abd60b20d5}"
     assert info["hyperv_vss_writer"] == {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}",
-                                         "state": "Stable", "last_error": "No error"}
+                                         "state": "[1] Stable", "last_error": "No error"}
 
 
 def test_cluster_functional_level_follows_era_unless_given(tmp_path):
@@ -186,7 +186,7 @@ def test_recovery_point_fault_and_vss_writer_fault(lab):
     assert category_of(transport, "create_recovery_point", params).category == "recovery_point"
     lab_admin.ensure_vm(layout, {"name": "web01", "faults": []})
     lab_admin.ensure_host(layout, faults=["vss_writer_failed"])
-    assert transport.run("get_host_info", {})["hyperv_vss_writer"]["state"] == "Failed"
+    assert transport.run("get_host_info", {})["hyperv_vss_writer"]["state"] == "[8] Failed"
     error = category_of(transport, "create_recovery_point", dict(params, method="vss"))
     assert error.category == "recovery_point" and error.windows_error == "0x800423F3"
     assert transport.run("create_recovery_point", params)["method"] == "rct"   # RCT does not use the host writer

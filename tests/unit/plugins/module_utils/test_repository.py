@@ -213,6 +213,50 @@ def test_chunk_swapped_under_another_name_is_detected(backend):
     assert report["backups"][0]["corrupt_count"] == 1
 
 
+def test_lost_manifest_is_reported_and_stops_gc(backend):
+    repo = new_repo(backend)
+    kept = write_backup(repo, image(19, chunks=2), vm_name="kept")
+    broken = write_backup(repo, image(20, chunks=2), vm_id="vm-2", vm_name="broken")
+    repo.store.delete(broken.disks[0]["manifest"])
+    report = repo.verify()
+    entry = dict((e["backup_id"], e) for e in report["backups"])[broken.backup_id]
+    assert not entry["ok"] and "manifest of disk 'disk0' is missing" in entry["problems"][0]
+    assert report["damaged_backups"] == [broken.backup_id]
+    chunks = chunk_keys(repo)
+    with pytest.raises(RepositoryError, match="stopped before deleting anything"):
+        repo.gc(grace_seconds=0)
+    assert chunk_keys(repo) == chunks
+    assert read_all(repo, kept.backup_id) == image(19, chunks=2)
+
+
+def test_incremental_whose_parent_vanished_refuses_to_commit(backend, monkeypatch):
+    monkeypatch.setattr(repository_module, "TOUCH_AFTER_SECONDS", 0)
+    repo = new_repo(backend)
+    data = image(21, chunks=3, zero_every=99)
+    full = write_backup(repo, data)
+    time.sleep(2.1)                                       # parent chunks now older than the new session
+    parent = repo.load_disk_manifest(full.backup_id, "disk0")
+    with repo.begin_backup(vm_id="vm-1", vm_name="web01", host="hv1", method="rct", backup_type="incremental",
+                           parent_backup_id=full.backup_id) as session:
+        disk = session.add_disk(disk_key="disk0", virtual_size=len(data))
+        for index in range(disk.chunk_count):
+            disk.reuse_chunk(index, parent)
+        repo.store.delete("backups/%s" % full.backup_id)      # the parent is pruned behind the session's back
+        assert repo.gc(grace_seconds=0)["chunks_removed"] == 3
+        with pytest.raises(RepositoryError, match="removed by a concurrent prune"):
+            session.commit()
+    assert repo.list_backups() == []
+
+
+def test_init_refuses_bad_chunk_size_and_level(tmp_path):
+    for size in (1000, 3 * 1024 * 1024, 128 * 1024 * 1024):
+        with pytest.raises(RepositoryError, match="power of two"):
+            Repository.init(str(tmp_path / "r"), chunk_size=size)
+    with pytest.raises(RepositoryError, match="compression_level"):
+        Repository.init(str(tmp_path / "r"), compression_level=40)
+    assert not os.path.exists(str(tmp_path / "r" / "config"))
+
+
 # -- listing and catalog ----------------------------------------------------------------------------
 
 def test_list_filters_and_catalog_rebuild(backend):
