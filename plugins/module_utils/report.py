@@ -399,9 +399,9 @@ def render_html(report):
         "<title>%s</title><style>%s</style></head><body>" % (esc(report["title"]), _CSS),
         '<h1>%s</h1>' % esc(report["title"]),
         '<div class="meta">Run <code id="run-id">%s</code> &middot; <span id="run-status" class="status %s">%s</span>'
-        ' &middot; %s to %s (%s)</div>' % (esc(report["run_id"]), esc(report["status"]), esc(report["status"]),
-                                          esc(report["started"] or "-"), esc(report["finished"] or "-"),
-                                          esc(human_seconds(report["duration_seconds"]))),
+        ' &middot; %s to %s (%s)</div>'
+        % (esc(report["run_id"]), esc(report["status"]), esc(report["status"]), esc(report["started"] or "-"),
+           esc(report["finished"] or "-"), esc(human_seconds(report["duration_seconds"]))),
         '<div class="meta" id="summary">%d VMs on %d hosts: %d succeeded, %d failed, %d skipped; read %s, stored %s.</div>'
         % (summary["vms"], summary["hosts"], summary["succeeded"], summary["failed"], summary["skipped"],
            esc(human_bytes(summary["bytes_read"])), esc(human_bytes(summary["bytes_stored"]))),

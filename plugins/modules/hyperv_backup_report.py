@@ -23,7 +23,9 @@ description:
     C(hyperv.backup.hyperv_backup_info)) and from the earlier reports found in O(directory).
   - Runs on the controller or backup proxy; use C(delegate_to) and C(run_once) in a multi-host play.
 author:
-  - hyperv.backup contributors
+  - hyperv.backup contributors (@hyperv-backup)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   directory:
     description: Directory for the report files; created if missing.
@@ -64,6 +66,9 @@ attributes:
     details: In check mode the report is built and returned but no file is written.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
+    details: Runs on the controller or the backup proxy; it never contacts a Hyper-V host.
 notes:
   - The module does not fail when VMs failed; it returns RV(status) and RV(problems) so that the caller can
     end the run failed after the report is written.

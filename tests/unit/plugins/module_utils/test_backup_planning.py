@@ -84,7 +84,7 @@ def test_later_vss_backup_is_incremental_by_comparison():
 @pytest.mark.parametrize("kwargs, expected", [
     ({"requested": "full"}, "type: full"),
     ({"method": "vss"}, "method changed from rct"),
-    ({"disks": keyed(disk(0), disk(1))}, "disk set changed (added: scsi0-1"),
+    ({"disks": keyed(disk(0), disk(1))}, "disk set changed since backup b1 (added: scsi0-1"),
     ({"disks": keyed(disk(0, size=16 * MiB))}, "changed size from 8388608 to 16777216"),
     ({"changes": {"id-0": ChangeList(False, reason="id rct-1 is invalid")}}, "id rct-1 is invalid"),
     ({"changes": None, "problem": "the RCT reference point of the parent backup b1 is gone"}, "reference point"),

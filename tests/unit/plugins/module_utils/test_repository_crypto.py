@@ -24,7 +24,7 @@ def test_plain_envelope_round_trip_and_compression_choice():
     packed_text = keys.seal(KIND_CHUNK, "chunks/aa/x", text, new_compressor(1))
     packed_noise = keys.seal(KIND_CHUNK, "chunks/aa/y", noise, new_compressor(1))
     assert len(packed_text) < len(text) // 10
-    assert len(packed_noise) == len(noise) + 6                    # incompressible: stored as is
+    assert len(packed_noise) == len(noise) + 6 + 32               # incompressible: stored as is, plus checksum
     assert keys.unseal(KIND_CHUNK, "chunks/aa/x", packed_text) == text
     assert keys.unseal(KIND_CHUNK, "chunks/aa/y", packed_noise) == noise
     assert keys.chunk_id(text) == blake3.blake3(text).hexdigest()
@@ -32,6 +32,18 @@ def test_plain_envelope_round_trip_and_compression_choice():
         keys.unseal(KIND_MANIFEST, "chunks/aa/x", packed_text)
     with pytest.raises(ValueError, match="magic"):
         keys.unseal(KIND_CHUNK, "chunks/aa/x", b"XXXX" + packed_text[4:])
+
+
+def test_plain_envelope_detects_bit_flips_anywhere():
+    keys = RepositoryKeys()
+    blob = keys.seal(KIND_MANIFEST, "manifests/b/0", b'{"vm_id": "abc", "rct_id": "rct-7"}' * 20, new_compressor(1))
+    for position in range(len(blob)):
+        damaged = bytearray(blob)
+        damaged[position] ^= 0x10
+        with pytest.raises(ValueError):
+            keys.unseal(KIND_MANIFEST, "manifests/b/0", bytes(damaged))
+    with pytest.raises(ValueError, match="checksum"):
+        keys.unseal(KIND_MANIFEST, "manifests/b/1", blob)          # plain objects are bound to their name too
 
 
 def test_encrypted_envelope_is_bound_to_name_and_detects_tampering(keys_and_section):

@@ -1,0 +1,273 @@
+"""Benchmark: hyperv_backup / hyperv_restore against restic and borg on the same mixed 2 GiB image.
+
+Usage:
+    source scripts/env.sh
+    python benchmarks/bench_backup.py [--size-mib 2048] [--seed 20240901] [--trials 3] [--work DIR]
+                                      [--peers restic,borg] [--json OUT.json]
+
+Data (the same for everybody):
+  - the image is ``/work/shared/bench/gen_image.py OUT.raw SIZE SEED`` (40 % zeros, 30 % compressible,
+    30 % random); peers back up the raw file, we back up a lab VM whose disk is that image as a dynamic VHDX;
+  - the 1 % change is 40 x 1 MiB writes at random 4 KiB-aligned offsets (offsets drawn as in
+    perf_baseline.sh: numpy default_rng(seed + 100), no two within 1 MiB). The bytes are the lab's churn
+    bytes (lab_disks.churn_data), written into our VM by the lab's churn and into the peers' raw file by this
+    script, so both see exactly the same change.
+
+Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental.
+We report two timings: the engine (run_backup / run_restore in this process) and end to end (the Ansible
+module run as a process, as Ansible runs it: python hyperv_backup.py args.json), each with the peak RSS of
+the process. Peers run as in perf_baseline.sh (restic repository v2 with compression auto; borg default
+chunker, lz4, -e none). The source is page-cache warm for everybody (CPU-bound comparison). Medians of
+``--trials``; results as JSON lines and a Markdown table on stdout.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin, lab_disks
+from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import write_vhdx_from
+
+MiB = 1024 * 1024
+GEN_IMAGE = "/work/shared/bench/gen_image.py"
+MODULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plugins", "modules")
+CHURN_SEED = 4242
+
+
+def sh(*argv, **kwargs):
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+
+
+def change_offsets(size_mib, seed):
+    """40 offsets (bytes), as perf_baseline.sh draws them."""
+    rng = np.random.default_rng(seed + 100)
+    nblk = size_mib * 256
+    offs = []
+    while len(offs) < 40:
+        o = int(rng.integers(0, nblk - 256))
+        if all(abs(o - p) >= 256 for p in offs):
+            offs.append(o)
+    return [o * 4096 for o in offs]
+
+
+def run_child(argv, env=None, cwd=None):
+    """(seconds, peak RSS bytes, stdout) of a child process; RSS from wait4, so it is the child's own peak."""
+    with tempfile.TemporaryFile() as out:
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+        _pid, status, usage = os.wait4(proc.pid, 0)     # before Popen reaps it, to get its rusage
+        elapsed = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed (rc %d): %s" % (" ".join(argv[:4]), proc.returncode, text[-3000:]))
+    return elapsed, usage.ru_maxrss * 1024, text
+
+
+def module(name, args):
+    """Run a module the way Ansible does (a Python process reading its arguments from a JSON file)."""
+    handle, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(handle, "w") as out:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, out)
+    try:
+        elapsed, rss, out = run_child([sys.executable, os.path.join(MODULES, name + ".py"), path])
+    finally:
+        os.unlink(path)
+    result = json.loads(out[out.index("{"):])
+    if result.get("failed"):
+        raise RuntimeError("%s failed: %s" % (name, result.get("msg")))
+    return elapsed, rss, result
+
+
+class Workspace:
+    """The image, its VHDX, the change, and the peers' v1/v2 raw files, prepared once."""
+
+    def __init__(self, root, size_mib, seed):
+        self.root = root
+        self.size_mib = size_mib
+        self.raw_v1 = os.path.join(root, "disk_v1.raw")
+        self.raw_v2 = os.path.join(root, "disk_v2.raw")
+        self.vhdx = os.path.join(root, "disk_v1.vhdx")
+        if not os.path.exists(self.raw_v1) or os.path.getsize(self.raw_v1) != size_mib * MiB:
+            sh(sys.executable, GEN_IMAGE, self.raw_v1, str(size_mib), str(seed))
+        self.offsets = change_offsets(size_mib, seed)
+        if not os.path.exists(self.vhdx):
+            with open(self.raw_v1, "rb") as src:
+                write_vhdx_from(self.vhdx, lambda off, n: os.pread(src.fileno(), n, off), size_mib * MiB)
+        if not os.path.exists(self.raw_v2):
+            shutil.copyfile(self.raw_v1, self.raw_v2)
+            with open(self.raw_v2, "r+b") as out:
+                for index, offset in enumerate(self.offsets):
+                    os.pwrite(out.fileno(), lab_disks.churn_data(CHURN_SEED, index, MiB), offset)
+
+    def fresh_lab(self, directory):
+        layout = LabLayout(directory, "bench")
+        lab_admin.ensure_host(layout, era="2019")
+        lab_admin.ensure_vm(layout, {"name": "benchvm", "disks": [{"from_file": self.vhdx}]})
+        return layout
+
+    def churn(self, layout):
+        lab_admin.churn(layout, "benchvm", seed=CHURN_SEED, write_size=MiB, offsets=self.offsets)
+
+
+def warm(path):
+    with open(path, "rb") as handle:
+        while handle.read(16 * MiB):
+            pass
+
+
+def du(path):
+    return int(sh("du", "-sb", path).stdout.split()[0])
+
+
+def peak_rss_self():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def trial_engine(ws, work):
+    lab = os.path.join(work, "lab")
+    layout = ws.fresh_lab(lab)
+    repo = Repository.init(os.path.join(work, "repo"))
+    params = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm")
+    out = {}
+    with HostSession.from_module_params(params) as session:
+        for vm_disk in session.run("get_vms", names=["benchvm"])[0]["disks"]:
+            warm(vm_disk["path"])
+        start = time.monotonic()
+        full = run_backup(session, repo, params, options=CopyOptions())
+        out["full"] = time.monotonic() - start
+        ws.churn(layout)
+        start = time.monotonic()
+        incr = run_backup(session, repo, params, options=CopyOptions())
+        out["incr"] = time.monotonic() - start
+    assert incr["type"] == "incremental", incr["type_reason"]
+    out["incr_bytes_read"] = incr["bytes_read"]
+    out["full_bytes_read"] = full["bytes_read"]
+    out["repo_bytes"] = du(os.path.join(work, "repo"))
+    for fmt in ("raw", "vhdx"):
+        start = time.monotonic()
+        restored = run_restore(repo, {"vm": "benchvm", "destination": os.path.join(work, "restore_" + fmt), "format": fmt})
+        out["restore_" + fmt] = time.monotonic() - start
+    raw = restored_raw = os.path.join(work, "restore_raw", restored["disks"][0]["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".raw")
+    sh("cmp", raw, ws.raw_v2)
+    out["restore_verified_cmp"] = bool(restored_raw)
+    return out
+
+
+def trial_module(ws, work):
+    lab = os.path.join(work, "lab")
+    layout = ws.fresh_lab(lab)
+    repo_path = os.path.join(work, "repo")
+    Repository.init(repo_path)
+    args = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm", repository=repo_path)
+    out = {}
+    out["full"], out["full_rss"], _r = module("hyperv_backup", args)
+    ws.churn(layout)
+    out["incr"], out["incr_rss"], result = module("hyperv_backup", args)
+    assert result["type"] == "incremental"
+    out["restore_raw"], out["restore_rss"], _r = module("hyperv_restore", dict(
+        repository=repo_path, vm="benchvm", destination=os.path.join(work, "restore"), format="raw"))
+    return out
+
+
+def trial_restic(ws, work):
+    env = dict(os.environ, RESTIC_PASSWORD="bench-password", RESTIC_CACHE_DIR=os.path.join(work, "cache"))
+    repo = os.path.join(work, "repo")
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    disk = os.path.join(src, "disk.raw")
+    shutil.copyfile(ws.raw_v1, disk)
+    warm(disk)
+    sh("restic", "init", "-r", repo, "--repository-version", "2", env=env)
+    out = {}
+    out["full"], out["full_rss"], _o = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
+    shutil.copyfile(ws.raw_v2, disk)
+    warm(disk)
+    out["incr"], out["incr_rss"], _o = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
+    out["repo_bytes"] = du(repo)
+    target = os.path.join(work, "restore")
+    out["restore_raw"], out["restore_rss"], _o = run_child(["restic", "-r", repo, "restore", "latest", "--target", target], env)
+    return out
+
+
+def trial_borg(ws, work):
+    env = dict(os.environ, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+               BORG_BASE_DIR=os.path.join(work, "base"))
+    repo = os.path.join(work, "repo")
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    disk = os.path.join(src, "disk.raw")
+    shutil.copyfile(ws.raw_v1, disk)
+    warm(disk)
+    sh("borg", "init", "-e", "none", repo, env=env)
+    out = {}
+    out["full"], out["full_rss"], _o = run_child(["borg", "create", repo + "::full", disk], env)
+    shutil.copyfile(ws.raw_v2, disk)
+    warm(disk)
+    out["incr"], out["incr_rss"], _o = run_child(["borg", "create", repo + "::incr", disk], env)
+    out["repo_bytes"] = du(repo)
+    target = os.path.join(work, "restore")
+    os.makedirs(target)
+    out["restore_raw"], out["restore_rss"], _o = run_child(["borg", "extract", repo + "::incr"], env, cwd=target)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=20240901)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--work", default=None, help="kept between runs (the image is generated once)")
+    parser.add_argument("--peers", default="restic,borg")
+    parser.add_argument("--skip", default="", help="comma list of: engine,module")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    root = args.work or tempfile.mkdtemp(prefix="bench_backup_")
+    os.makedirs(root, exist_ok=True)
+    ws = Workspace(root, args.size_mib, args.seed)
+    runners = [("engine", trial_engine), ("module", trial_module)]
+    runners = [r for r in runners if r[0] not in args.skip.split(",")]
+    runners += [(p, {"restic": trial_restic, "borg": trial_borg}[p]) for p in args.peers.split(",") if p]
+    results = {}
+    for trial in range(args.trials):
+        for name, runner in runners:
+            work = os.path.join(root, "run_%s_%d" % (name, trial))
+            shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work)
+            measured = runner(ws, work)
+            print(json.dumps({"tool": name, "trial": trial, **measured}), flush=True)
+            results.setdefault(name, []).append(measured)
+            shutil.rmtree(work, ignore_errors=True)
+    medians = dict((name, dict((k, statistics.median(m[k] for m in runs)) for k in runs[0] if isinstance(runs[0][k], (int, float))
+                               and not isinstance(runs[0][k], bool))) for name, runs in results.items())
+    medians["engine_process_peak_rss"] = peak_rss_self()
+    print("\n| tool | full s | incremental s | restore s | repository bytes | peak RSS (full/incr/restore) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, m in medians.items():
+        if not isinstance(m, dict):
+            continue
+        rss = "/".join("%d MiB" % (m[k] // MiB) for k in ("full_rss", "incr_rss", "restore_rss") if k in m) or "-"
+        print("| %s | %.2f | %.2f | %.2f | %s | %s |" % (name, m["full"], m["incr"], m.get("restore_raw", float("nan")),
+                                                       m.get("repo_bytes", "-"), rss))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,
+                       "runs": results, "cpus": os.cpu_count(), "load": os.getloadavg()}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()

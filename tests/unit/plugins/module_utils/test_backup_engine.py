@@ -1,0 +1,146 @@
+"""The backup engine (backup_engine.py) against a lab host: full, incremental, VSS compare, failures, bounds."""
+import threading
+
+import pytest
+
+from ansible_collections.hyperv.backup.plugins.module_utils import backup_engine, lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import ChunkCopier, CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+
+KiB = 1024
+MiB = 1024 * KiB
+CHUNK = 64 * KiB
+
+
+@pytest.fixture
+def lab(tmp_path):
+    directory = str(tmp_path / "lab")
+    for host, era, vm in (("h19", "2019", "rctvm"), ("h12", "2012r2", "vssvm")):
+        layout = LabLayout(directory, host)
+        lab_admin.ensure_host(layout, era=era, services={"vss": "Running"})
+        lab_admin.ensure_vm(layout, {"name": vm, "disks": [{"size": 4 * MiB, "fill": {"seed": 1, "percent": 50}}]})
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
+    return directory, repo
+
+
+def backup(lab, host="h19", vm="rctvm", check_mode=False, options=None, **extra):
+    directory, repo = lab
+    params = dict(transport="lab", host=host, lab_directory=directory, vm=vm)
+    params.update(extra)
+    with HostSession.from_module_params(params) as session:
+        return run_backup(session, repo, params, check_mode=check_mode, options=options)
+
+
+def vm_facts(lab, host="h19", vm="rctvm"):
+    with HostSession.from_module_params(dict(transport="lab", host=host, lab_directory=lab[0])) as session:
+        return session.run("get_vms", names=[vm])[0]
+
+
+def test_check_mode_estimates_and_creates_nothing(lab):
+    result = backup(lab, check_mode=True)
+    assert result["type"] == "full" and result["estimate"]["bytes_to_read"] > 0
+    assert vm_facts(lab)["checkpoints"] == [] and lab[1].list_backups() == []
+
+
+def test_full_then_rct_incremental_reads_only_changed_chunks(lab):
+    full = backup(lab)
+    assert full["type"] == "full" and full["bytes_read"] == full["bytes_estimated"]
+    with open_disk(vm_facts(lab)["disks"][0]["path"]) as disk:
+        allocated = sum(n for _o, n in disk.allocated_ranges())
+    assert full["bytes_read"] == allocated
+    lab_admin.churn(LabLayout(lab[0], "h19"), "rctvm", seed=5, write_size=4096, offsets=[0, 2 * MiB + 8192])
+    incr = backup(lab)
+    assert incr["type"] == "incremental" and incr["parent_backup_id"] == full["backup_id"]
+    assert 2 * 4096 <= incr["bytes_read"] <= 2 * CHUNK
+    assert incr["bytes_written"] > 0
+    record = lab[1].get_backup(incr["backup_id"])
+    assert record.consistency == "application"
+    assert record.metadata["configuration"]["name"] == "rctvm"
+    assert vm_facts(lab)["checkpoints"] == [] and len(vm_facts(lab)["reference_points"]) == 1
+
+
+def test_vss_incremental_stores_only_changed_chunks(lab):
+    full = backup(lab, host="h12", vm="vssvm")
+    lab_admin.churn(LabLayout(lab[0], "h12"), "vssvm", seed=6, write_size=4096, offsets=[CHUNK])
+    incr = backup(lab, host="h12", vm="vssvm")
+    assert (full["method"], incr["method"], incr["type"]) == ("vss", "vss", "incremental")
+    assert incr["bytes_read"] == full["bytes_read"]
+    assert incr["bytes_new"] == CHUNK
+    disk = incr["disks"][0]
+    # every chunk read is either equal to the parent's (reused), zero, or the one the guest changed
+    assert disk["new_chunks"] == 1 and disk["unchanged_chunks_compared"] > 0
+    assert disk["unchanged_chunks_compared"] + disk["zero_chunks"] + disk["new_chunks"] == disk["bytes_read"] // CHUNK
+
+
+def test_failure_mid_copy_leaves_no_backup_and_no_recovery_point(lab):
+    options = CopyOptions(fault_after_chunks=3)
+    with pytest.raises(HyperVBackupError, match="Injected fault"):
+        backup(lab, options=options)
+    assert lab[1].list_backups(include_in_progress=True) == []
+    assert vm_facts(lab)["checkpoints"] == []
+    assert backup(lab)["type"] == "full"      # and the next run works
+
+
+def test_a_missing_disk_file_fails_cleanly(lab, monkeypatch):
+    real = backup_engine.open_source_disk
+
+    def vanished(location, *args):
+        raise HyperVBackupError("%s: cannot open the file: No such file or directory" % location.path)
+
+    monkeypatch.setattr(backup_engine, "open_source_disk", vanished)
+    with pytest.raises(HyperVBackupError, match="No such file"):
+        backup(lab)
+    monkeypatch.setattr(backup_engine, "open_source_disk", real)
+    assert lab[1].list_backups(include_in_progress=True) == [] and vm_facts(lab)["checkpoints"] == []
+
+
+class CountingSource:
+    """A fake source disk that records how many reads run at once."""
+
+    def __init__(self, size):
+        self.virtual_size = size
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    def readinto(self, offset, buf):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        buf[:8] = offset.to_bytes(8, "little")      # distinct non-zero chunks
+        with self.lock:
+            self.active -= 1
+
+
+class SlowWriter:
+    """A DiskWriter stand-in: counts chunks alive between read and store."""
+
+    def __init__(self, copier):
+        self.copier = copier
+        self.lock = threading.Lock()
+        self.stored = []
+
+    def put_chunk(self, index, data):
+        with self.lock:
+            self.stored.append(index)
+
+
+def test_in_flight_chunks_are_bounded_whatever_the_disk_size(lab):
+    repo = lab[1]
+    options = CopyOptions(workers=4)
+    copier = ChunkCopier(repo, options)
+    assert copier.in_flight * repo.chunk_size <= backup_engine.MAX_IN_FLIGHT_BYTES
+    big = Repository.__new__(Repository)
+    big.chunk_size = 64 * MiB
+    big.keys = repo.keys
+    assert ChunkCopier(big, CopyOptions(workers=64)).in_flight == 2    # 64 MiB chunks: 2 in flight
+    source = CountingSource(500 * CHUNK)
+    writer = SlowWriter(copier)
+    copier.copy(source, writer, list(range(500)))
+    assert sorted(writer.stored) == list(range(500))
+    assert source.peak <= options.workers
+    assert copier.read_bytes == 500 * CHUNK
