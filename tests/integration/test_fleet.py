@@ -7,7 +7,8 @@ run 2 backs up again with retention keep_last=1. Checks:
   its run-1 backup);
 * on the 2008 R2 CSV host, the start/end times of VMs with the same serialization key never overlap, while
   hosts did run in parallel (some VMs of different hosts overlap);
-* a named VM that does not exist is reported as a failure, not silently skipped; a closed window skips VMs.
+* a named VM that does not exist is reported as a failure, not silently skipped; a closed window skips VMs;
+* the restore role's restore test passes for a backed-up VM and refuses a VM without backups.
 """
 import json
 import textwrap
@@ -161,3 +162,17 @@ def test_missing_vm_and_closed_window_are_reported(tmp_path):
     report = load_json(tmp_path / "reports" / "late.json")
     assert {v["status"] for v in report["vms"]} == {"skipped"} and len(report["vms"]) == 4
     assert "backup window" in report["vms"][0]["error"]
+
+    # The restore role: a restore test of web01 (backed up above) passes and leaves nothing behind; web02 was
+    # never backed up (excluded), so its restore is refused with a clear message.
+    scratch = tmp_path / "restore-test"
+    proc = run_playbook(PLAYBOOKS / "restore.yml", inventory=inventory,
+                        extra_vars={"hyperv_restore_hosts": "fleet-hv2016", "hyperv_restore_vm": "web01",
+                                    "hyperv_restore_test": True, "hyperv_restore_test_directory": str(scratch)})
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "of web01 restores: 1 disk(s) equal to the backup" in proc.stdout
+    assert not any(scratch.iterdir())
+    proc = run_playbook(PLAYBOOKS / "restore.yml", inventory=inventory,
+                        extra_vars={"hyperv_restore_hosts": "fleet-hv2016", "hyperv_restore_vm": "web02",
+                                    "hyperv_restore_test": True, "hyperv_restore_test_directory": str(scratch)})
+    assert proc.returncode != 0 and "No complete backup of web02" in proc.stdout, proc.stdout[-4000:]

@@ -1,7 +1,7 @@
 """`molecule test` of the collection's scenario (extensions/molecule/default): the roles against lab hosts.
 
 The scenario uses molecule's ansible-native configuration (no driver, no containers): create.yml builds three
-lab Hyper-V hosts on localhost, converge.yml applies hyperv_backup (with retention) to them and
+lab Hyper-V hosts on localhost, converge.yml applies hyperv_backup (with retention) and hyperv_restore (restore test) to them and
 hyperv_backup_schedule into a scratch root, verify.yml checks the catalogue, the report and the timer, and
 destroy.yml removes it all.
 """
