@@ -64,18 +64,22 @@ def change_offsets(size_mib, seed):
 
 
 def run_child(argv, env=None, cwd=None):
-    """(seconds, peak RSS bytes, stdout) of a child process; RSS from wait4, so it is the child's own peak."""
-    with tempfile.TemporaryFile() as out:
+    """(seconds, peak RSS bytes, stdout) of a child process.
+
+    The child runs under /usr/bin/time (a small parent), so its peak RSS is its own: a child forked from this
+    big benchmark process would inherit this process's RSS as its starting maximum.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss_file:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
-        _pid, status, usage = os.wait4(proc.pid, 0)     # before Popen reaps it, to get its rusage
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + list(argv), stdout=out,
+                              stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
         elapsed = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
+        rss_lines = [line for line in rss_file.read().split() if line.isdigit()]
     if proc.returncode != 0:
         raise RuntimeError("%s failed (rc %d): %s" % (" ".join(argv[:4]), proc.returncode, text[-3000:]))
-    return elapsed, usage.ru_maxrss * 1024, text
+    return elapsed, int(rss_lines[-1]) * 1024 if rss_lines else None, text
 
 
 def module(name, args):

@@ -41,17 +41,21 @@ def read_only_view(directory, view):
     """``view`` shows ``directory`` read-only: a read-only bind mount (root) or, failing that, chmod a-w.
 
     Root ignores file modes, so chmod only works for a non-root run; a bind mount is the real thing.
-    Yields how it was done: "bind-mount" or "chmod".
+    Yields how it was done: "bind-mount" or "chmod", or None when neither can work (root without
+    the right to mount, e.g. in an unprivileged container): the caller then skips.
     """
     os.makedirs(view, exist_ok=True)
-    if is_root() and _mount("--bind", str(directory), str(view)):
-        if _mount("-o", "remount,ro,bind", str(view)):
-            try:
-                yield "bind-mount"
-            finally:
-                subprocess.run(["umount", "-l", str(view)], check=False)
-            return
-        subprocess.run(["umount", "-l", str(view)], check=False)
+    if is_root():
+        if _mount("--bind", str(directory), str(view)):
+            if _mount("-o", "remount,ro,bind", str(view)):
+                try:
+                    yield "bind-mount"
+                finally:
+                    subprocess.run(["umount", "-l", str(view)], check=False)
+                return
+            subprocess.run(["umount", "-l", str(view)], check=False)
+        yield None
+        return
     os.rmdir(view)
     shutil.copytree(directory, view, symlinks=True)
     modes = {}

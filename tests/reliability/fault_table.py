@@ -27,12 +27,16 @@ def load_newest_run(directory):
     return newest, [rows[k] for k in sorted(rows)]
 
 
+def _cell(text):
+    return str(text).replace("|", "\\|")
+
+
 def markdown(rows):
     lines = ["| fault | injected | outcome | data lost |", "| --- | ---: | --- | ---: |"]
     for row in rows:
         outcome = "; ".join("%s (%d)" % (name, count) for name, count in sorted(row["outcomes"].items()))
-        lines.append("| %s | %d | %s | %s |" % (row["fault"], row["injected"], outcome,
-                                                 "none" if row["data_lost"] == 0 else "%d bytes" % row["data_lost"]))
+        lost = "none" if row["data_lost"] == 0 else "%d bytes" % row["data_lost"]
+        lines.append("| %s | %d | %s | %s |" % (_cell(row["fault"]), row["injected"], _cell(outcome), lost))
     return "\n".join(lines)
 
 

@@ -220,7 +220,7 @@ def _reseal(buf, vhdx):
                 buf[offset:offset + size] = with_checksum(bytearray(buf[offset:offset + size]))
         return
     for offset in (0, len(buf) - 512):
-        if offset >= 0 and buf[offset:offset + 8] == b"conectix":
+        if offset >= 0 and offset + 512 <= len(buf) and buf[offset:offset + 8] == b"conectix":
             struct.pack_into(">I", buf, offset + 64, vhd_checksum(bytes(buf[offset:offset + 512]), 64))
     if len(buf) >= 1536 and buf[512:520] == b"cxsparse":
         struct.pack_into(">I", buf, 512 + 36, vhd_checksum(bytes(buf[512:1536]), 36))

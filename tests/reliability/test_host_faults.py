@@ -7,8 +7,6 @@ that succeeded is restored from the repository and compared byte for byte with a
 taken right after it. Nothing half done may be listed, the repository must verify, and no recovery
 checkpoint of ours may be left on the VM after the last run.
 """
-import os
-
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
@@ -56,8 +54,8 @@ SCENARIOS = {
                                           ("fail", {"integration"})),
     "recovery point creation fails": ([lab_task(faults=["recovery_point_fails"])], None, [lab_task(faults=[])], "web01",
                                       ("fail", {"recovery_point"})),
-    "VSS writer failed (RCT backup: not needed)": ([lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01",
-                                                  ("ok", {"incremental"})),
+    "VSS writer failed (RCT backup: not needed)": (
+        [lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01", ("ok", {"incremental"})),
     "VSS writer failed (VSS backup)": ([lab_task(faults=["vss_writer_failed"])], None, [lab_task(faults=[])], "web01",
                                        ("fail", {"service", "recovery_point", "failed"}), {"method": "vss"}),
     "RCT id invalid": ([lab_task(faults=["rct_invalid"])], None, [lab_task(faults=[])], "web01", ("ok", {"full"})),
@@ -130,4 +128,3 @@ def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
     fault_ledger.record("host: %s" % scenario, "%s (%s)%s; next run ok" % (
         "clear error" if outcome == "fail" else "backup", detail,
         "" if outcome == "fail" or detail != "full" else ", reason given"), data_lost=lost)
-

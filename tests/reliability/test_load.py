@@ -70,8 +70,8 @@ def test_fifty_vms_five_hosts_one_repository_with_prune_and_gc_running(tmp_path,
                 for future in concurrent.futures.as_completed(futures):
                     _k, rc, result, _s = future.result()
                     results.setdefault(futures[future], []).append(result)
-                    assert rc == 0 and not result.get("failed"), "%s round %d: %s" % (futures[future], round_number,
-                                                                                     result.get("msg"))
+                    assert rc == 0 and not result.get("failed"), "%s round %d: %s" % (
+                        futures[future], round_number, result.get("msg"))
     finally:
         stop.set()
         pruner.join(timeout=300)

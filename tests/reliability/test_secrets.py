@@ -64,8 +64,8 @@ def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_l
             "repository_s3_access_key": "AKIDEXAMPLE", "repository_s3_secret_key": S3_SECRET},
          "register": "s3_down", "ignore_errors": True},
     ]
-    result, registered = run_tasks(tmp_path, tasks, collect=["facts", "b1", "b_wrong", "restored", "info", "verified",
-                                                               "report", "refused", "s3_down"])
+    collect = ["facts", "b1", "b_wrong", "restored", "info", "verified", "report", "refused", "s3_down"]
+    result, registered = run_tasks(tmp_path, tasks, collect=collect)
     assert result.rc == 0, result.output[-8000:]
     # the run did what it should (so the grep below looks at real outputs, errors included)
     assert registered["b1"]["backup_id"] and registered["restored"]["verified"]

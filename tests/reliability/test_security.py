@@ -1,9 +1,7 @@
 """Security properties that need no playbook: TLS defaults, hostile names reaching hosts only as parameters,
 owner-only repository files, encryption at rest and opaque chunk names, paths that try to escape.
 """
-import base64
 import hashlib
-import json
 import os
 import stat
 

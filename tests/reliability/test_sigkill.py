@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab_admin import churn, ensure_host, ensure_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
 
@@ -30,6 +31,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 KILLS = int(os.environ.get("RELIABILITY_KILLS", "20"))
 MODULES = Path(__file__).resolve().parents[2] / "plugins" / "modules"
 RATE = 4 * MiB
+
+
+def live_disk_path(work_dir, vm_id):
+    """The VM's current disk file as the host reports it (a chain is read through by open_disk)."""
+    vm = LabTransport(str(work_dir / "lab"), "hv1").run("get_vms", {"ids": [vm_id]})[0]
+    return vm["disks"][0]["path"]
 
 
 def run_module(args_file, kill_after=None, module="hyperv_backup"):
@@ -76,7 +83,7 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
     assert rc == 0 and second["type"] == "incremental", second
     window = max(seconds, 0.5) * 1.1
     rng = random.Random(int(os.environ.get("RELIABILITY_SEED", "20261125")))
-    completed = 2
+    known = {first["backup_id"], second["backup_id"]}
     killed_runs = finished_first = leftovers_cleaned = 0
     seen_markers = set()
     for iteration in range(KILLS):
@@ -87,7 +94,7 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
         else:
             finished_first += 1
             assert rc == 0 and not result.get("failed"), result
-            completed += 1
+            known.add(result["backup_id"])
         repo = Repository.open(str(repo_dir))
         markers = set(r.backup_id for r in repo.list_backups(include_in_progress=True) if r.state != "complete")
         writing, seen_markers = markers - seen_markers, markers      # a dead writer's marker stays until it times out
@@ -96,9 +103,17 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
             where = ("while writing to the repository" if writing else
                      "holding a recovery point" if leftover else "before the recovery point (or after the run)")
         listed = repo.list_backups()
-        assert len(listed) == completed, "a killed run left a backup listed (%d listed, %d completed)" % (len(listed), completed)
         assert all(r.state == "complete" for r in listed)
         assert repo.verify()["ok"]
+        # a run killed after its commit (before it could print its result) leaves a complete backup: it must be right
+        extra = [r.backup_id for r in listed if r.backup_id not in known]
+        assert len(extra) <= (1 if killed else 0) and known <= set(r.backup_id for r in listed), (extra, known)
+        lost = 0
+        if extra:
+            where = "after its commit (backup complete)"
+            lost = wrong_bytes(restored_bytes(repo, extra[0])[0], disk_bytes(live_disk_path(tmp_path, vm_id)))
+            assert lost == 0, "the backup %s committed by a killed run restores wrong bytes" % extra[0]
+            known.add(extra[0])
         # the next run recovers: cleans up the leftover recovery point, succeeds, and backs up the right bytes
         _k, rc, cleaned, _s = run_module(clean_file, module="hyperv_recovery_point")
         assert rc == 0 and not cleaned.get("failed"), cleaned
@@ -106,16 +121,16 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
         leftovers_cleaned += leftover
         _k, rc, result, _s = run_module(args_file)
         assert rc == 0 and not result.get("failed"), result
-        completed += 1
+        known.add(result["backup_id"])
         assert our_recovery_points(tmp_path, "hv1", vm_id) == []
         live_disk = result["disks"][0]["path"]
-        lost = wrong_bytes(restored_bytes(repo, result["backup_id"])[0], disk_bytes(live_disk))
+        lost += wrong_bytes(restored_bytes(repo, result["backup_id"])[0], disk_bytes(live_disk))
         assert lost == 0, "backup %s after kill %d restores wrong bytes" % (result["backup_id"], iteration)
         fault_ledger.record("SIGKILL of the backup module's process group at a random point",
                             "killed %s: nothing half listed, verify ok, next run cleaned up and succeeded" % where if killed
                             else "run finished before the kill (counted as a normal run)", data_lost=lost)
     final = Repository.open(str(repo_dir))
-    assert len(final.list_backups()) == completed and final.verify()["ok"]
+    assert set(r.backup_id for r in final.list_backups()) == known and final.verify()["ok"]
     assert killed_runs >= KILLS // 2, "most kills must land inside a run (window %.1f s)" % window
     fault_ledger.record("recovery point left by a killed run", "removed by the next run's cleanup", injected=leftovers_cleaned,
                         data_lost=0)
