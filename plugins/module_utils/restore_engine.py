@@ -90,14 +90,46 @@ def _write_vhdx(path, reader, progress, logical_sector_size):
             progress.advance(len(data))
 
 
-def _write_raw(path, reader, progress):
-    with open(path, "wb") as handle:
-        handle.truncate(reader.virtual_size)       # sparse: zero chunks are never written
-        for offset, data in reader.iter_chunks(skip_zero=True):
-            os.pwrite(handle.fileno(), data, offset)
+def _fetch_chunk(repo, manifest, index):
+    """Plaintext of chunk ``index`` (checked against its id), or RepositoryError saying which chunk is bad."""
+    cid = manifest.chunk_ids[index]
+    try:
+        return repo.read_chunk(cid, manifest.chunk_length(index))
+    except KeyError:
+        problem = "is missing"
+    except ValueError as err:
+        problem = "is corrupt (%s)" % err
+    offset = index * manifest.chunk_size
+    raise RepositoryError("Backup %s, disk %r: chunk %s at offset %d %s." % (manifest.backup_id, manifest.disk_key, cid, offset, problem),
+                          hint="Run verify on the repository and restore from another backup.", chunk_id=cid, offset=offset)
+
+
+def _write_raw(path, repo, manifest, progress):
+    """A sparse raw image: each worker fetches, checks, decompresses and pwrites its chunk (zero chunks never written).
+
+    The page-cache copy of pwrite is as costly as decompression here, so it runs in the workers too.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.ftruncate(fd, manifest.virtual_size)
+
+        def one(index):
+            data = _fetch_chunk(repo, manifest, index)
+            os.pwrite(fd, data, index * manifest.chunk_size)
             progress.advance(len(data))
-        handle.flush()
-        os.fsync(handle.fileno())
+
+        indexes = [i for i, cid in enumerate(manifest.chunk_ids) if cid]
+        with concurrent.futures.ThreadPoolExecutor((os.cpu_count() or 2) + 2, thread_name_prefix="restore") as pool:
+            window = []
+            for index in indexes:        # a bounded window of tasks: memory stays a few chunks
+                window.append(pool.submit(one, index))
+                if len(window) >= 2 * ((os.cpu_count() or 2) + 2):
+                    window.pop(0).result()
+            for future in window:
+                future.result()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _RawFile:
@@ -163,7 +195,7 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
             meta = disk.get("metadata") or {}
             _write_vhdx(temp, reader, progress, int(meta.get("logical_sector_size") or 512))
         else:
-            _write_raw(temp, reader, progress)
+            _write_raw(temp, repo, manifest, progress)
         written = time.monotonic()
         check = verify_file(repo, manifest, temp, fmt) if verify else None
         if check is not None and (check["mismatch_count"] or check["manifest_hash"] != check["restored_hash"]):

@@ -95,7 +95,7 @@ options:
     type: int
 notes:
   - Supports C(async); the progress file shows how far a running backup is.
-  - Test aid: the environment variable E(HYPERV_BACKUP_FAULT_AFTER_CHUNKS) makes the copy fail after that many chunks.
+  - "For tests only: the environment variable E(HYPERV_BACKUP_FAULT_AFTER_CHUNKS) makes the copy fail after that many chunks."
 """
 
 EXAMPLES = r"""

@@ -25,6 +25,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import Lab
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
 
 from playbook_helpers import MiB, disk_bytes, our_recovery_points, restored_bytes, wrong_bytes
+from test_repository import CHUNK, image, read_all, write_backup
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -134,3 +135,90 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
     assert killed_runs >= KILLS // 2, "most kills must land inside a run (window %.1f s)" % window
     fault_ledger.record("recovery point left by a killed run", "removed by the next run's cleanup", injected=leftovers_cleaned,
                         data_lost=0)
+
+
+def _restore_and_prune_setup(tmp_path, backups=4):
+    """A lab VM with ``backups`` backups (guest writes between them); returns (connection, repo_dir, results)."""
+    lab, repo_dir = tmp_path / "lab", tmp_path / "repo"
+    layout = LabLayout(str(lab), "hv1")
+    ensure_host(layout, services={"vss": "Running"})
+    ensure_vm(layout, {"name": "web01", "disks": [{"size": 16 * MiB, "fill": {"seed": 2, "percent": 80}}]})
+    Repository.init(str(repo_dir), chunk_size=MiB)
+    connection = {"transport": "lab", "lab_directory": str(lab), "host": "hv1"}
+    args_file = tmp_path / "backup.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(connection, vm="web01", repository=str(repo_dir))}))
+    results = []
+    for number in range(backups):
+        if number:
+            churn(layout, "web01", seed=number, writes=8, write_size=MiB)
+        _k, rc, result, _s = run_module(args_file)
+        assert rc == 0 and not result.get("failed"), result
+        results.append(result)
+    return connection, repo_dir, results
+
+
+def test_repeated_sigkill_during_restores(tmp_path, fault_ledger):
+    """A killed restore never leaves a wrong or half file under the target name; the next restore works."""
+    _connection, repo_dir, results = _restore_and_prune_setup(tmp_path, backups=1)
+    backup_id = results[0]["backup_id"]
+    repo = Repository.open(str(repo_dir))
+    expected = restored_bytes(repo, backup_id)[0]
+    destination = tmp_path / "restored"
+    args_file = tmp_path / "restore.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "repository": str(repo_dir), "backup_id": backup_id, "destination": str(destination), "force": True}}))
+    _k, rc, result, seconds = run_module(args_file, module="hyperv_restore")
+    assert rc == 0 and not result.get("failed"), result
+    target = result["disks"][0]["path"]
+    os.unlink(target)
+    rng = random.Random(7)
+    for _iteration in range(max(4, KILLS // 2)):
+        killed, rc, result, _s = run_module(args_file, kill_after=rng.uniform(0.05, max(seconds, 0.5) * 1.1), module="hyperv_restore")
+        exists = os.path.exists(target)
+        lost = wrong_bytes(disk_bytes(target), expected) if exists else 0
+        assert lost == 0, "a killed restore left a wrong file at %s" % target
+        _k, rc, again, _s = run_module(args_file, module="hyperv_restore")       # the next restore succeeds
+        assert rc == 0 and not again.get("failed"), again
+        assert wrong_bytes(disk_bytes(target), expected) == 0
+        leftovers = [name for name in os.listdir(destination) if name != os.path.basename(target)]
+        assert not leftovers, "temporary files left: %s" % leftovers
+        fault_ledger.record("SIGKILL of a restore at a random point",
+                            ("killed: %s; next restore ok, no temporary file left" % (
+                                "the previous complete file stayed" if exists else "no file at the target name"))
+                            if killed else "restore finished before the kill", data_lost=lost)
+
+
+def test_repeated_sigkill_during_prune_and_gc(tmp_path, fault_ledger):
+    """A killed prune/GC leaves only whole backups that verify; its lock dies with it; the next prune finishes the job."""
+    repo_dir = tmp_path / "repo"
+    repo = Repository.init(str(repo_dir), chunk_size=CHUNK)
+    prune_file = tmp_path / "prune.json"
+    prune_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "repository": str(repo_dir), "state": "pruned", "keep_last": 1, "gc_grace_minutes": 0}}))
+    expected = {}
+    rng = random.Random(11)
+    kills, seconds = 0, None
+    for iteration in range(max(4, KILLS // 2)):
+        for number in range(4):          # new backups, so every prune has records to drop and chunks to collect
+            data = image(1000 * iteration + number, chunks=60)
+            newest = write_backup(repo, data, vm_id="vm-p", vm_name="prunable").backup_id
+            expected[newest] = data
+        if seconds is None:
+            _k, rc, result, seconds = run_module(prune_file, module="hyperv_backup_repository")   # measures a whole run
+            assert rc == 0 and not result.get("failed"), result
+            continue
+        killed, _rc, _result, _s = run_module(prune_file, kill_after=rng.uniform(0.3, seconds), module="hyperv_backup_repository")
+        kills += killed
+        repo = Repository.open(str(repo_dir))
+        listed = [r.backup_id for r in repo.list_backups()]
+        assert newest in listed and repo.verify()["ok"]       # the newest is always kept
+        lost = sum(wrong_bytes(read_all(repo, backup_id), expected[backup_id]) for backup_id in listed)
+        assert lost == 0
+        fault_ledger.record("SIGKILL of prune + GC at a random point", "killed: remaining backups verify and restore exactly"
+                            if killed else "prune finished before the kill", data_lost=lost)
+    _k, rc, result, _s = run_module(prune_file, module="hyperv_backup_repository")   # not blocked by a dead holder's lock
+    assert rc == 0 and not result.get("failed"), result
+    repo = Repository.open(str(repo_dir))
+    assert [r.backup_id for r in repo.list_backups()] == [newest] and repo.verify()["ok"]
+    assert repo.gc(grace_seconds=0)["chunks_removed"] == 0       # the last prune's GC already took every orphan
+    assert kills >= 1

@@ -104,8 +104,8 @@ def test_a_mismatch_fails_and_removes_the_file(backed_up, monkeypatch):
     repo, ids, _states, tmp_path = backed_up
     real_write = restore_engine._write_raw
 
-    def corrupting_write(path, reader, progress):
-        real_write(path, reader, progress)
+    def corrupting_write(path, repo_, manifest, progress):
+        real_write(path, repo_, manifest, progress)
         with open(path, "r+b") as handle:       # one flipped byte in the second chunk
             handle.seek(CHUNK + 100)
             byte = handle.read(1)
