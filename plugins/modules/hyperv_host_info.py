@@ -117,7 +117,7 @@ host:
     hyperv_vss_writer:
       description: The Microsoft Hyper-V VSS Writer and its state.
       type: dict
-      sample: {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}", "state": "Stable",
+      sample: {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}", "state": "[1] Stable",
                "last_error": "No error"}
   sample: {"computer_name": "HV01", "os_build": 20348, "cluster": null, "csvs": []}
 vss_service:
@@ -130,7 +130,7 @@ preflight:
   returned: always
   type: list
   elements: dict
-  sample: [{"check": "vss_writer", "vm": null, "ok": true, "blocking": true, "message": "Hyper-V VSS writer is Stable"}]
+  sample: [{"check": "vss_writer", "vm": null, "ok": true, "blocking": true, "message": "Hyper-V VSS writer is [1] Stable"}]
 vms:
   description: The VMs, sorted by name.
   returned: always

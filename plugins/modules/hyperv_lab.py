@@ -346,7 +346,7 @@ host:
     cluster: null
     csvs: []
     vss_providers: [{name: Microsoft Software Shadow Copy provider 1.0, id: '{b5946137-7b9f-4925-af80-51abd60b20d5}', type: software}]
-    hyperv_vss_writer: {name: Microsoft Hyper-V VSS Writer, id: '{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}', state: Stable, last_error: No error}
+    hyperv_vss_writer: {name: Microsoft Hyper-V VSS Writer, id: '{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}', state: '[1] Stable', last_error: No error}
 vms:
   description: Every VM of the host as C(get_vms) returns them (disks with real local C(path) and a C(windows_path)).
   returned: when state is present and the host exists

@@ -102,7 +102,7 @@ hyperv_vss_writer:
   description: The Microsoft Hyper-V VSS Writer and its state.
   returned: always
   type: dict
-  sample: {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}", "state": "Stable",
+  sample: {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}", "state": "[1] Stable",
            "last_error": "No error"}
 vms:
   description: Per checked VM, its backup integration service and what the module did about it.

@@ -74,7 +74,7 @@ def test_ansible_builder_create_accepts_the_ee_definition(tmp_path):
     (ee_dir / "execution-environment.yml").write_text(doc_block("execution-environment.yml"))
     collection = copy_collection(tmp_path / "src")
     built = subprocess.run([tool("ansible-galaxy"), "collection", "build", "--output-path", str(ee_dir / "collection"),
-                            str(collection)], capture_output=True, text=True, timeout=300, env=ansible_env())
+                            str(collection)], check=False, capture_output=True, text=True, timeout=300, env=ansible_env())
     assert built.returncode == 0, built.stdout + built.stderr
     tarballs = sorted(p.name for p in (ee_dir / "collection").glob("*.tar.gz"))
     version = yaml.safe_load((ROOT / "galaxy.yml").read_text())["version"]
@@ -86,7 +86,7 @@ def test_ansible_builder_create_accepts_the_ee_definition(tmp_path):
     context = tmp_path / "context"
     created = subprocess.run([tool("ansible-builder"), "create", "-f", str(ee_dir / "execution-environment.yml"),
                               "-c", str(context), "--output-filename", "Containerfile"],
-                             capture_output=True, text=True, timeout=300)
+                             check=False, capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, created.stdout + created.stderr
     containerfile = (context / "Containerfile").read_text()
     assert "ansible-galaxy collection install" in containerfile
@@ -96,13 +96,13 @@ def test_ansible_builder_create_accepts_the_ee_definition(tmp_path):
     # What the builder stage of the image will find: install the tarball and run the builder's introspection.
     installed = tmp_path / "collections"
     inst = subprocess.run([tool("ansible-galaxy"), "collection", "install", "--offline", "-p", str(installed),
-                           str(ee_dir / "collection" / tarballs[0])], capture_output=True, text=True, timeout=300,
+                           str(ee_dir / "collection" / tarballs[0])], check=False, capture_output=True, text=True, timeout=300,
                           env=ansible_env({"ANSIBLE_COLLECTIONS_PATH": str(installed)}))
     assert inst.returncode == 0, inst.stdout + inst.stderr
     pip_out, bindep_out = tmp_path / "pip.txt", tmp_path / "bindep.txt"
     intro = subprocess.run([sys.executable, str(context / "_build" / "scripts" / "introspect.py"), "introspect",
                             "--write-pip", str(pip_out), "--write-bindep", str(bindep_out), str(installed)],
-                           capture_output=True, text=True, timeout=120)
+                           check=False, capture_output=True, text=True, timeout=120)
     assert intro.returncode == 0, intro.stdout + intro.stderr
     pip_lines = pip_out.read_text()
     for package in ("pypsrp", "pywinrm", "blake3", "zstandard", "cryptography", "boto3"):
@@ -133,7 +133,7 @@ def test_awx_example_passes_syntax_check_and_uses_real_options(tmp_path):
         (stub / "plugins" / "modules" / (module + ".py")).write_text(STUB_MODULE.format(name=module))
     paths = "%s:%s" % (tmp_path / "collections", ROOT / ".build" / "collections")
     proc = subprocess.run([tool("ansible-playbook"), "--syntax-check", "-i", "localhost,", str(playbook)],
-                          capture_output=True, text=True, timeout=120, env=ansible_env({"ANSIBLE_COLLECTIONS_PATH": paths}))
+                          check=False, capture_output=True, text=True, timeout=120, env=ansible_env({"ANSIBLE_COLLECTIONS_PATH": paths}))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

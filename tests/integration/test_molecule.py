@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.quality, pytest.mark.slow]
 
 def test_molecule_default_scenario():
     proc = subprocess.run([tool("molecule"), "test", "-s", "default"], cwd=str(ROOT / "extensions"),
-                          capture_output=True, text=True, timeout=1200, env=ansible_env({"NO_COLOR": "1"}))
+                          check=False, capture_output=True, text=True, timeout=1200, env=ansible_env({"NO_COLOR": "1"}))
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, out[-15000:]
     recap = re.search(r"default\s*:\s*actions=(\d+)\s+successful=(\d+).*failed=(\d+)", out)

@@ -38,7 +38,7 @@ def run_playbook(playbook, *args, inventory="localhost,", extra_vars=None, env=N
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     cmd += [str(playbook)] + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ansible_env(env),
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=ansible_env(env),
                           cwd=str(cwd or ROOT))
 
 

@@ -93,7 +93,7 @@ class FakeClock:
 def test_rate_limiter_caps_the_rate():
     clock = FakeClock()
     limiter = disk_access.RateLimiter(1000, clock=clock.clock, sleep=clock.sleep)
-    for _ in range(10):
+    for _attempt in range(10):
         limiter.acquire(500)
     # 5000 bytes at 1000 B/s take 5 s (the bucket starts empty)
     assert clock.now == pytest.approx(5.0)

@@ -15,7 +15,7 @@ def test_lines_at_most_once_per_interval_and_a_final_line(tmp_path):
     path = tmp_path / "sub" / "backup.progress"
     progress = ProgressReporter(str(path), total_bytes=1000, clock=clock)
     progress.set_phase("copying")
-    for _ in range(10):                 # ten updates within the same second: no new line
+    for _update in range(10):                 # ten updates within the same second: no new line
         clock.now += 0.05
         progress.advance(50)
     clock.now += 1.0
