@@ -231,7 +231,7 @@ def trial_borg(ws, work):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=20240901)
     parser.add_argument("--trials", type=int, default=3)
@@ -265,8 +265,8 @@ def main():
         if not isinstance(m, dict):
             continue
         rss = "/".join("%d MiB" % (m[k] // MiB) for k in ("full_rss", "incr_rss", "restore_rss") if k in m) or "-"
-        print("| %s | %.2f | %.2f | %.2f | %s | %s |" % (name, m["full"], m["incr"], m.get("restore_raw", float("nan")),
-                                                       m.get("repo_bytes", "-"), rss))
+        row = (name, m["full"], m["incr"], m.get("restore_raw", float("nan")), m.get("repo_bytes", "-"), rss)
+        print("| %s | %.2f | %.2f | %.2f | %s | %s |" % row)
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,

@@ -43,6 +43,12 @@ class CopyOptions:
 
     def __init__(self, workers=None, read_rate_limit=None, progress=None, fault_after_chunks=None, credentials=None,
                  path_map=None, smb=False):
+        if read_rate_limit is not None and read_rate_limit < 0:
+            raise HyperVBackupError("read_rate_limit must be a number of bytes per second, not %s." % read_rate_limit,
+                                    hint="Give a positive rate (e.g. 209715200 for 200 MiB/s), or 0 / leave it unset for no cap.")
+        if workers is not None and workers < 0:
+            raise HyperVBackupError("workers must be a positive number of copy threads, not %s." % workers,
+                                    hint="Leave it unset for the default (number of cores + 2).")
         self.workers = int(workers or default_workers())
         self.limiter = RateLimiter(read_rate_limit)
         self.progress = progress or ProgressReporter()
@@ -162,7 +168,10 @@ class BackupRun:
         self.params = params
         self.check_mode = check_mode
         self.options = options or CopyOptions()
-        self.result = {"changed": False, "warnings": []}
+        # One id per run of the workflow (the roles pass theirs): names the recovery point and groups the run's
+        # backups in reports.
+        self.run_id = params.get("run_id") or rp.new_run_id()
+        self.result = {"changed": False, "warnings": [], "run_id": self.run_id}
         self.point = None
         self.point_created = False
 
@@ -224,7 +233,7 @@ class BackupRun:
                 self.result["method"] = self.point["method"]
         else:
             self.point = rp.create_recovery_point(self.session, self.vm, self.decision.method, params.get("consistency") or "application",
-                                                  params.get("run_id") or rp.new_run_id(),
+                                                  self.run_id,
                                                   local_paths=params.get("transport") == "lab")
             if self.point.get("warning"):
                 self.result["warnings"].append(self.point["warning"])
@@ -236,7 +245,7 @@ class BackupRun:
     def copy(self):
         repo, vm, point = self.repo, self.vm, self.point
         configuration = self.session.run("get_vm_configuration", vm_id=vm["id"], recovery_point_id=point["id"])
-        metadata = {"recovery_point": {"id": point["id"], "created": point.get("created"), "method": self.method,
+        metadata = {"run_id": self.run_id, "recovery_point": {"id": point["id"], "created": point.get("created"), "method": self.method,
                                        "consistency": point.get("consistency"),
                                        "consistency_fallback": bool(point.get("consistency_fallback"))},
                     "configuration": configuration, "type_reason": self.type.reason, "method_reason": self.result["method_reason"],

@@ -25,6 +25,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -75,6 +76,19 @@ def parse_time(value):
     except ValueError:
         raise RepositoryError("Cannot read the time %r." % value, hint="Use ISO 8601, e.g. 2026-11-25 or 2026-11-25T06:00:00Z.")
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+BACKUP_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}$")
+
+
+def check_backup_id(backup_id, location=None):
+    """Refuse anything but an id BackupSession makes (``20261125T071700Z-0123456789ab``): an id is part of an
+    object's key, so a path in it ('..', '/') must never reach the store."""
+    if not isinstance(backup_id, str) or not BACKUP_ID_PATTERN.match(backup_id):
+        raise RepositoryError("%r is not a backup id%s." % (backup_id, " of %s" % location if location else ""),
+                              hint="Backup ids look like 20261125T071700Z-0123456789ab; list them with "
+                                   "hyperv.backup.hyperv_backup_info.", backup_id=str(backup_id))
+    return backup_id
 
 
 def chunk_key(chunk_id):
@@ -295,6 +309,7 @@ class Repository:
     # -- reading ----------------------------------------------------------------------------
 
     def get_backup(self, backup_id):
+        check_backup_id(backup_id, self.location)
         try:
             values = json.loads(self._get_sealed(KIND_BACKUP, "backups/%s" % backup_id))
         except KeyError:
@@ -443,8 +458,7 @@ class Repository:
             return backup_id, record, manifests
 
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            for item in pool.map(load, backup_ids):
-                yield item
+            yield from pool.map(load, backup_ids)
 
     # -- verify -----------------------------------------------------------------------------
 

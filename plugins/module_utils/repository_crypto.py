@@ -6,11 +6,14 @@
 Every object the repository stores (chunk, disk manifest, backup record, catalog, verify status)
 is wrapped in one envelope, format version 1::
 
-    magic b"HVB1" | kind (1 byte) | flags (1 byte) | [nonce (12 bytes) if encrypted] | body
+    magic b"HVB1" | kind (1 byte) | flags (1 byte) | [nonce (12 bytes) if encrypted] | body | [checksum (32 bytes) if plain]
 
 ``flags`` bit 0: the body is zstd-compressed; bit 1: the body is AES-256-GCM ciphertext (tag
-appended). The authenticated data of the cipher is the 6 header bytes plus the object's name, so
-a ciphertext moved to another name (e.g. chunk A renamed to chunk B) fails authentication.
+appended); bit 2: a BLAKE3 checksum of header, name and body follows the body. The authenticated data of
+the cipher is the 6 header bytes plus the object's name, so a ciphertext moved to another name (e.g. chunk A
+renamed to chunk B) fails authentication. A plain object carries the checksum instead, for the same reason:
+a bit flip in a manifest or record that is stored as is (too small to compress) would otherwise change a
+backup silently, and a stored-as-is chunk would only be caught by a full verify.
 
 Chunk ids are BLAKE3 of the plaintext (hex, 64 chars) in a plain repository, and keyed BLAKE3
 under a secret id key in an encrypted one, so ids reveal nothing about content. Keys: a random
@@ -61,6 +64,9 @@ HEADER = struct.Struct(">4sBB")
 NONCE_SIZE = 12
 FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
+FLAG_CHECKSUM = 0x04
+KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED | FLAG_CHECKSUM
+CHECKSUM_SIZE = 32
 
 # Object kinds, recorded in the header so an object of one kind is never read as another.
 KIND_CHUNK = 1
@@ -165,7 +171,8 @@ class RepositoryKeys:
             if len(packed) < len(data):
                 body, flags = packed, FLAG_ZSTD
         if self._aead is None:
-            return [HEADER.pack(ENVELOPE_MAGIC, kind, flags), body]
+            header = HEADER.pack(ENVELOPE_MAGIC, kind, flags | FLAG_CHECKSUM)
+            return [header, body, _checksum(header, name, body)]
         flags |= FLAG_ENCRYPTED
         header = HEADER.pack(ENVELOPE_MAGIC, kind, flags)
         nonce = os.urandom(NONCE_SIZE)
@@ -180,7 +187,16 @@ class RepositoryKeys:
             raise ValueError("not a repository object (bad magic)")
         if got_kind != kind:
             raise ValueError("object kind %d where %d was expected" % (got_kind, kind))
+        if flags & ~KNOWN_FLAGS:
+            raise ValueError("unknown envelope flags 0x%02x (corrupt, or written by a newer version)" % flags)
         body = memoryview(blob)[HEADER.size:]
+        if flags & FLAG_CHECKSUM:
+            if flags & FLAG_ENCRYPTED or len(body) < CHECKSUM_SIZE:
+                raise ValueError("object is damaged (checksum flag on an encrypted or truncated object)")
+            stored = bytes(body[-CHECKSUM_SIZE:])
+            body = body[:-CHECKSUM_SIZE]
+            if _checksum(blob[:HEADER.size], name, body) != stored:
+                raise ValueError("checksum mismatch (corrupt, or stored under another name)")
         if flags & FLAG_ENCRYPTED:
             if self._aead is None:
                 raise ValueError("object is encrypted but the repository has no key")
@@ -191,12 +207,22 @@ class RepositoryKeys:
                 raise ValueError("authentication failed (corrupt or tampered)")
         elif self._aead is not None:
             raise ValueError("object is not encrypted in an encrypted repository (tampered)")
+        elif not flags & FLAG_CHECKSUM:
+            raise ValueError("plain object without its checksum (tampered)")
         if flags & FLAG_ZSTD:
             try:
                 return zstandard.ZstdDecompressor().decompress(body)
             except zstandard.ZstdError as err:
                 raise ValueError("zstd decompression failed: %s" % err)
         return bytes(body)
+
+
+def _checksum(header, name, body):
+    """BLAKE3 over header, name and body of a plain object: binds it to its name, like the cipher's AAD."""
+    hasher = blake3.blake3(header)
+    hasher.update(name.encode("utf-8"))
+    hasher.update(body)
+    return hasher.digest()
 
 
 def _derive(passphrase, salt, params):

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -93,6 +94,32 @@ def _write_all(fd, parts):
             views[0] = views[0][written:]
 
 
+# What to do about the storage errors a repository directory meets in practice.
+_FS_HINTS = {
+    errno.ENOSPC: ("no space left on the repository's filesystem",
+                   "Free space there (prune old backups with hyperv_backup_repository state=pruned, or grow the volume), "
+                   "then run the backup again; the failed backup is not visible and its chunks are reclaimed by GC."),
+    errno.EDQUOT: ("the disk quota of the repository's filesystem is exhausted",
+                   "Raise the quota or prune old backups, then run the backup again."),
+    errno.EROFS: ("the repository's filesystem is read-only",
+                  "Remount it read-write (restore, list and verify work from a read-only repository; backups and prune "
+                  "need to write)."),
+    errno.EACCES: ("permission denied",
+                   "Run the module as the user that owns the repository directory, or fix its ownership (files 0600, "
+                   "directories 0700)."),
+    errno.EPERM: ("operation not permitted",
+                  "Check the ownership and attributes (immutable, append-only) of the repository directory."),
+}
+
+
+def filesystem_error(err, action, path):
+    """A RepositoryError for an OSError met while ``action`` on ``path``: what happened and what to do."""
+    problem, hint = _FS_HINTS.get(err.errno, (err.strerror or str(err),
+                                              "Check the repository's storage (mount, permissions, free space)."))
+    return RepositoryError("Cannot %s %s: %s (%s)." % (action, path, problem, errno.errorcode.get(err.errno, err.errno)),
+                           hint=hint, path=path, errno=err.errno)
+
+
 def _owner_text():
     return "%s pid %d" % (socket.gethostname(), os.getpid())
 
@@ -126,19 +153,23 @@ class LocalStore:
         """Write atomically: temp name, rename; fsync now (``durable``) or in the next ``flush`` (batched)."""
         path = self._path(key)
         directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
-            if durable:
-                os.fsync(fd)
-        except BaseException:
+            self._ensure_dir(directory)
+            tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
+                if durable:
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.rename(tmp, path)
+            os.rename(tmp, path)
+        except OSError as err:
+            raise filesystem_error(err, "write", path)
         with self._dirty_lock:
             self._dirty_dirs.add(directory)
             if not durable:
@@ -161,6 +192,8 @@ class LocalStore:
                 continue        # removed since (a chunk deleted by GC after its writer died)
             try:
                 os.fsync(fd)
+            except OSError as err:
+                raise filesystem_error(err, "flush", path)
             finally:
                 os.close(fd)
 
@@ -216,6 +249,8 @@ class LocalStore:
             return True
         except FileNotFoundError:
             return False
+        except OSError as err:
+            raise filesystem_error(err, "delete", self._path(key))
 
     def delete_prefix(self, prefix):
         for info in list(self.list(prefix)):
@@ -230,6 +265,8 @@ class LocalStore:
             return True
         except FileNotFoundError:
             return False
+        except OSError as err:
+            raise filesystem_error(err, "mark as used", self._path(key))
 
     def now(self):
         return time.time()
@@ -237,13 +274,26 @@ class LocalStore:
     @contextlib.contextmanager
     def _flock(self, name, mode):
         path = self._path("locks/" + name)
-        self._ensure_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open_lock_file(path)
         try:
             fcntl.flock(fd, mode)
             yield fd
         finally:
             os.close(fd)
+
+    def _open_lock_file(self, path):
+        """The lock file, created if needed; on a read-only repository an existing one is opened read-only
+        (flock works on it), so restores and verify still take their shared locks."""
+        try:
+            self._ensure_dir(os.path.dirname(path))
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES) and os.path.exists(path):
+                try:
+                    return os.open(path, os.O_RDONLY)
+                except OSError:
+                    pass
+            raise filesystem_error(err, "open the lock file", path)
 
     def chunk_guard(self):
         """Shared section for a writer's "exists? then touch" on a chunk."""
@@ -257,8 +307,7 @@ class LocalStore:
     def exclusive_lock(self, name, purpose, wait_seconds=0, ttl_seconds=None):
         """Hold the repository-wide lock ``name`` (flock: released by the kernel if the holder dies)."""
         path = self._path("locks/" + name)
-        self._ensure_dir(os.path.dirname(path))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open_lock_file(path)
         try:
             deadline = time.time() + wait_seconds
             while True:
@@ -272,11 +321,34 @@ class LocalStore:
                         holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                         raise LockHeld(holder or "another process")
                     time.sleep(0.2)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"owner": _owner_text(), "purpose": purpose, "since": time.time()}).encode(), 0)
+            # The owner note only helps a person who finds the lock held; the flock is the lock. On a full
+            # disk the note cannot be written, and prune/GC (which frees space) must still run.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"owner": _owner_text(), "purpose": purpose, "since": time.time()}).encode(), 0)
             yield
         finally:
             os.close(fd)
+
+
+def _unreachable(location, what, err):
+    return RepositoryError("S3 %s failed on %s: the endpoint did not answer properly (%s)." % (what, location, err),
+                           hint="Check endpoint_url, the network and the S3 service; the backup was not committed and "
+                                "can be run again once the endpoint answers.", s3_error=type(err).__name__)
+
+
+def _network_errors(what):
+    """Decorator for S3Store methods: botocore's connection-level failures (refused, dropped, timed out), which are
+    not ClientError, become a RepositoryError naming the endpoint instead of escaping raw."""
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except botocore.exceptions.BotoCoreError as err:
+                raise _unreachable(self.location, "%s of %s" % (what, args[0] if args else ""), err)
+        return guarded
+    return wrap
 
 
 def _epoch(value):
@@ -340,6 +412,7 @@ class S3Store:
         return {"ObjectLockMode": self.lock_mode,
                 "ObjectLockRetainUntilDate": datetime.datetime.fromtimestamp(retain_until, datetime.timezone.utc)}
 
+    @_network_errors("upload")
     def put(self, key, data, retain_until=None, durable=True):
         try:
             body = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
@@ -350,6 +423,7 @@ class S3Store:
     def flush(self):
         """Nothing to do: an acknowledged PUT is durable."""
 
+    @_network_errors("download")
     def get(self, key):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -358,6 +432,7 @@ class S3Store:
                 raise KeyError(key)
             raise self._error(err, "download of %s" % key)
 
+    @_network_errors("stat")
     def stat(self, key):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -375,6 +450,8 @@ class S3Store:
                     yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], _epoch(item["LastModified"]))
         except botocore.exceptions.ClientError as err:
             raise self._error(err, "listing of %s" % prefix)
+        except botocore.exceptions.BotoCoreError as err:
+            raise _unreachable(self.location, "listing of %s" % prefix, err)
 
     def list_temporary(self, prefix, older_than):
         """S3 has no temp objects: an interrupted PUT leaves nothing."""
@@ -383,6 +460,7 @@ class S3Store:
     def remove_temporary(self, path):
         """Nothing to remove on S3."""
 
+    @_network_errors("delete")
     def delete(self, key):
         """Delete (on a versioned/locked bucket this adds a delete marker; locked versions stay)."""
         try:
@@ -397,6 +475,7 @@ class S3Store:
         for info in list(self.list(prefix)):
             self.delete(info.key)
 
+    @_network_errors("touch")
     def touch(self, key, retain_until=None):
         """Mark an existing object as used now: extend its retention (Object Lock) or copy it onto itself."""
         try:
@@ -443,6 +522,8 @@ class S3Store:
             except botocore.exceptions.ClientError as err:
                 if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                     raise self._error(err, "lock %s" % name)
+            except botocore.exceptions.BotoCoreError as err:
+                raise _unreachable(self.location, "lock %s" % name, err)
             try:
                 held = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
             except (botocore.exceptions.ClientError, ValueError):

@@ -64,7 +64,10 @@ options:
     description: Back up this existing recovery point (from M(hyperv.backup.hyperv_recovery_point)) instead of creating one.
     type: str
   run_id:
-    description: Run id used to name the recovery point (C(hyperv.backup:<run_id>)); generated when not given.
+    description:
+      - Id of the workflow run this backup belongs to. It names the recovery point (C(hyperv.backup:<run_id>)), is stored
+        in the backup's metadata and groups the run's backups in M(hyperv.backup.hyperv_backup_report).
+      - Generated when not given (the M(hyperv.backup.hyperv_backup) role passes one per run).
     type: str
   exclude_disks:
     description: Disks not to back up, by path, file name or controller slot (C(SCSI 0:1) or C(scsi0-1)).
@@ -76,7 +79,7 @@ options:
     type: int
     default: 1
   read_rate_limit:
-    description: Cap on the read rate from the host in bytes per second (0 or unset means no cap).
+    description: Cap on the read rate from the host in bytes per second (0 or unset means no cap; negative is refused).
     type: int
   progress_file:
     description:
@@ -147,6 +150,11 @@ method_reason:
   description: Why this method was chosen.
   returned: always
   type: str
+run_id:
+  description: The run id (given or generated), also stored in the backup's metadata.
+  returned: always
+  type: str
+  sample: 20261125T071700Z-3f2a1b9c
 parent_backup_id:
   description: The backup an incremental builds on.
   returned: always

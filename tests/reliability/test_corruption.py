@@ -185,9 +185,6 @@ def test_bit_flips_in_manifests_and_records_encrypted(tmp_path, fault_ledger):
     assert repo.verify(record_status=False)["ok"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R4: in a plain (unencrypted) repository, manifests and backup records carry no "
-                                       "checksum (repository_crypto.seal: zstd without write_checksum, no hash), so a bit flip in "
-                                       "their JSON (e.g. rct_id, vm_id, parent_backup_id, created) changes them silently")
 def test_bit_flips_in_manifests_and_records_plain(tmp_path, fault_ledger):
     kind, repo, backups = populate("plain", tmp_path)
     rng = random.Random(15)

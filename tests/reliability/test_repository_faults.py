@@ -98,15 +98,11 @@ def test_disk_full_on_a_real_small_filesystem(full_filesystem, fault_ledger):
                         data_lost=lost)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R1: LocalStore.put lets a bare OSError ENOSPC (no path, no hint) escape "
-                                       "instead of RepositoryError (repository_store.py)")
 def test_disk_full_error_is_a_clear_repository_error(full_filesystem):
     _repo, _earlier, err = fill_up(full_filesystem)
     assert is_clear_repository_error(err, "space", str(full_filesystem)), "%s: %s" % (type(err).__name__, err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R2: LocalStore.exclusive_lock writes its owner note with os.pwrite and fails "
-                                       "with ENOSPC, so prune/GC cannot run on a full repository (repository_store.py)")
 def test_gc_frees_space_on_a_full_repository(full_filesystem, fault_ledger):
     repo, earlier, _err = fill_up(full_filesystem)
     try:
@@ -167,8 +163,6 @@ def test_read_only_repository(tmp_path, fault_ledger):
                         data_lost=lost)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R1: LocalStore lets a bare OSError (EROFS here) escape instead of a RepositoryError "
-                                       "with a hint (repository_store.py)")
 def test_read_only_repository_error_is_a_clear_repository_error(tmp_path):
     source = tmp_path / "repo"
     Repository.init(str(source), chunk_size=CHUNK)
@@ -249,9 +243,6 @@ def test_s3_endpoint_goes_down_mid_upload(s3_server, flaky_s3, fault_ledger):
                         % type(caught).__name__, injected=1, data_lost=lost)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R3: S3Store methods catch only botocore ClientError; connection errors "
-                                       "(BotoCoreError: ConnectionClosedError, EndpointConnectionError, ReadTimeoutError) escape "
-                                       "raw instead of RepositoryError (repository_store.py)")
 def test_s3_endpoint_down_error_is_a_clear_repository_error(s3_server, flaky_s3):
     repo, _location, _options = _proxied_repo(s3_server, flaky_s3)
     caught = _backup_while_endpoint_goes_down(repo, flaky_s3, image(43, chunks=8))

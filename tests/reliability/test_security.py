@@ -279,10 +279,6 @@ def test_restore_does_not_follow_a_symlink_at_the_temporary_name(one_backup, tmp
     fault_ledger.record("dangling symlink planted at the restore's temporary name", "not followed", data_lost=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-R5: Repository.get_backup (and every backup_id option: hyperv_restore, "
-                                       "hyperv_backup_info, hyperv_backup_repository backups) passes the id unchecked into the "
-                                       "key 'backups/<id>', so '..' and '/' make the store read outside backups/ (any file for "
-                                       "'../../..'; '..' even raises a bare IsADirectoryError)")
 @pytest.mark.parametrize("backup_id", ["../config", "../../../../../../etc/passwd", "..", "a/../../config"])
 def test_backup_ids_cannot_name_files_outside_the_backups(one_backup, backup_id):
     repo, _record = one_backup
