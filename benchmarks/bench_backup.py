@@ -4,6 +4,7 @@ Usage:
     source scripts/env.sh
     python benchmarks/bench_backup.py [--size-mib 2048] [--seed 20240901] [--trials 3] [--work DIR]
                                       [--peers restic,borg] [--json OUT.json]
+                                      [--chunk-size BYTES] [--skip engine,module]
 
 Data (the same for everybody):
   - the image is ``/work/shared/bench/gen_image.py OUT.raw SIZE SEED`` (40 % zeros, 30 % compressible,
@@ -45,6 +46,7 @@ MiB = 1024 * 1024
 GEN_IMAGE = "/work/shared/bench/gen_image.py"
 MODULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plugins", "modules")
 CHURN_SEED = 4242
+CHUNK_SIZE = None   # --chunk-size; None: the repository default
 
 
 def sh(*argv, **kwargs):
@@ -142,10 +144,14 @@ def peak_rss_self():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _chunk_args():
+    return {"chunk_size": CHUNK_SIZE} if CHUNK_SIZE else {}
+
+
 def trial_engine(ws, work):
     lab = os.path.join(work, "lab")
     layout = ws.fresh_lab(lab)
-    repo = Repository.init(os.path.join(work, "repo"))
+    repo = Repository.init(os.path.join(work, "repo"), **_chunk_args())
     params = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm")
     out = {}
     with HostSession.from_module_params(params) as session:
@@ -176,7 +182,7 @@ def trial_module(ws, work):
     lab = os.path.join(work, "lab")
     layout = ws.fresh_lab(lab)
     repo_path = os.path.join(work, "repo")
-    Repository.init(repo_path)
+    Repository.init(repo_path, **_chunk_args())
     args = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm", repository=repo_path)
     out = {}
     out["full"], out["full_rss"], _r = module("hyperv_backup", args)
@@ -239,7 +245,10 @@ def main():
     parser.add_argument("--peers", default="restic,borg")
     parser.add_argument("--skip", default="", help="comma list of: engine,module")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--chunk-size", type=int, default=None, help="repository chunk size (default: the repository's)")
     args = parser.parse_args()
+    global CHUNK_SIZE  # pylint: disable=global-statement
+    CHUNK_SIZE = args.chunk_size
     root = args.work or tempfile.mkdtemp(prefix="bench_backup_")
     os.makedirs(root, exist_ok=True)
     ws = Workspace(root, args.size_mib, args.seed)

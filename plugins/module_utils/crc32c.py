@@ -3,15 +3,25 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """CRC-32C (Castagnoli), the checksum of VHDX headers, region tables and log entries.
 
-Pure Python with a 256-entry table (reflected polynomial 0x82F63B78). It only runs over small
-metadata structures (4 KiB headers, 64 KiB region tables, log entries), never over payload data,
-so a table-driven loop is fast enough and keeps the collection free of native dependencies.
+It only runs over metadata (4 KiB headers, 64 KiB region tables, metadata regions, log entries),
+never over payload data, but a pure Python loop still spends ~3 ms per 64 KiB, i.e. tens of
+milliseconds each time a differencing chain is opened: a sixth of an incremental backup's time.
+So the ``crc32c`` package (ICRAR, LGPL-2.1+, hardware CRC32 instruction) is used when installed
+(requirements.txt has it), and the table-driven Python version (reflected polynomial 0x82F63B78)
+otherwise; the tests check both against each other.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+
+try:
+    import crc32c as _native
+    HAS_NATIVE_CRC32C = True
+except ImportError:
+    _native = None
+    HAS_NATIVE_CRC32C = False
 
 _POLYNOMIAL = 0x82F63B78
 
@@ -31,6 +41,13 @@ _TABLE = _make_table()
 
 def crc32c(data, value=0):
     """Return the CRC-32C of ``data`` (bytes-like), continuing from a previous result ``value``."""
+    if _native is not None:
+        return _native.crc32c(data, value)
+    return crc32c_python(data, value)
+
+
+def crc32c_python(data, value=0):
+    """The same, in pure Python (the fallback, and the tests' second opinion)."""
     table = _TABLE
     crc = value ^ 0xFFFFFFFF
     for byte in bytes(data):

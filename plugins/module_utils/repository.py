@@ -40,7 +40,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository_store imp
 MiB = 1024 * 1024
 FORMAT_NAME = "hyperv.backup repository"
 FORMAT_VERSION = 1
-DEFAULT_CHUNK_SIZE = 4 * MiB
+DEFAULT_CHUNK_SIZE = 1 * MiB
 DEFAULT_COMPRESSION_LEVEL = 1
 ZERO_ID = bytes(32)                 # manifest entry of an all-zero (not stored) chunk
 MANIFEST_MAGIC = b"HVDM"
@@ -680,7 +680,7 @@ def _brief(record, **extra):
 def _check_chunk_size(chunk_size):
     if not isinstance(chunk_size, int) or chunk_size < 64 * 1024 or chunk_size > 64 * MiB or chunk_size & (chunk_size - 1):
         raise RepositoryError("chunk_size %r is not allowed." % (chunk_size,),
-                              hint="Use a power of two between 64 KiB and 64 MiB (default 4 MiB).")
+                              hint="Use a power of two between 64 KiB and 64 MiB (default 1 MiB).")
 
 
 class BackupSession:

@@ -36,7 +36,7 @@ options:
     description:
       - Chunk size in bytes of a new repository (a power of two from 64 KiB to 64 MiB). Ignored for an existing one.
     type: int
-    default: 4194304
+    default: 1048576
   compression_level:
     description: zstd level of a new repository (1 is fastest; higher compresses more and costs CPU).
     type: int
@@ -155,7 +155,7 @@ repository:
   description: Facts about the repository (no secrets).
   returned: when the repository exists
   type: dict
-  sample: {"location": "/srv/hyperv-backup", "backend": "local", "chunk_size": 4194304, "encrypted": true,
+  sample: {"location": "/srv/hyperv-backup", "backend": "local", "chunk_size": 1048576, "encrypted": true,
            "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 1}
 verify:
   description:
@@ -227,7 +227,7 @@ def main():
     spec = repository_argument_spec()
     spec.update(
         state=dict(type="str", choices=["present", "verified", "pruned"], default="present"),
-        chunk_size=dict(type="int", default=4194304),
+        chunk_size=dict(type="int", default=1048576),
         compression_level=dict(type="int", default=1),
         object_lock_days=dict(type="int"),
         backups=dict(type="list", elements="str", default=[]),

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository, chunk_key
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import DEFAULT_CHUNK_SIZE, Repository, chunk_key
 from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
 
 from s3_server import S3Server
@@ -287,7 +287,7 @@ def test_open_missing_repository_and_existing_init_fail_clearly(backend):
     with pytest.raises(RepositoryError, match="already exists"):
         Repository.init(location, s3_options=s3_options)
     repo, created = Repository.ensure(location, s3_options=s3_options)
-    assert not created and repo.chunk_size == 4 * 1024 * 1024
+    assert not created and repo.chunk_size == DEFAULT_CHUNK_SIZE == 1024 * 1024
 
 
 def test_bad_chunk_input_is_refused(backend):
