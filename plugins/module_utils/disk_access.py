@@ -20,19 +20,14 @@ __metaclass__ = type
 import os
 import threading
 import time
-import traceback
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.lazy_import import LazyModule, is_installed
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
 
-try:
-    import smbclient
-    HAS_SMBCLIENT = True
-    SMBCLIENT_IMPORT_ERROR = None
-except ImportError:
-    smbclient = None
-    HAS_SMBCLIENT = False
-    SMBCLIENT_IMPORT_ERROR = traceback.format_exc()
+# smbclient (smbprotocol) is imported on first use, by an SMB read: see lazy_import.
+smbclient = LazyModule("smbclient")
+HAS_SMBCLIENT = is_installed("smbclient")
 
 
 def _norm_windows(path):
@@ -105,8 +100,7 @@ def open_source_disk(location, username=None, password=None):
         return open_disk(location.path)
     if not HAS_SMBCLIENT:
         raise HyperVBackupError("Reading %s over SMB needs the Python library smbprotocol (smbclient)." % location.path,
-                                hint="pip install smbprotocol on the proxy, or mount the storage and use path_map.",
-                                import_error=SMBCLIENT_IMPORT_ERROR)
+                                hint="pip install smbprotocol on the proxy, or mount the storage and use path_map.")
     raise HyperVBackupError("Reading virtual disks over SMB needs vdisk.open_disk to accept a file opener (not there yet): %s."
                             % location.path, hint="Mount the host's storage on the proxy and set path_map meanwhile.")
 
@@ -120,7 +114,7 @@ class SmbFile:
     def __init__(self, unc, username=None, password=None, client=None):
         self.path = unc
         self._client = client or smbclient
-        if self._client is None:
+        if client is None and not HAS_SMBCLIENT:
             raise HyperVBackupError("smbprotocol is not installed; cannot open %s." % unc,
                                     hint="pip install smbprotocol on the proxy.")
         self._lock = threading.Lock()

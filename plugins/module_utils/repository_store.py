@@ -29,20 +29,16 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.lazy_import import LazyModule, is_installed
 
-try:
-    import boto3
-    import botocore.config
-    import botocore.exceptions
-    HAS_BOTO3 = True
-    BOTO3_IMPORT_ERROR = None
-except ImportError:
-    HAS_BOTO3 = False
-    BOTO3_IMPORT_ERROR = traceback.format_exc()
+# boto3 is imported on first use (by an S3 repository): see lazy_import.
+boto3_session = LazyModule("boto3.session")
+botocore_config = LazyModule("botocore.config")
+botocore_exceptions = LazyModule("botocore.exceptions")
+HAS_BOTO3 = is_installed("boto3")
 
 
 class ObjectInfo:
@@ -345,7 +341,7 @@ def _network_errors(what):
         def guarded(self, *args, **kwargs):
             try:
                 return method(self, *args, **kwargs)
-            except botocore.exceptions.BotoCoreError as err:
+            except botocore_exceptions.BotoCoreError as err:
                 raise _unreachable(self.location, "%s of %s" % (what, args[0] if args else ""), err)
         return guarded
     return wrap
@@ -373,11 +369,11 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.location = location
         self.lock_mode = (options.get("object_lock_mode") or "COMPLIANCE").upper()
-        session = boto3.session.Session(
+        session = boto3_session.Session(
             aws_access_key_id=options.get("access_key"), aws_secret_access_key=options.get("secret_key"),
             aws_session_token=options.get("session_token"), profile_name=options.get("profile"),
             region_name=options.get("region") or "us-east-1")
-        config = botocore.config.Config(max_pool_connections=int(options.get("max_connections") or 16),
+        config = botocore_config.Config(max_pool_connections=int(options.get("max_connections") or 16),
                                         retries={"max_attempts": 5, "mode": "standard"})
         self.client = session.client("s3", endpoint_url=options.get("endpoint_url"),
                                      verify=options.get("ca_bundle") or options.get("validate_certs", True),
@@ -395,15 +391,15 @@ class S3Store:
         """Return the bucket's Object Lock state (True/False); clear error if it cannot be reached."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             raise self._error(err, "access to bucket %s" % self.bucket)
-        except botocore.exceptions.BotoCoreError as err:
+        except botocore_exceptions.BotoCoreError as err:
             raise RepositoryError("Cannot reach S3 endpoint for %s: %s" % (self.location, err),
                                   hint="Check endpoint_url and the network.")
         try:
             conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
             return conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-        except botocore.exceptions.ClientError:
+        except botocore_exceptions.ClientError:
             return False
 
     def _lock_args(self, retain_until):
@@ -417,7 +413,7 @@ class S3Store:
         try:
             body = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **self._lock_args(retain_until))
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             raise self._error(err, "upload of %s" % key)
 
     def flush(self):
@@ -427,7 +423,7 @@ class S3Store:
     def get(self, key):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key)
             raise self._error(err, "download of %s" % key)
@@ -436,7 +432,7 @@ class S3Store:
     def stat(self, key):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise self._error(err, "stat of %s" % key)
@@ -448,9 +444,9 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(item["Key"][len(self.prefix):], item["Size"], _epoch(item["LastModified"]))
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             raise self._error(err, "listing of %s" % prefix)
-        except botocore.exceptions.BotoCoreError as err:
+        except botocore_exceptions.BotoCoreError as err:
             raise _unreachable(self.location, "listing of %s" % prefix, err)
 
     def list_temporary(self, prefix, older_than):
@@ -466,7 +462,7 @@ class S3Store:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             if err.response.get("Error", {}).get("Code") == "AccessDenied":
                 return False
             raise self._error(err, "delete of %s" % key)
@@ -493,7 +489,7 @@ class S3Store:
                                     CopySource={"Bucket": self.bucket, "Key": self._key(key)},
                                     Metadata={"touched": "%d" % time.time()})
             return True
-        except botocore.exceptions.ClientError as err:
+        except botocore_exceptions.ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise self._error(err, "touch of %s" % key)
@@ -519,14 +515,14 @@ class S3Store:
             try:
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
                 break
-            except botocore.exceptions.ClientError as err:
+            except botocore_exceptions.ClientError as err:
                 if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                     raise self._error(err, "lock %s" % name)
-            except botocore.exceptions.BotoCoreError as err:
+            except botocore_exceptions.BotoCoreError as err:
                 raise _unreachable(self.location, "lock %s" % name, err)
             try:
                 held = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-            except (botocore.exceptions.ClientError, ValueError):
+            except (botocore_exceptions.ClientError, ValueError):
                 held = {"expires": 0}
             if held.get("expires", 0) < time.time():
                 # Expired: the holder died. Remove it and race again through the conditional PUT.
@@ -538,5 +534,5 @@ class S3Store:
         try:
             yield
         finally:
-            with contextlib.suppress(botocore.exceptions.ClientError):
+            with contextlib.suppress(botocore_exceptions.ClientError):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
