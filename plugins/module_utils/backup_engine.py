@@ -42,7 +42,7 @@ class CopyOptions:
     """Knobs of the copy: threads, buffers in flight, read rate cap, progress, fault injection."""
 
     def __init__(self, workers=None, read_rate_limit=None, progress=None, fault_after_chunks=None, credentials=None,
-                 path_map=None, smb=False):
+                 path_map=None, smb=False, smb_port=445):
         if read_rate_limit is not None and read_rate_limit < 0:
             raise HyperVBackupError("read_rate_limit must be a number of bytes per second, not %s." % read_rate_limit,
                                     hint="Give a positive rate (e.g. 209715200 for 200 MiB/s), or 0 / leave it unset for no cap.")
@@ -57,6 +57,7 @@ class CopyOptions:
         self.credentials = credentials or (None, None)
         self.path_map = path_map
         self.smb = smb
+        self.smb_port = smb_port      # 445 on every Windows host; another port only for a test server
 
 
 class ChunkCopier:
@@ -208,7 +209,7 @@ class BackupRun:
         self.sources = {}
         for disk in kept:
             location = locate_disk(disk, self.session.host, self.options.path_map, self.options.smb)
-            source = open_source_disk(location, *self.options.credentials)
+            source = open_source_disk(location, *self.options.credentials, smb_port=self.options.smb_port)
             self.sources[disk["disk_key"]] = (source, location)
             if self.type.type == "incremental" and method == "rct":
                 ranges, basis = change_lists[disk["disk_id"]].ranges, "rct_change_list"

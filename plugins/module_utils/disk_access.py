@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ntpath
 import os
 import threading
 import time
@@ -94,15 +95,73 @@ def locate_disk(disk, host, path_map=None, smb=False):
                                  "it over SMB with the host credentials.", path=reported)
 
 
-def open_source_disk(location, username=None, password=None):
-    """A vdisk VirtualDisk for a DiskLocation (the differencing chain is followed by vdisk)."""
+def open_source_disk(location, username=None, password=None, smb_port=445):
+    """A vdisk VirtualDisk for a DiskLocation (the differencing chain is followed by vdisk, over SMB too)."""
     if location.kind == "local":
         return open_disk(location.path)
     if not HAS_SMBCLIENT:
         raise HyperVBackupError("Reading %s over SMB needs the Python library smbprotocol (smbclient)." % location.path,
                                 hint="pip install smbprotocol on the proxy, or mount the storage and use path_map.")
-    raise HyperVBackupError("Reading virtual disks over SMB needs vdisk.open_disk to accept a file opener (not there yet): %s."
-                            % location.path, hint="Mount the host's storage on the proxy and set path_map meanwhile.")
+    return open_disk(location.path, opener=SmbOpener(username, password, port=smb_port))
+
+
+def _smb_error(unc, err):
+    return HyperVBackupError("Cannot read %s over SMB: %s." % (unc, err),
+                             hint="Check that the host's administrative share is reachable (TCP 445), that the account "
+                                  "may read it (a local administrator of the host), and the password.", path=unc)
+
+
+class SmbOpener:
+    """Opens a host's disk files over SMB for vdisk.open_disk, and finds a remote file's differencing parents.
+
+    A parent is looked for as the parent locator says (relative path first, then the absolute Windows path
+    turned into the same server's administrative share), then by file name beside the child.
+    """
+
+    def __init__(self, username=None, password=None, port=445, client=None):
+        self.username = username
+        self.password = password
+        self.port = port
+        self._client = client or smbclient
+
+    def _session_args(self):
+        return {"username": self.username, "password": self.password, "port": self.port}
+
+    def open(self, unc):
+        return SmbFile(unc, self.username, self.password, client=self._client, port=self.port)
+
+    def exists(self, unc):
+        try:
+            return self._client.path.isfile(unc, **self._session_args())
+        except (OSError, ValueError) as err:
+            raise _smb_error(unc, err)
+
+    @staticmethod
+    def identity(unc):
+        return ntpath.normcase(ntpath.normpath(unc))
+
+    @staticmethod
+    def parent_candidates(child_unc, hints):
+        child_dir = ntpath.dirname(child_unc)
+        server = child_unc.lstrip("\\").split("\\", 1)[0]
+        out = []
+        for kind, value in hints:
+            value = value.replace("/", "\\")
+            if kind == "relative":
+                out.append(ntpath.normpath(ntpath.join(child_dir, value)))
+            elif value.startswith(("\\\\?\\", "\\\\.\\")):
+                continue        # a volume GUID path (\\?\Volume{...}) means nothing over SMB
+            elif value.startswith("\\\\") or (len(value) > 2 and value[1] == ":"):
+                out.append(unc_path(value, server))
+        for _kind, value in hints:
+            name = ntpath.basename(value.replace("/", "\\"))
+            if name:
+                out.append(ntpath.join(child_dir, name))
+        unique = []
+        for candidate in out:
+            if candidate not in unique:
+                unique.append(candidate)
+        return unique
 
 
 class SmbFile:
@@ -111,7 +170,7 @@ class SmbFile:
     One SMB handle is shared by the reader threads; the lock makes seek+read atomic.
     """
 
-    def __init__(self, unc, username=None, password=None, client=None):
+    def __init__(self, unc, username=None, password=None, client=None, port=445):
         self.path = unc
         self._client = client or smbclient
         if client is None and not HAS_SMBCLIENT:
@@ -119,27 +178,32 @@ class SmbFile:
                                     hint="pip install smbprotocol on the proxy.")
         self._lock = threading.Lock()
         try:
-            self._handle = self._client.open_file(unc, mode="rb", username=username, password=password,
+            self._handle = self._client.open_file(unc, mode="rb", username=username, password=password, port=port,
                                                   share_access="rwd")
-        except OSError as err:
-            raise HyperVBackupError("Cannot open %s over SMB: %s." % (unc, err),
-                                    hint="Check that the host's administrative share is reachable (TCP 445) and the "
-                                         "credentials may read it.", path=unc)
-        self._handle.seek(0, os.SEEK_END)
-        self.size = self._handle.tell()
+            self._handle.seek(0, os.SEEK_END)
+            self.size = self._handle.tell()
+        except (OSError, ValueError) as err:
+            raise _smb_error(unc, err)
+        except Exception as err:  # smbprotocol raises its own errors for logon and transport failures
+            raise _smb_error(unc, "%s: %s" % (type(err).__name__, err))
+
+    def pread_into(self, view, offset):
+        """Read into ``view`` from ``offset``; the count read (0 at the end of the file)."""
+        with self._lock:
+            self._handle.seek(offset)
+            return self._handle.readinto(view) or 0
 
     def pread(self, length, offset):
         """Bytes [offset, offset+length); short only at the end of the file."""
-        with self._lock:
-            self._handle.seek(offset)
-            parts, remaining = [], length
-            while remaining > 0:
-                piece = self._handle.read(remaining)
-                if not piece:
-                    break
-                parts.append(piece)
-                remaining -= len(piece)
-        return b"".join(parts)
+        buf = bytearray(length)
+        view = memoryview(buf)
+        done = 0
+        while done < length:
+            got = self.pread_into(view[done:], offset + done)
+            if not got:
+                break
+            done += got
+        return bytes(buf[:done])
 
     def close(self):
         handle, self._handle = self._handle, None

@@ -19,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import concurrent.futures
 import contextlib
 import datetime
 import errno
@@ -116,6 +117,22 @@ def filesystem_error(err, action, path):
                            hint=hint, path=path, errno=err.errno)
 
 
+FLUSH_THREADS = 16
+
+
+def _fsync_path(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return          # removed since (a chunk deleted by GC after its writer died)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        raise filesystem_error(err, "flush", path)
+    finally:
+        os.close(fd)
+
+
 def _owner_text():
     return "%s pid %d" % (socket.gethostname(), os.getpid())
 
@@ -181,17 +198,15 @@ class LocalStore:
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
             files, self._unsynced = self._unsynced, []
-        for path in files + sorted(dirs):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue        # removed since (a chunk deleted by GC after its writer died)
-            try:
-                os.fsync(fd)
-            except OSError as err:
-                raise filesystem_error(err, "flush", path)
-            finally:
-                os.close(fd)
+        # Files first, then the directories that name them. The fsyncs of one group run concurrently: the
+        # filesystem then commits them in a few journal transactions instead of one per file.
+        for group in (files, sorted(dirs)):
+            if len(group) > 4:
+                with concurrent.futures.ThreadPoolExecutor(FLUSH_THREADS) as pool:
+                    list(pool.map(_fsync_path, group))
+            else:
+                for path in group:
+                    _fsync_path(path)
 
     def get(self, key):
         try:

@@ -25,23 +25,40 @@ MAX_CHAIN_DEPTH = 128
 _ZEROS = bytes(MiB)
 
 
-def open_layer(path):
-    """Open one file (no parents) as a VhdxImage or VhdImage, by its signature."""
-    path = str(path)
-    try:
+def _signature_bytes(path, opener):
+    """The first 8 and the last 512 bytes of a file (the VHDX signature or the VHD footer)."""
+    if opener is None:
         with open(path, "rb") as handle:
             head = handle.read(8)
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - 512))
-            tail = handle.read(512)
+            return head, handle.read(512)
+    remote = opener.open(path)
+    try:
+        head, tail = bytearray(min(8, remote.size)), bytearray(min(512, remote.size))
+        remote.pread_into(memoryview(head), 0)
+        remote.pread_into(memoryview(tail), remote.size - len(tail))
+        return bytes(head), bytes(tail)
+    finally:
+        remote.close()
+
+
+def open_layer(path, opener=None):
+    """Open one file (no parents) as a VhdxImage or VhdImage, by its signature.
+
+    ``opener`` reads files that are not local (disk_access.SmbOpener); None means the local filesystem.
+    """
+    path = str(path)
+    try:
+        head, tail = _signature_bytes(path, opener)
     except OSError as err:
-        raise VirtualDiskError(path, "cannot open the file: %s" % err.strerror,
+        raise VirtualDiskError(path, "cannot open the file: %s" % (err.strerror or err),
                                hint="Check that the path exists and is readable by this user.")
     if head == FILE_SIGNATURE:
-        return VhdxImage(path)
+        return VhdxImage(path, opener=opener)
     if head == VHD_COOKIE or tail[:8] == VHD_COOKIE or tail[1:9] == VHD_COOKIE:
-        return VhdImage(path)
+        return VhdImage(path, opener=opener)
     raise VirtualDiskError(path, "not a VHDX or VHD file (no 'vhdxfile' signature and no 'conectix' footer)",
                            hint="Check the path; only VHDX, AVHDX and VHD files are supported.")
 
@@ -73,16 +90,22 @@ def _parent_candidates(child_path, hints, search_paths):
     return unique
 
 
-def _open_parent(child, search_paths, chain_real_paths):
+def _open_parent(child, search_paths, chain_real_paths, opener=None):
     tried, mismatches = [], []
-    for candidate in _parent_candidates(child.path, child.parent_hints(), search_paths):
+    if opener is None:
+        candidates = _parent_candidates(child.path, child.parent_hints(), search_paths)
+        exists, identity = os.path.isfile, os.path.realpath
+    else:
+        candidates = opener.parent_candidates(child.path, child.parent_hints())
+        exists, identity = opener.exists, opener.identity
+    for candidate in candidates:
         tried.append(candidate)
-        if not os.path.isfile(candidate):
+        if not exists(candidate):
             continue
-        if os.path.realpath(candidate) in chain_real_paths:
+        if identity(candidate) in chain_real_paths:
             raise VirtualDiskError(child.path, "the parent chain loops back to %s" % candidate,
                                    hint="The differencing chain is corrupt (a cycle).")
-        parent = open_layer(candidate)
+        parent = open_layer(candidate, opener)
         problem = child.parent_mismatch(parent)
         if problem is None:
             return parent
@@ -96,18 +119,23 @@ def _open_parent(child, search_paths, chain_real_paths):
                            hint="Copy the whole chain into one directory or pass its directory in search_paths.")
 
 
-def open_disk(path, search_paths=None):
-    """Open a VHDX, AVHDX or VHD with its whole differencing chain; returns a VirtualDisk."""
-    layers = [open_layer(path)]
+def open_disk(path, search_paths=None, opener=None):
+    """Open a VHDX, AVHDX or VHD with its whole differencing chain; returns a VirtualDisk.
+
+    ``opener`` (e.g. disk_access.SmbOpener) opens files that are not local, and resolves the parents of a
+    remote file on the same host; None means the local filesystem (then ``search_paths`` are also tried).
+    """
+    identity = os.path.realpath if opener is None else opener.identity
+    layers = [open_layer(path, opener)]
     try:
-        real_paths = {os.path.realpath(layers[0].path)}
+        real_paths = {identity(layers[0].path)}
         while layers[-1].has_parent:
             if len(layers) >= MAX_CHAIN_DEPTH:
                 raise VirtualDiskError(path, "the differencing chain is deeper than %d files" % MAX_CHAIN_DEPTH,
                                        hint="Merge checkpoints on the host before backing up.")
-            parent = _open_parent(layers[-1], search_paths, real_paths)
+            parent = _open_parent(layers[-1], search_paths, real_paths, opener)
             layers.append(parent)
-            real_paths.add(os.path.realpath(parent.path))
+            real_paths.add(identity(parent.path))
             if parent.logical_sector_size != layers[0].logical_sector_size:
                 raise VirtualDiskError(parent.path, "logical sector size %d differs from the child's %d"
                                        % (parent.logical_sector_size, layers[0].logical_sector_size))

@@ -13,7 +13,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
 import struct
 import uuid
 from array import array
@@ -21,7 +20,7 @@ import sys
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
-    MAX_DEPTH_HINT, MiB, RUN_DATA, RUN_PARENT, RUN_ZERO, pread_into, read_exact)
+    MAX_DEPTH_HINT, MiB, RUN_DATA, RUN_PARENT, RUN_ZERO, close_file, file_size_of, open_file, pread_into, read_exact)
 
 VHD_COOKIE = b"conectix"
 DYNAMIC_COOKIE = b"cxsparse"
@@ -46,16 +45,16 @@ class VhdImage:
 
     format_name = "vhd"
 
-    def __init__(self, path):
+    def __init__(self, path, opener=None):
         self.path = str(path)
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self.fd = open_file(self.path, False, opener)
         except OSError as err:
             raise VirtualDiskError(self.path, "cannot open the file: %s" % err.strerror)
         try:
             self._load()
         except Exception:
-            os.close(self.fd)
+            close_file(self.fd)
             self.fd = None
             raise
 
@@ -63,7 +62,7 @@ class VhdImage:
         raise VirtualDiskError(self.path, problem, hint=hint)
 
     def _load(self):
-        self.file_size = os.fstat(self.fd).st_size
+        self.file_size = file_size_of(self.fd)
         if self.file_size < SECTOR:
             self._fail("the file is %d bytes, too small for a VHD footer" % self.file_size)
         footer = None
@@ -229,7 +228,7 @@ class VhdImage:
 
     def close(self):
         if self.fd is not None:
-            os.close(self.fd)
+            close_file(self.fd)
             self.fd = None
 
 

@@ -221,9 +221,32 @@ class VhdxHeader:
         self.log_guid = guid_from(log_guid)
 
 
+def file_size_of(fd):
+    """Size of an open disk file: an OS file descriptor, or a remote file (``.size``; see disk_access.SmbFile)."""
+    if isinstance(fd, int):
+        return os.fstat(fd).st_size
+    return fd.size
+
+
+def open_file(path, writable=False, opener=None):
+    """An OS file descriptor for ``path``, or ``opener(path)``'s remote file (read-only)."""
+    if opener is not None:
+        if writable:
+            raise VirtualDiskError(path, "a remote disk file cannot be opened for writing")
+        return opener.open(path)
+    return os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+
+
+def close_file(fd):
+    if isinstance(fd, int):
+        os.close(fd)
+    else:
+        fd.close()
+
+
 def read_exact(fd, path, offset, length):
     """pread exactly ``length`` bytes or raise a VirtualDiskError saying the file is truncated."""
-    file_size = os.fstat(fd).st_size
+    file_size = file_size_of(fd)
     if offset < 0 or length < 0 or offset + length > file_size:
         raise VirtualDiskError(path, "a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
                                % (offset, offset + length, file_size), hint=MAX_DEPTH_HINT)
@@ -233,10 +256,13 @@ def read_exact(fd, path, offset, length):
 
 
 def pread_into(fd, path, view, offset):
+    """Fill ``view`` from ``offset`` of an OS file descriptor (os.preadv: no copy, no shared position) or a remote
+    file (its ``pread_into``); a short read is a truncated file."""
     done = 0
     total = len(view)
+    read_at = (lambda part, at: os.preadv(fd, [part], at)) if isinstance(fd, int) else fd.pread_into
     while done < total:
-        got = os.preadv(fd, [view[done:]], offset + done)
+        got = read_at(view[done:], offset + done)
         if got <= 0:
             raise VirtualDiskError(path, "the file ends at byte %d, but data is expected up to byte %d (truncated file)"
                                    % (offset + done, offset + total), hint=MAX_DEPTH_HINT)
@@ -246,18 +272,18 @@ def pread_into(fd, path, view, offset):
 class VhdxImage:
     """One VHDX or AVHDX file, validated, with its BAT in memory. Read-only unless ``writable``."""
 
-    def __init__(self, path, writable=False):
+    def __init__(self, path, writable=False, opener=None):
         self.path = str(path)
         self.writable = writable
         try:
-            self.fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+            self.fd = open_file(self.path, writable, opener)
         except OSError as err:
             raise VirtualDiskError(self.path, "cannot open the file: %s" % err.strerror,
                                    hint="Check that the path exists and is readable by this user.")
         try:
             self._load()
         except Exception:
-            os.close(self.fd)
+            close_file(self.fd)
             self.fd = None
             raise
 
@@ -267,7 +293,7 @@ class VhdxImage:
         raise VirtualDiskError(self.path, problem, hint=hint)
 
     def _load(self):
-        self.file_size = os.fstat(self.fd).st_size
+        self.file_size = file_size_of(self.fd)
         if self.file_size < MiB:
             self._fail("the file is %d bytes, smaller than the 1 MiB VHDX header section (truncated or not a VHDX)"
                        % self.file_size)
@@ -295,7 +321,7 @@ class VhdxImage:
             self._fail("a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
                        % (offset, offset + length, self.file_size))
         buf = bytearray(length)
-        available = max(0, min(length, os.fstat(self.fd).st_size - offset))
+        available = max(0, min(length, file_size_of(self.fd) - offset))
         if available:   # past the real end but inside the log's LastFileOffset reads as zeros
             pread_into(self.fd, self.path, memoryview(buf)[:available], offset)
         if self.overlay:
@@ -633,5 +659,5 @@ class VhdxImage:
 
     def close(self):
         if self.fd is not None:
-            os.close(self.fd)
+            close_file(self.fd)
             self.fd = None

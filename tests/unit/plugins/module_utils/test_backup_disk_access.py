@@ -48,8 +48,8 @@ class FakeSmbClient:
         self.files = files
         self.calls = []
 
-    def open_file(self, path, mode="r", username=None, password=None, share_access=None):
-        self.calls.append((path, mode, username, password, share_access))
+    def open_file(self, path, mode="r", username=None, password=None, share_access=None, port=445):
+        self.calls.append((path, mode, username, password, share_access, port))
         if path not in self.files:
             raise OSError(2, "No such file")
         return io.BytesIO(self.files[path])
@@ -63,7 +63,7 @@ def test_smb_file_pread_semantics_and_credentials():
         assert handle.pread(10, 5) == data[5:15]
         assert handle.pread(10, 99995) == data[99995:]          # short only at the end
         assert handle.pread(4096, 0) == data[:4096]             # no shared position between calls
-    assert client.calls == [("\\\\hv01\\C$\\a.vhdx", "rb", "admin", "pw", "rwd")]
+    assert client.calls == [("\\\\hv01\\C$\\a.vhdx", "rb", "admin", "pw", "rwd", 445)]
 
 
 def test_smb_open_failure_is_explained():
@@ -71,10 +71,16 @@ def test_smb_open_failure_is_explained():
         disk_access.SmbFile("\\\\hv01\\C$\\missing.vhdx", client=FakeSmbClient({}))
 
 
-def test_smb_disk_needs_the_vdisk_opener_hook():
-    location = disk_access.DiskLocation("smb", "\\\\hv01\\C$\\a.vhdx", "C:\\a.vhdx")
-    with pytest.raises(HyperVBackupError, match="path_map"):
-        disk_access.open_source_disk(location)
+def test_smb_parents_are_looked_for_on_the_same_host_share():
+    child = "\\\\hv01\\C$\\VMs\\web01\\Virtual Hard Disks\\web01_ABC.avhdx"
+    hints = [("relative", ".\\web01.vhdx"), ("volume", "\\\\?\\Volume{1234}\\VMs\\web01.vhdx"),
+             ("absolute", "D:\\Base\\web01.vhdx")]
+    assert disk_access.SmbOpener.parent_candidates(child, hints) == [
+        "\\\\hv01\\C$\\VMs\\web01\\Virtual Hard Disks\\web01.vhdx",    # relative, beside the child
+        "\\\\hv01\\D$\\Base\\web01.vhdx",                                 # absolute, on the same host's D$
+    ]
+    assert disk_access.SmbOpener.identity("\\\\HV01\\c$\\A\\..\\B.vhdx") == disk_access.SmbOpener.identity(
+        "\\\\hv01\\C$\\b.vhdx")
 
 
 class FakeClock:

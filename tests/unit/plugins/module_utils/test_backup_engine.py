@@ -88,7 +88,7 @@ def test_failure_mid_copy_leaves_no_backup_and_no_recovery_point(lab):
 def test_a_missing_disk_file_fails_cleanly(lab, monkeypatch):
     real = backup_engine.open_source_disk
 
-    def vanished(location, *args):
+    def vanished(location, *args, **kwargs):
         raise HyperVBackupError("%s: cannot open the file: No such file or directory" % location.path)
 
     monkeypatch.setattr(backup_engine, "open_source_disk", vanished)
