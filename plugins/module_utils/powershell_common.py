@@ -84,8 +84,9 @@ function Format-HvCode {
 }
 
 function Test-HvChangeTrackingError {
-    # How these codes surface through WMI (job ErrorCode, HRESULT, or only text) is UNCONFIRMED
-    # (reference 2.9), so both the number and the text are checked.
+    # How these codes surface through WMI (job ErrorCode, HRESULT, or only text) is UNCONFIRMED (reference 2.9;
+    # searched: docs, issues and code for 0xC03A0029 / GetVirtualDiskChanges errors; nxmBackup treats any failure as
+    # "no baseline" [NXM]), so both the number and the text are checked.
     param([long]$Code, [string]$Text)
     if ($HvChangeTrackingCodes -contains (Format-HvCode -Code $Code)) { return $true }
     if ($Text -match '0xC03A00(2[0-4]|29|2A|30)') { return $true }
@@ -138,8 +139,10 @@ function ConvertTo-HvEmbedded {
 }
 
 function ConvertFrom-HvEmbedded {
-    # Embedded instances come back as CIM-XML (DSP0201 INSTANCE/PROPERTY/VALUE); the exact format is
-    # UNCONFIRMED (reference 2.6), so properties are read by name and missing ones stay null.
+    # Embedded instances (GetVirtualHardDiskSettingData.SettingData, v1 GetVirtualHardDiskInfo.Info) are CIM-XML
+    # INSTANCE/PROPERTY/VALUE: public code reads them the same way, by PROPERTY NAME [duplicati/duplicati
+    # Duplicati/Library/Snapshots/Windows/HyperVUtility.cs GetVMVhdPathsWMI: //PROPERTY[@NAME = 'ParentPath']/VALUE;
+    # PSHyperV GetVirtualHardDiskInfo: /INSTANCE/PROPERTY, find_string id 10787191480]. Missing properties stay null.
     param([string]$Text)
     $values = @{}
     if (-not $Text) { return $values }
@@ -170,6 +173,19 @@ function Get-HvVm {
         throw (New-HvError -Category 'not_found' -Message ('no VM with id ' + $guid.ToString()) -Hint 'Check the VM id; list VMs with get_vms.')
     }
     return $vm
+}
+
+function Get-HvVssComponent {
+    # The VM's Msvm_VssComponent (backup integration service state) [HV2:msvm-vsscomponent]. Its DeviceID is always
+    # 'Microsoft:<VMGUID>\<GUID>' with VMGUID = Msvm_ComputerSystem.Name (class page, DeviceID); SystemName, the
+    # CIM_LogicalDevice scoping system (SystemCreationClassName 'Msvm_ComputerSystem'), holds the same GUID: Microsoft's
+    # Hyper-V tests select a VM's Msvm_Keyboard with "SystemName='<VM id>'" [microsoft/lis-test
+    # WS2012R2/lisa/setupscripts/eventid_18602_regression.ps1]. Either match is accepted, compared case-insensitively.
+    param([string]$VmGuid)
+    $prefix = 'Microsoft:' + $VmGuid + '\'
+    return (Get-CimInstance -Namespace $HvNamespace -ClassName Msvm_VssComponent -ErrorAction SilentlyContinue |
+        Where-Object { $_.SystemName -eq $VmGuid -or ([string]$_.DeviceID).StartsWith($prefix, [StringComparison]::OrdinalIgnoreCase) } |
+        Select-Object -First 1)
 }
 
 function Get-HvDiskInfo {

@@ -34,7 +34,9 @@ function ConvertTo-HvRecoveryPoint {
     return [ordered]@{
         id = [string]$Snapshot.InstanceID; vm_id = ([string]$Vm.Name).ToLowerInvariant(); vm_name = [string]$Vm.ElementName
         name = [string]$Snapshot.ElementName; method = $Method; consistency = $Consistency
-        created = (ConvertTo-HvTime $Snapshot.CreationTime)   # CIM_VirtualSystemSettingData.CreationTime: UNCONFIRMED in the reference
+        # CreationTime: "If this object represents the snapshot settings ..., the time at which the snapshot was taken"
+        # [HV2:msvm-virtualsystemsettingdata].
+        created = (ConvertTo-HvTime $Snapshot.CreationTime)
         ours = ([string]$Snapshot.ElementName).StartsWith($HvOursPrefix)
         disks = @($disks); configuration = [ordered]@{ files = @(Get-HvConfigurationFiles -SettingData $Snapshot) }
     }
@@ -116,7 +118,9 @@ function Invoke-HvOperation {
     # Recovery checkpoints: VirtualSystemType 'Microsoft:Hyper-V:Snapshot:Recovery' among Msvm_SnapshotOfVirtualSystem [XHVB Get-VmBackupCheckpoints].
     foreach ($s in @(Get-CimAssociatedInstance -InputObject $vm -Association Msvm_SnapshotOfVirtualSystem -ResultClassName Msvm_VirtualSystemSettingData |
             Where-Object { $_.VirtualSystemType -eq 'Microsoft:Hyper-V:Snapshot:Recovery' })) {
-        # The checkpoint does not record the consistency reached, so it is null here (UNCONFIRMED: no property found).
+        # The checkpoint does not record the consistency reached (Msvm_VirtualSystemSettingData has no such property; the
+        # ConsistencyLevel of Msvm_VirtualSystemSnapshotSettingData is an input of CreateSnapshot only
+        # [HV2:msvm-virtualsystemsettingdata, msvm-virtualsystemsnapshotsettingdata]), so it is null here.
         $out += (ConvertTo-HvRecoveryPoint -Vm $vm -Snapshot $s -Method 'rct' -Consistency $null)
     }
     return , @($out)
@@ -178,7 +182,8 @@ function Invoke-HvOperation {
     $vm = Get-HvVm -VmId $VmId
     $out = @()
     # VM -> Msvm_ReferencePointOfVirtualSystem -> Msvm_VirtualSystemReferencePoint [XHVB Get-VmReferencePoints; HV2:msvm-referencepointofvirtualsystem].
-    # The class has no creation time: created is null and the order is WMI's (oldest-first is UNCONFIRMED).
+    # The class has no creation time [HV2:msvm-virtualsystemreferencepoint MOF]: created is null. The order is WMI's:
+    # oldest-first is UNCONFIRMED (searched: HV2 class and association pages, XHVB, BAREOS, NXM; none states an order).
     foreach ($rp in @(Get-CimAssociatedInstance -InputObject $vm -Association Msvm_ReferencePointOfVirtualSystem `
         -ResultClassName Msvm_VirtualSystemReferencePoint)) {
         $consistency = @{ 1 = 'application'; 2 = 'crash' }[[int]$rp.ConsistencyLevel]
@@ -226,10 +231,12 @@ function Invoke-HvOperation {
         throw (New-HvError -Category $category -Message ('GetVirtualDiskChanges failed: ' + $_.Exception.Message) `
             -WindowsError (Format-HvCode -Code $_.Exception.HResult) -Hint 'If the RCT id is no longer valid, run a full backup.')
     }
-    # Which code an invalid RCT id gives is UNCONFIRMED (reference 2.9): a generic failure (32768) or an
-    # invalid parameter (32773) on this call is treated as an unusable change-tracking baseline; 32779 = file not found.
+    # Which code an invalid RCT id gives is UNCONFIRMED (reference 2.9; searched: HV2 method page, GOWMI, NXM, BAREOS,
+    # issues for 0xC03A0029): a generic failure (32768) or an invalid parameter (32773) on this call is treated as an
+    # unusable change-tracking baseline; 32779 = file not found [HV2:msvm-imagemanagementservice-getvirtualdiskchanges].
     Wait-HvJob -Result $r -Method 'GetVirtualDiskChanges' -Category 'change_tracking' -CodeCategories @{ 32779 = 'not_found' } | Out-Null
-    # Whether the out arrays are filled when the method ran as a job is UNCONFIRMED; nxmBackup reads them from the result [NXM].
+    # Whether the out arrays are filled when the method ran as a job is UNCONFIRMED (the HV2 page is silent); nxmBackup waits
+    # for the job and then reads them from the method's result [NXM], and so does this script.
     return [ordered]@{
         processed_byte_length = [long]$r.ProcessedByteLength
         changed_byte_offsets = @($r.ChangedByteOffsets | ForEach-Object { [long]$_ })

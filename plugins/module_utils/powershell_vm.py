@@ -27,18 +27,21 @@ function Invoke-HvOperation {
         try {
             $c = Get-Cluster
             $cluster = [ordered]@{ name = [string]$c.Name; functional_level = [int]$c.ClusterFunctionalLevel }
-            # Get-ClusterSharedVolume SharedVolumeInfo.FriendlyVolumeName: property names UNCONFIRMED (not in the reference).
+            # Get-ClusterSharedVolume -> .SharedVolumeInfo[].FriendlyVolumeName (the C:\ClusterStorage\... path), as Microsoft's
+            # own Hyper-V test scripts read it [microsoft/lis-test WS2012R2/lisa/setupscripts/CreateVMs.ps1, Shielded_DEP.ps1].
             foreach ($csv in @(Get-ClusterSharedVolume)) {
                 foreach ($info in @($csv.SharedVolumeInfo)) { $csvs += [ordered]@{ name = [string]$csv.Name; path = [string]$info.FriendlyVolumeName } }
             }
         } catch { $cluster = $null }
     }
-    # VSS providers: Win32_ShadowProvider (Name, ID); software/hardware from the Microsoft software provider's
-    # name is a heuristic: UNCONFIRMED (reference 1.1 only covers vssadmin).
+    # VSS providers: Win32_ShadowProvider ID, Name, Type (0 Unknown, 1 System, 2 Software, 3 Hardware)
+    # [VSSWMI:win32-shadowprovider, learn.microsoft.com/previous-versions/windows/desktop/vsswmi/win32-shadowprovider].
+    # The result knows 'software' | 'hardware': only Type 3 is hardware; the Microsoft provider is Type 1 System
+    # ("Type: [1] VSS_PROV_SYSTEM" in [WSDOCS:administration/windows-commands/add-volume.md]), a software provider.
     $providers = @()
     foreach ($p in @(Get-CimInstance -ClassName Win32_ShadowProvider -ErrorAction SilentlyContinue)) {
-        $kind = 'hardware'
-        if ([string]$p.Name -match 'Software Shadow Copy provider') { $kind = 'software' }
+        $kind = 'software'
+        if ([int]$p.Type -eq 3) { $kind = 'hardware' }
         $providers += [ordered]@{ name = [string]$p.Name; id = [string]$p.ID; type = $kind }
     }
     # Hyper-V VSS writer: find its block in `vssadmin list writers` by the writer id (the text is localized,
@@ -128,14 +131,14 @@ function Get-HvIntegrationServices {
     # Get-VMIntegrationService [PSDOC:Get-VMIntegrationService]. The backup one is 'VSS' (or a localized display
     # name, reference 1.3); its state comes from Msvm_VssComponent.OperationalStatus[0]: 2 OK, 3 Degraded,
     # 7 Non-Recoverable Error, 12 No Contact, 13 Lost Communication [HV2:msvm-vsscomponent].
-    # Msvm_VssComponent.SystemName = VM GUID (inherited CIM_LogicalDevice key) is UNCONFIRMED.
     $vssNames = @('VSS', 'Backup (volume shadow copy)', 'Backup (volume checkpoint)')
     $vssStatus = @{ 2 = 'OK'; 3 = 'Degraded'; 7 = 'Error'; 12 = 'NoContact'; 13 = 'LostCommunication' }
-    $component = Get-CimInstance -Namespace $HvNamespace -ClassName Msvm_VssComponent -ErrorAction SilentlyContinue |
-        Where-Object { $_.SystemName -eq $VmId } | Select-Object -First 1
+    $component = Get-HvVssComponent -VmGuid $VmId
     $out = @()
     foreach ($ic in @(Get-VMIntegrationService -VM $VmObject)) {
-        $status = [string]$ic.PrimaryOperationalStatus   # property name UNCONFIRMED for non-backup services
+        # PrimaryOperationalStatus ('Ok', ...) of Get-VMIntegrationService objects [microsoft/lis-test
+        # WS2012R2/lisa/setupscripts/INST_LIS_TimeSyncServiceDisableEnable.ps1 compares it with "Ok"].
+        $status = [string]$ic.PrimaryOperationalStatus
         if ($vssNames -contains [string]$ic.Name) {
             $status = 'NoContact'
             if ($component -and $component.OperationalStatus) { $status = $vssStatus[[int]$component.OperationalStatus[0]] }
@@ -163,7 +166,9 @@ function Get-HvCheckpoints {
 function Get-HvReferencePointList {
     # Msvm_VirtualSystemReferencePoint via Msvm_ReferencePointOfVirtualSystem [HV2:msvm-referencepointofvirtualsystem]; RCT ids per disk from the parallel
     # arrays VirtualDiskIdentifiers / ResilientChangeTrackingIdentifiers [HV2:msvm-virtualsystemreferencepoint; BAREOS].
-    # The class has no creation time, so created is null here (UNCONFIRMED alternative: none found).
+    # The class has no creation time (its MOF: InstanceID, ReferencePointType, ConsistencyLevel, VirtualSystemIdentifier,
+    # HasAssociatedData, VirtualDiskIdentifiers, ResilientChangeTrackingIdentifiers [HV2:msvm-virtualsystemreferencepoint]),
+    # so created is null here.
     param($Vm)
     $out = @()
     foreach ($rp in @(Get-CimAssociatedInstance -InputObject $Vm -Association Msvm_ReferencePointOfVirtualSystem `
@@ -192,8 +197,9 @@ function Invoke-HvOperation {
             $selected += $hits
         }
     }
-    # EnabledState: 2 Enabled (running), 3 Disabled (off), 6 Enabled but offline / 32769 Suspended (saved),
-    # 9 Quiesce / 32768 Paused [HV2:requeststatechange-msvm-computersystem].
+    # EnabledState v2: 2 Enabled (running), 3 Disabled (off), 6 Enabled but offline (saved), 9 Quiesce (paused)
+    # [HV2:requeststatechange-msvm-computersystem]; v1 (2008 / 2008 R2): 32768 Paused, 32769 Suspended (saved)
+    # [muggle201/AD-Troubleshooting TSSv2/psSDP/Diag/global/TS_HyperVInfo.ps1, Microsoft CSS, v1 namespace].
     $states = @{ 2 = 'Running'; 3 = 'Off'; 6 = 'Saved'; 32769 = 'Saved'; 9 = 'Paused'; 32768 = 'Paused' }
     $seen = @{}
     $vms = @()
@@ -211,16 +217,17 @@ function Invoke-HvOperation {
         }
         $csvPath = $null
         foreach ($d in $disks) { if ($d.path -match '^([A-Za-z]:\\ClusterStorage\\[^\\]+)') { $csvPath = $Matches[1] } }
-        # VirtualSystemSubType 'Microsoft:Hyper-V:SubType:1|2' gives the generation (values UNCONFIRMED: not in the reference).
+        # VirtualSystemSubType 'Microsoft:Hyper-V:SubType:1|2' = generation 1|2; not set before 2012 R2, which only has
+        # generation 1 [HV2:msvm-virtualsystemsettingdata].
         $generation = 1
         if ([string]$vssd.VirtualSystemSubType -match 'SubType:2$') { $generation = 2 }
         $vms += [ordered]@{
             id = $id; name = [string]$vssd.ElementName; generation = $generation
             configuration_version = [string]$vssd.Version   # [HV2:msvm-virtualsystemsettingdata] "major.minor"
             state = $states[[int]$vm.EnabledState]; path = [string]$vssd.ConfigurationDataRoot
-            clustered = [bool]$vmObject.IsClustered   # Get-VM IsClustered: UNCONFIRMED property name
+            clustered = [bool]$vmObject.IsClustered   # Get-VM .IsClustered [Checkmk/checkmk Hyper-V agent plugin Get-VMGeneralInfo; find_string id 21118745847]
             csv_path = $csvPath
-            scsi_controllers = @(Get-VMScsiController -VM $vmObject).Count   # [PSDOC:Get-VMScsiController] UNCONFIRMED (not in the reference)
+            scsi_controllers = @(Get-VMScsiController -VM $vmObject).Count   # [PSDOC:Get-VMScsiController; microsoft/lis-test AddVhdxHardDisk.ps1]
             integration_services = @(Get-HvIntegrationServices -VmObject $vmObject -VmId $id)
             disks = @($disks); checkpoints = @(Get-HvCheckpoints -Vm $vm); reference_points = @(Get-HvReferencePointList -Vm $vm)
         }
@@ -272,13 +279,16 @@ function Invoke-HvOperation {
             Where-Object { $_.VirtualSystemType -eq 'Microsoft:Hyper-V:System:Realized' -and $_.VirtualSystemIdentifier -eq $vm.Name } |
             Select-Object -First 1
     }
-    $vmObject = Get-VM -Id $vm.Name
+    $vmObject = Get-VM -Id $vm.Name   # [PSDOC:Get-VM]
+    # VirtualSystemSubType 'Microsoft:Hyper-V:SubType:2' = generation 2 [HV2:msvm-virtualsystemsettingdata].
     $generation = 1
     if ([string]$vssd.VirtualSystemSubType -match 'SubType:2$') { $generation = 2 }
     return [ordered]@{
         vm_id = [string]$vm.Name; name = [string]$vssd.ElementName; generation = $generation
         configuration_version = [string]$vssd.Version
-        memory_bytes = [long]$vmObject.MemoryStartup; processor_count = [int]$vmObject.ProcessorCount   # Get-VM properties UNCONFIRMED
+        # Get-VM .MemoryStartup (bytes) and .ProcessorCount [microsoft/lis-test WS2008R2/lisa/setupscripts/DM_SaveRestore.ps1,
+        # INST_LIS_TestVMShutdown.ps1; flipti/scripts Report_ambiente/script.ps1 divides MemoryStartup by 1GB].
+        memory_bytes = [long]$vmObject.MemoryStartup; processor_count = [int]$vmObject.ProcessorCount
         files = @(Get-HvConfigurationFiles -SettingData $vssd)
         document = [ordered]@{
             instance_id = [string]$vssd.InstanceID; configuration_id = [string]$vssd.ConfigurationID

@@ -46,8 +46,9 @@ function ConvertTo-HvVssGuid {
 
 function ConvertTo-HvVssPathText {
     # A path for a diskshadow script line: absolute local (X:\...), no line break, no quote, no % -- so it stays one
-    # argument of one command. Paths with spaces are quoted (diskshadow quoting of paths: UNCONFIRMED; the
-    # 2012 writer page quotes a writer name, "System Writer") [WSDOCS:administration/windows-commands/writer.md].
+    # argument of one command. Paths with spaces are quoted: diskshadow's quoting of paths is UNCONFIRMED (searched:
+    # the diskshadow, add-volume, expose, set-metadata and writer pages [WSDOCS:administration/windows-commands/...],
+    # whose examples only use paths without spaces; public diskshadow scripts found with find_string use none either).
     param([string]$Value, [string]$What)
     if ($Value -notmatch '^[A-Za-z]:(\\|$)' -or $Value -match '["%\r\n]') {
         throw (New-HvError -Category 'unsupported' -Message ($What + ' cannot be written into a diskshadow script: ' + $Value) `
@@ -64,7 +65,8 @@ function New-HvDiskShadowCreateText {
     #   set metadata <cab>       -- writer/backup metadata file [WSDOCS:.../set-metadata.md]
     #   begin backup             -- full backup session, not the default copy backup [WSDOCS:.../begin-backup.md]
     #   writer verify {66841cd4-...} -- the backup fails if the Hyper-V writer is not included [WSDOCS:.../writer.md];
-    #                               component-level verify for one VM: syntax UNCONFIRMED (reference 9.6), not used
+    #                               the page allows '<component>' too but gives no component syntax: one-VM
+    #                               verify stays UNCONFIRMED (reference 9.6) and is not used
     #   add volume <v> alias <a> [WSDOCS:.../add-volume.md]; create [WSDOCS:.../create.md]
     #   expose %a% <mount folder> [WSDOCS:.../expose.md]
     #   end backup               -- BackupComplete to the writers [WSDOCS:.../end-backup.md]. It must be in this
@@ -110,7 +112,8 @@ function New-HvDiskShadowDeleteText {
 
 function Invoke-HvDiskShadow {
     # diskshadow /s <script file> [WSDOCS:administration/windows-commands/diskshadow.md]; output kept for errors.
-    # Its exit codes are UNCONFIRMED, so callers also check the result through Win32_ShadowCopy.
+    # Its exit codes are UNCONFIRMED (no diskshadow page documents them; searched diskshadow.md and the command pages),
+    # so callers check the result through Win32_ShadowCopy.
     param([string]$Text, [string]$Folder, [string]$Name)
     $scriptFile = Join-Path -Path $Folder -ChildPath ($Name + '.dsh')
     $outFile = Join-Path -Path $Folder -ChildPath ($Name + '.log')
@@ -134,8 +137,9 @@ function Get-HvShadowCopies {
 }
 
 function Get-HvVolumeOf {
-    # The volume (drive root or mount folder) holding a path: longest Win32_Volume.Name prefix (Win32_Volume is
-    # not in the project reference: UNCONFIRMED property use); else the drive root.
+    # The volume (drive root or mount folder) holding a path: longest Win32_Volume.Name prefix; else the drive root.
+    # That Name holds 'X:\' or the mount folder path is UNCONFIRMED (Win32_Volume is not in the reference; searched the
+    # docs corpus for its Name property without a hit); the trailing \ is added here either way.
     param([string]$Path, $VolumeNames)
     $best = $null
     foreach ($name in $VolumeNames) {
@@ -161,9 +165,13 @@ function ConvertTo-HvShadowPath {
 function Get-HvVssDisks {
     # The VM's virtual disks before the shadow copy. 6.2+: Get-VMHardDiskDrive [PSDOC:Get-VMHardDiskDrive] + Get-HvDiskInfo
     # (Msvm_ImageManagementService, v2) [HV2:getvirtualharddisksettingdata-msvm-imagemanagementservice].
-    # 6.0/6.1 (v1, no Hyper-V module): Msvm_ResourceAllocationSettingData ResourceSubType 'Microsoft Virtual Hard Disk',
-    # Connection[0] = file, InstanceID 'Microsoft:<VM GUID>...' (public v1 code, not the reference: UNCONFIRMED);
-    # size/type from v1 GetVirtualHardDiskInfo (UNCONFIRMED), disk_id = a GUID made from the path (ours, stable).
+    # 6.0/6.1 (v1, no Hyper-V module): VM -> its non-snapshot Msvm_VirtualSystemSettingData (v1 snapshots have
+    # SettingType 5) -> Msvm_ResourceAllocationSettingData with ResourceType 21 and ResourceSubType
+    # 'Microsoft Virtual Hard Disk', file = Connection[0] [duplicati/duplicati
+    # Duplicati/Library/Snapshots/Windows/HyperVUtility.cs GetVMVhdPathsWMI / GetVMConfigPathsWMI, v1 branch];
+    # size/type/parent from v1 Msvm_ImageManagementService.GetVirtualHardDiskInfo(Path) -> out Info, an embedded
+    # instance with MaxInternalSize, Type, ParentPath [same file; PSHyperV Get-VHDInfo, find_string id 10787191480].
+    # disk_id = a GUID made from the path (ours, stable).
     param($Vm, [string]$VmGuid)
     $disks = @()
     if ($HvNamespace -ne 'root\virtualization') {
@@ -173,10 +181,13 @@ function Get-HvVssDisks {
         }
         return $disks
     }
-    $rasds = @(Get-CimInstance -Namespace $HvNamespace -ClassName Msvm_ResourceAllocationSettingData |
-        Where-Object { $_.ResourceSubType -eq 'Microsoft Virtual Hard Disk' -and
-            ([string]$_.InstanceID).StartsWith('Microsoft:' + $VmGuid, [StringComparison]::OrdinalIgnoreCase) })
-    # Msvm_ImageManagementService (v1) GetVirtualHardDiskInfo(Path, out Info): UNCONFIRMED name, read defensively.
+    $rasds = @()
+    foreach ($settings in @(Get-CimAssociatedInstance -InputObject $Vm -ResultClassName Msvm_VirtualSystemSettingData |
+            Where-Object { [int]$_.SettingType -ne 5 })) {
+        $rasds += @(Get-CimAssociatedInstance -InputObject $settings -ResultClassName Msvm_ResourceAllocationSettingData |
+            Where-Object { [int]$_.ResourceType -eq 21 -and $_.ResourceSubType -eq 'Microsoft Virtual Hard Disk' })
+    }
+    # Msvm_ImageManagementService (v1) GetVirtualHardDiskInfo(Path, out Info) [duplicati/duplicati HyperVUtility.cs; PSHyperV].
     $ims = Get-CimInstance -Namespace $HvNamespace -ClassName Msvm_ImageManagementService
     $md5 = [System.Security.Cryptography.MD5]::Create()
     foreach ($rasd in $rasds) {
@@ -204,8 +215,8 @@ function Get-HvVssMode {
     # a running VM with the backup integration service OK gets "Child VM Snapshot" (VSS in the guest: application-
     # consistent); otherwise 2008/2008 R2/2012 put it in saved state and 2012 R2 takes a checkpoint without the guest
     # (Ben Armstrong, reference 1.4); 2012 R2 also needs a SCSI controller for online backup (event 10103).
-    # Backup IC state: Msvm_VssComponent.OperationalStatus[0] 2 = OK [HV2:msvm-vsscomponent]; SystemName = VM GUID
-    # is UNCONFIRMED (as in get_vms). On v1 (2008 / 2008 R2) the state is not read: unknown.
+    # Backup IC state: Msvm_VssComponent.OperationalStatus[0] 2 = OK [HV2:msvm-vsscomponent], found by Get-HvVssComponent
+    # (DeviceID / SystemName = VM GUID, see there). On v1 (2008 / 2008 R2) the state is not read: unknown.
     param($Vm, [string]$VmGuid)
     if ([int]$Vm.EnabledState -ne 2) { return [ordered]@{ mode = 'offline'; guest_ok = $true; problem = $null } }
     $fallbackMode = 'saved_state'
@@ -214,15 +225,14 @@ function Get-HvVssMode {
         return [ordered]@{ mode = 'unknown'; guest_ok = $null; fallback = $fallbackMode
                            problem = 'the backup integration service state cannot be read on Windows Server 2008 / 2008 R2' }
     }
-    $component = Get-CimInstance -Namespace $HvNamespace -ClassName Msvm_VssComponent -ErrorAction SilentlyContinue |
-        Where-Object { $_.SystemName -eq $VmGuid } | Select-Object -First 1
+    $component = Get-HvVssComponent -VmGuid $VmGuid
     $problem = $null
     if (-not $component -or -not $component.OperationalStatus) { $problem = 'the backup integration service (VSS) does not answer' }
     elseif ([int]@($component.OperationalStatus)[0] -ne 2) {
         $problem = 'the backup integration service (VSS) reports status ' + @($component.OperationalStatus)[0]
     }
     elseif ($HvOsVersion.Major -eq 6 -and $HvOsVersion.Minor -eq 3 -and @(Get-VMScsiController -VM (Get-VM -Id $VmGuid)).Count -eq 0) {
-        # [PSDOC:Get-VMScsiController] UNCONFIRMED (not in the reference)
+        # Get-VMScsiController -VM [PSDOC:Get-VMScsiController; microsoft/lis-test WS2008R2/lisa/setupscripts/AddVhdxHardDisk.ps1]
         $problem = 'the VM has no SCSI controller, so Windows Server 2012 R2 cannot hot back it up (event 10103)'
     }
     if ($problem) { return [ordered]@{ mode = $fallbackMode; guest_ok = $false; problem = $problem } }
@@ -269,9 +279,12 @@ function Get-HvVssRecoveryPoints {
 }
 
 function Find-HvCreatedShadows {
-    # Our shadow copies: Win32_ShadowCopy.ExposedName = our mount folder [VSSWMI:win32-shadowcopy] (whether ExposedName
-    # holds the folder path with or without the trailing \ is UNCONFIRMED: both are compared); else the GUID on the
-    # diskshadow output line naming our alias hvb<i> ("Alias hvb0 for shadow ID {...}": text UNCONFIRMED).
+    # Our shadow copies: Win32_ShadowCopy.ExposedName = our mount folder [VSSWMI:win32-shadowcopy]. VSS does not fix
+    # the trailing \: "There is no requirement that the path end with a backslash ... It is up to applications that
+    # retrieve this information to check" (IVssBackupComponents::ExposeSnapshot, learn.microsoft.com/windows/win32/api/
+    # vsbackup/nf-vsbackup-ivssbackupcomponents-exposesnapshot), so both forms are compared. Else the GUID on the
+    # diskshadow line "Alias hvb0 for shadow ID {<guid>} set as environment variable." (real diskshadow transcripts,
+    # find_string ids 55472127403, 40232976584; English only, hence the fallback role).
     param($Mounts, [string]$Output)
     $copies = Get-HvShadowCopies
     foreach ($m in $Mounts) {
@@ -384,11 +397,17 @@ function New-HvVssRecoveryPoint {
             -Hint 'Check vssadmin list writers (Microsoft Hyper-V VSS Writer state) and the Application event log on the host.')
     }
     $marker['set_id'] = $setIds[0]
-    # Cross-check with what the writer did: component captions 'Backup Using Saved State\<VM>' vs
-    # 'Backup Using Child Partition Snapshot\<VM>' [reference 1.4]; whether diskshadow's verbose output prints them: UNCONFIRMED.
+    # Cross-check with what the writer did: the Hyper-V writer's component captions are 'Backup Using Saved State\<VM>' /
+    # 'Backup Using Child Partition Snapshot\<VM>' [reference 1.4; Cloudbase HyperVBackup README prints the caption
+    # "Backup Using Saved State\server-one", ColiseoSoftware/hypervbackup HyperVBackup.Engine/BackupManager.cs maps
+    # ComponentName (VM GUID) -> Caption]. Whether diskshadow's verbose 'create' output prints captions is UNCONFIRMED:
+    # transcripts show "+ Adding component: \<logical path>\<component name>" lines (find_string id 40232976584), i.e.
+    # probably the GUID, not the caption: both the VM name and its GUID are accepted after the prefix. A miss leaves the
+    # mode from Get-HvVssMode, which is the safe side. $vmGuid is canonical (hex and dashes), safe inside a regex.
     $vssType = $mode.mode
-    if ($run.output -match [regex]::Escape('Backup Using Saved State\' + $Vm.ElementName)) { $vssType = 'saved_state' }
-    elseif ($vssType -eq 'unknown' -and $run.output -match [regex]::Escape('Backup Using Child Partition Snapshot\' + $Vm.ElementName)) {
+    $vmPattern = '\\(' + [regex]::Escape([string]$Vm.ElementName) + '|\{?' + $vmGuid + '\}?)'
+    if ($run.output -match ('Backup Using Saved State' + $vmPattern)) { $vssType = 'saved_state' }
+    elseif ($vssType -eq 'unknown' -and $run.output -match ('Backup Using Child Partition Snapshot' + $vmPattern)) {
         $vssType = 'child_vm_snapshot'
     }
     $consistencyDone = 'application'
