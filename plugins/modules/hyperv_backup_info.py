@@ -139,6 +139,7 @@ repository:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import check_backup_id
 from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import (
     backup_result, open_repository, repository_argument_spec,
 )
@@ -146,6 +147,8 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository_options i
 
 def run(params):
     repo = open_repository(params)
+    if params["backup_id"]:
+        check_backup_id(params["backup_id"], repo.location)      # a typo fails clearly instead of listing nothing
     records = repo.list_backups(host=params["source_host"], since=params["since"], until=params["until"],
                                 include_in_progress=params["include_in_progress"])
     records = [r for r in records

@@ -106,6 +106,9 @@ def test_info_lists_and_filters(tmp_path):
     assert "No backup repository" in failed["msg"]
     failed = run(hyperv_backup_info, expect=Fail, repository=repo.location, since="yesterday-ish")
     assert "Cannot read the time" in failed["msg"]
+    assert [x["backup_id"] for x in run(hyperv_backup_info, repository=repo.location, backup_id=b.backup_id)["backups"]] == [b.backup_id]
+    failed = run(hyperv_backup_info, expect=Fail, repository=repo.location, backup_id="../config")
+    assert "is not a backup id" in failed["msg"] and failed["error_type"] == "RepositoryError"
 
 
 def test_doc_fragment_matches_argument_spec():
