@@ -133,8 +133,10 @@ class SmbOpener:
     def exists(self, unc):
         try:
             return self._client.path.isfile(unc, **self._session_args())
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError) as err:    # a missing file is False; access denied or no route is an error
             raise _smb_error(unc, err)
+        except Exception as err:  # smbprotocol's own logon and transport errors (e.g. another host's share)
+            raise _smb_error(unc, "%s: %s" % (type(err).__name__, err))
 
     @staticmethod
     def identity(unc):

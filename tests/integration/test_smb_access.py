@@ -7,6 +7,7 @@ wrapped so that it reports Windows paths as a real host does. The disk read is a
 its base (the recovery point), so the parent is found over SMB too.
 """
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -28,7 +29,9 @@ from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_di
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-USER = "root"
+# smbd serves a user as that unix user: the one running the test, so no uid switch is needed and it works as root
+# (CI) or not. Its password lives only in the tdbsam file under tmp.
+USER = pwd.getpwuid(os.geteuid()).pw_name
 PASSWORD = "Smb-test-Passw0rd"
 SMBD = shutil.which("smbd") or "/usr/sbin/smbd"
 PDBEDIT = shutil.which("pdbedit") or "/usr/bin/pdbedit"
@@ -72,8 +75,6 @@ def smb_server(tmp_path_factory):
     """(port, share directory) of a running smbd; the share is served as C$ to USER/PASSWORD."""
     if not os.path.exists(SMBD):
         pytest.skip("Samba's smbd is not installed (scripts/setup.sh installs the Debian package samba)")
-    if os.geteuid() != 0:
-        pytest.skip("smbd needs root to switch to the authenticated user")
     base = tmp_path_factory.mktemp("smb")
     state, share = base / "state", base / "share"
     for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
@@ -167,7 +168,12 @@ def _local_content(path):
         disk.close()
 
 
-def test_differencing_disk_reads_over_smb_as_locally(lab_vm_on_share, smb_server):
+def _qemu_raw(path, out):
+    subprocess.run(["qemu-img", "convert", "-O", "raw", path, str(out)], check=True, capture_output=True, timeout=60)
+    return out.read_bytes()
+
+
+def test_differencing_disk_reads_over_smb_as_locally(lab_vm_on_share, smb_server, tmp_path):
     port, _share = smb_server
     layout, params = lab_vm_on_share
     with HostSession.from_module_params(params) as session:
@@ -184,11 +190,20 @@ def test_differencing_disk_reads_over_smb_as_locally(lab_vm_on_share, smb_server
         assert [os.path.basename(p.replace("\\", "/")) for p in remote.chain] == [os.path.basename(p) for p in local.chain]
         assert remote.virtual_size == local.virtual_size == 8 * MiB
         over_smb = remote.read(0, remote.virtual_size)
+        base_unc, base_local = remote.chain[1], local.chain[1]
     finally:
         remote.close()
         local.close()
     assert over_smb == _local_content(frozen["path"])
     assert over_smb != bytes(len(over_smb))
+    # The base alone, over SMB, against qemu-img (which reads a VHDX without parents)
+    base = open_source_disk(DiskLocation("smb", base_unc, base_unc), USER, PASSWORD, smb_port=port)
+    try:
+        base_over_smb = base.read(0, base.virtual_size)
+    finally:
+        base.close()
+    assert base_over_smb == _qemu_raw(base_local, tmp_path / "base.raw")
+    assert base_over_smb != over_smb      # the checkpoint's child does change the content
 
 
 def test_backup_over_smb_restores_equal_to_the_disk(lab_vm_on_share, smb_server, tmp_path):
