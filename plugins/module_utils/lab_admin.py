@@ -159,8 +159,8 @@ def _check_vm_spec(host_doc, spec):
             _refuse("VM %s: %s" % (spec["name"], exc))
 
 
-def _add_disk_from_spec(layout, vm, disk_spec, index):
-    """Create (or copy in) one disk described by the module's disks entry."""
+def _add_disk_from_spec(layout, host_doc, vm, disk_spec, index):
+    """Create (or copy in) one disk described by the module's disks entry (a new one in the era's format)."""
     disks_dir = layout.disks_dir(vm["id"])
     make_private_dir(disks_dir)
     if disk_spec.get("from_file"):
@@ -174,9 +174,9 @@ def _add_disk_from_spec(layout, vm, disk_spec, index):
         except ValueError as exc:
             _refuse(str(exc))
         return lab_vm.add_disk(vm, path, lab_disks.describe(path))
-    path = os.path.join(disks_dir, "%s_disk%d.vhdx" % (vm["name"], index))
+    path = lab_disks.base_disk_path(disks_dir, vm["name"], index, ERAS[host_doc["era"]]["disk_format"])
     size = int(disk_spec.get("size") or 4 * GIB)
-    block_size = int(disk_spec.get("block_size") or lab_disks.DEFAULT_BLOCK_SIZE)
+    block_size = int(disk_spec["block_size"]) if disk_spec.get("block_size") else None
     sector = int(disk_spec.get("logical_sector_size") or 512)
     lab_disks.create_base_disk(path, size, block_size=block_size, logical_sector_size=sector)
     disk = lab_vm.add_disk(vm, path, lab_disks.describe(path))
@@ -253,7 +253,7 @@ def ensure_vm(layout, spec, check_mode=False):
         for index in range(len(vm["disks"]), len(wanted_disks)):
             changes.append("disks")
             if not check_mode:
-                _add_disk_from_spec(layout, vm, wanted_disks[index], index)
+                _add_disk_from_spec(layout, host_doc, vm, wanted_disks[index], index)
         existing = set(cp["name"] for cp in vm["checkpoints"] if cp["type"] == "Standard")
         for name in spec.get("checkpoints") or []:
             if name not in existing:
@@ -376,6 +376,7 @@ def resize_disk(layout, vm_name, disk=0, size=None, check_mode=False):
         except ValueError as exc:
             _refuse(str(exc))
         target["virtual_size"] = size
+        target["base_type"] = lab_disks.describe(target["current"])["type"]   # a grown fixed disk is dynamic
         tracking = lab_rct.load(target["rct_file"], target["disk_id"])
         lab_rct.invalidate_all(tracking, "the disk was resized (VHD changed offline)")
         lab_rct.save(target["rct_file"], tracking)

@@ -1,11 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The lab host's virtual disk files: real VHDX files written through ``vdisk.py``.
+"""The lab host's virtual disk files: real VHDX or VHD files written through ``vdisk.py``.
 
 Creating base disks (empty, seeded fill, or copied in from a user's image), guest writes (churn)
-into the VM's current file, checkpoint children (.avhdx over a frozen parent), merging a child back
-into its parent, and growing a disk. No locking and no JSON here: ``lab_host.py`` calls these while
+into the VM's current file, checkpoint children (.avhdx over a VHDX parent, .avhd over a VHD one, as
+Hyper-V names them), merging a child back into its parent, and growing a disk. Every function works
+on either format: new base disks get the format their file name says (the era decides the name),
+children and grown copies keep their parent's format. No locking and no JSON here: ``lab_host.py`` calls these while
 it holds the VM's lock and records what they return.
 
 Guest data is deterministic: write number ``i`` of a churn with seed ``s`` is ``churn_data(s, i, n)``,
@@ -20,10 +22,12 @@ import os
 import random
 import shutil
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, disk_info, open_disk, open_vhdx_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_disk, disk_info, open_disk, open_disk_for_write
 
 MIB = 1024 * 1024
-DEFAULT_BLOCK_SIZE = 32 * MIB
+# File name extensions Hyper-V gives base disks and checkpoint children of each format.
+BASE_EXTENSIONS = {"vhdx": ".vhdx", "vhd": ".vhd"}
+CHILD_EXTENSIONS = {"vhdx": ".avhdx", "vhd": ".avhd"}
 # Guest writes start on 4 KiB boundaries, as a file system in the guest issues them.
 WRITE_ALIGNMENT = 4096
 FILL_CHUNK = MIB
@@ -51,17 +55,33 @@ def plan_writes(seed, writes, write_size, virtual_size, offsets=None):
     return planned
 
 
-def create_base_disk(path, virtual_size, block_size=DEFAULT_BLOCK_SIZE, logical_sector_size=512):
-    """An empty dynamic VHDX at ``path`` (owner-only)."""
-    writer = create_vhdx(path, virtual_size, block_size=block_size, logical_sector_size=logical_sector_size)
+def base_disk_path(disks_dir, vm_name, index, disk_format):
+    """Where the lab creates the VM's ``index``-th disk in ``disk_format`` ('vhdx' or 'vhd')."""
+    return os.path.join(disks_dir, "%s_disk%d%s" % (vm_name, index, BASE_EXTENSIONS[disk_format]))
+
+
+def child_disk_path(base_path, parent_path, checkpoint_id):
+    """The checkpoint child's name: ``<base stem>_<CHECKPOINT ID>.avhdx`` (or ``.avhd`` over a VHD parent)."""
+    stem = os.path.splitext(os.path.basename(base_path))[0]
+    with open_disk(parent_path) as parent:
+        extension = CHILD_EXTENSIONS[parent.format]
+    return os.path.join(os.path.dirname(base_path), "%s_%s%s" % (stem, checkpoint_id.upper(), extension))
+
+
+def create_base_disk(path, virtual_size, block_size=None, logical_sector_size=512):
+    """An empty dynamic VHDX or VHD (as the extension of ``path`` says) at ``path``, owner-only.
+
+    ``block_size`` None is the format's default (VHDX 32 MiB, VHD 2 MiB, what Hyper-V uses).
+    """
+    writer = create_disk(path, virtual_size, block_size=block_size, logical_sector_size=logical_sector_size)
     writer.close()
     os.chmod(path, 0o600)
     return path
 
 
 def write_ranges(path, seed, planned, first_index=0):
-    """Write churn data for each planned (offset, length) into the VHDX at ``path``."""
-    writer = open_vhdx_for_write(path)
+    """Write churn data for each planned (offset, length) into the disk file (VHDX or VHD) at ``path``."""
+    writer = open_disk_for_write(path)
     try:
         for index, (offset, length) in enumerate(planned, first_index):
             writer.write(offset, churn_data(seed, index, length))
@@ -100,11 +120,11 @@ def describe(path):
 
 
 def create_child(parent_path, child_path):
-    """A differencing .avhdx over the (now frozen) ``parent_path``; the VM writes there from now on."""
+    """A differencing child (in the parent's format) over the now frozen ``parent_path``; the VM writes there from now on."""
     with open_disk(parent_path) as parent:
         virtual_size, sector = parent.virtual_size, parent.logical_sector_size
         block_size = parent.block_size
-    writer = create_vhdx(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path)
+    writer = create_disk(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path)
     writer.close()
     os.chmod(child_path, 0o600)
     return child_path
@@ -116,7 +136,7 @@ def merge_child(child_path, parent_path, ranges):
     Reading through the child gives the child's data over the parent's, so copying whole ranges is
     exact even where the child holds only some sectors of a range.
     """
-    writer = open_vhdx_for_write(parent_path)
+    writer = open_disk_for_write(parent_path)
     try:
         with open_disk(child_path) as child:
             for offset, length in ranges:
@@ -139,7 +159,8 @@ def grow(path, new_size):
             raise ValueError("%s has checkpoints (differencing children); remove them before resizing" % path)
         if new_size < disk.virtual_size:
             raise ValueError("cannot shrink %s from %d to %d bytes; the lab only grows disks" % (path, disk.virtual_size, new_size))
-        writer = create_vhdx(temp, new_size, block_size=disk.block_size, logical_sector_size=disk.logical_sector_size)
+        writer = create_disk(temp, new_size, block_size=disk.block_size, logical_sector_size=disk.logical_sector_size,
+                             disk_format=disk.format)
         try:
             for offset, length in disk.allocated_ranges():
                 position, end = offset, offset + length

@@ -274,10 +274,6 @@ class LabHost:
                               "Error code: 32768." % (vm["name"], vm["id"].upper()),
                               hint="Check the Hyper-V-VMMS Admin event log on the host (lab fault 'recovery_point_fails').",
                               windows_error=WMI_FAILED)
-                not_vhdx = [disk["base"] for disk in vm["disks"] if disk["format"] != "vhdx"]
-                if not_vhdx:
-                    self.fail("unsupported", "the lab host cannot create checkpoints of VHD disks (%s): it writes VHDX files only"
-                              % ", ".join(not_vhdx), hint="Convert the image to VHDX (qemu-img convert -O vhdx) before copying it in.")
                 got = self._check_consistency(host_doc, vm, consistency)
                 cp = lab_vm.freeze(self.layout, vm, tag, "Recovery", method=method, consistency=got)
                 self.layout.write_vm(vm)

@@ -35,18 +35,20 @@ STATE_FORMAT = 1
 # Windows Server eras the lab can pretend to be. max_config is the newest VM configuration version
 # the era can run (a VM with a newer one cannot be imported or migrated there); cluster_level is
 # the ClusterFunctionalLevel a cluster of that era reports (2012 = 7, 2012 R2 = 8, 2016 = 9,
-# 2019 = 10, 2022 = 11; 2008 R2 clusters have no such property: the lab says 6).
+# 2019 = 10, 2022 = 11; 2008 R2 clusters have no such property: the lab says 6). disk_format is what
+# New-VHD / the New Virtual Machine wizard of that era creates: 2008 and 2008 R2 know only VHD (and name
+# checkpoint children .avhd); VHDX came with 2012.
 ERAS = {
     "2008r2": {"os_name": "Microsoft Windows Server 2008 R2 Datacenter", "os_version": "6.1.7601", "os_build": 7601,
-               "max_config": "5.0", "cluster_level": 6},
+               "max_config": "5.0", "cluster_level": 6, "disk_format": "vhd"},
     "2012r2": {"os_name": "Microsoft Windows Server 2012 R2 Datacenter", "os_version": "6.3.9600", "os_build": 9600,
-               "max_config": "5.0", "cluster_level": 8},
+               "max_config": "5.0", "cluster_level": 8, "disk_format": "vhdx"},
     "2016": {"os_name": "Microsoft Windows Server 2016 Datacenter", "os_version": "10.0.14393", "os_build": 14393,
-             "max_config": "8.0", "cluster_level": 9},
+             "max_config": "8.0", "cluster_level": 9, "disk_format": "vhdx"},
     "2019": {"os_name": "Microsoft Windows Server 2019 Datacenter", "os_version": "10.0.17763", "os_build": 17763,
-             "max_config": "9.0", "cluster_level": 10},
+             "max_config": "9.0", "cluster_level": 10, "disk_format": "vhdx"},
     "2022": {"os_name": "Microsoft Windows Server 2022 Datacenter", "os_version": "10.0.20348", "os_build": 20348,
-             "max_config": "10.0", "cluster_level": 11},
+             "max_config": "10.0", "cluster_level": 11, "disk_format": "vhdx"},
 }
 CONFIGURATION_VERSIONS = ("5.0", "6.2", "8.0", "9.0", "10.0")
 

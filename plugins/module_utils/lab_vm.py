@@ -8,7 +8,8 @@ The caller holds the VM's lock (``LabLayout.vm_lock``) around every function tha
 Disk bookkeeping per virtual disk (``vm["disks"][i]``): ``base`` (the first file), ``current`` (the
 file the guest writes to), and ``files`` {path: {parent, from_seq, to_seq, pending_merge}} where the
 ``seq`` interval says which change-tracking records went into that file (``lab_rct``). A checkpoint
-freezes ``current`` (to_seq = now) and puts a new .avhdx child on top. Removing the newest
+freezes ``current`` (to_seq = now) and puts a new differencing child on top: .avhdx over a VHDX,
+.avhd over a VHD (Windows Server 2008 R2 disks), as Hyper-V names them. Removing the newest
 checkpoint merges its child into the frozen parent; removing an older one leaves its child in the
 chain marked ``pending_merge`` (the way Hyper-V defers a merge it cannot do yet) and it is merged as
 soon as it is the top file again, so the guest's data is never lost.
@@ -180,9 +181,7 @@ def config_version_supported(host_doc, version):
 # --- guest writes, checkpoints, merges (caller holds the VM lock) ----------------------------
 
 def guest_write(disk, seed, planned):
-    """Write churn data into the disk's current file and record it for RCT; returns the ranges."""
-    if disk["format"] != "vhdx":
-        raise ValueError("disk %s is %s; the lab writes guest data into VHDX disks only" % (disk["base"], disk["format"].upper()))
+    """Write churn data into the disk's current file (VHDX or VHD) and record it for RCT; returns the ranges."""
     tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
     lab_disks.write_ranges(disk["current"], seed, planned)
     lab_rct.record_writes(tracking, planned)
@@ -191,7 +190,7 @@ def guest_write(disk, seed, planned):
 
 
 def freeze(layout, vm, name, cp_type, method=None, consistency=None):
-    """Create a checkpoint: every disk's current file is frozen and gets a new .avhdx child."""
+    """Create a checkpoint: every disk's current file is frozen and gets a new .avhdx (or .avhd) child."""
     cp_id = new_guid()
     created = utc_now()
     cp = {"id": cp_id, "name": name, "type": cp_type, "created": created, "method": method, "consistency": consistency,
@@ -200,8 +199,7 @@ def freeze(layout, vm, name, cp_type, method=None, consistency=None):
     try:
         for disk in vm["disks"]:
             frozen = disk["current"]
-            stem = os.path.splitext(os.path.basename(disk["base"]))[0]
-            child = os.path.join(os.path.dirname(disk["base"]), "%s_%s.avhdx" % (stem, cp_id.upper()))
+            child = lab_disks.child_disk_path(disk["base"], frozen, cp_id)
             lab_disks.create_child(frozen, child)
             made.append(child)
             seq = lab_rct.load(disk["rct_file"], disk["disk_id"])["sequence"]

@@ -5,8 +5,10 @@
 
 ``open_disk`` recognises the format by signature, follows differencing parents (always confirming
 the parent linkage) and returns a ``VirtualDisk`` that reads through the whole chain.
-``create_vhdx`` / ``open_vhdx_for_write`` / ``write_vhdx_from`` write VHDX files (see
-``vhdx_writer``). ``disk_info`` describes one file without opening its parents.
+``create_vhdx`` / ``open_vhdx_for_write`` / ``write_vhdx_from`` write VHDX files (see ``vhdx_writer``),
+``create_vhd`` / ``open_vhd_for_write`` / ``write_vhd_from`` VHD files (see ``vhd_writer``), and
+``create_disk`` / ``open_disk_for_write`` either, by extension, parent or signature, for callers that
+do not care which. ``disk_info`` describes one file without opening its parents.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -17,6 +19,8 @@ import os
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vhd import VHD_COOKIE, VhdImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vhd_writer import DEFAULT_BLOCK_SIZE as VHD_DEFAULT_BLOCK_SIZE
+from ansible_collections.hyperv.backup.plugins.module_utils.vhd_writer import VhdWriter, create_vhd_file
 from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
     FILE_SIGNATURE, RUN_DATA, RUN_PARENT, MiB, VhdxImage)
 from ansible_collections.hyperv.backup.plugins.module_utils.vhdx_writer import VhdxWriter, create_vhdx_file
@@ -271,14 +275,69 @@ def open_vhdx_for_write(path):
     return VhdxWriter(path)
 
 
-def write_vhdx_from(path, source, virtual_size, block_size=32 * MiB, logical_sector_size=512,
-                    physical_sector_size=4096):
-    """Write a whole image into a new dynamic VHDX at ``path``, skipping all-zero blocks.
+def create_vhd(path, virtual_size, block_size=VHD_DEFAULT_BLOCK_SIZE, parent=None, parent_absolute_path=None):
+    """Create a dynamic VHD (or a differencing one on the VHD ``parent``) and return its VhdWriter.
 
-    ``source`` is ``read_at(offset, length) -> bytes`` or an object with such a ``read`` method.
-    The file is built as ``path + '.partial'`` and renamed at the end, so ``path`` never holds a half
-    file. Returns {path, virtual_size, allocated_bytes}.
+    VHD sectors are always 512 bytes. With a parent, ``virtual_size`` may be None (the parent's size) and
+    ``block_size`` None takes the parent's. ``parent_absolute_path`` overrides the W2ku locator entry.
     """
+    return create_vhd_file(path, virtual_size, block_size, parent, parent_absolute_path)
+
+
+def open_vhd_for_write(path):
+    """Open an existing fixed, dynamic or differencing VHD for random-access writes."""
+    return VhdWriter(path)
+
+
+# File name extensions of each format (Hyper-V names a VHD checkpoint child .avhd, a VHDX one .avhdx).
+FORMAT_EXTENSIONS = {"vhdx": (".vhdx", ".avhdx"), "vhd": (".vhd", ".avhd")}
+
+
+def format_of_path(path):
+    """'vhdx' or 'vhd' from a file name's extension; None if the extension says neither."""
+    extension = os.path.splitext(str(path))[1].lower()
+    for name, extensions in FORMAT_EXTENSIONS.items():
+        if extension in extensions:
+            return name
+    return None
+
+
+def create_disk(path, virtual_size, block_size=None, logical_sector_size=512, parent=None, parent_absolute_path=None,
+                disk_format=None):
+    """Create a dynamic disk (or a differencing one on ``parent``) in ``disk_format``; returns its writer.
+
+    The format, unless given, is the parent's (a child always has its parent's format), else the one the
+    extension of ``path`` names. ``block_size`` None means the format's default (VHDX 32 MiB, VHD 2 MiB)
+    or, for a VHD child, the parent's.
+    """
+    path = str(path)
+    if disk_format is None and parent is not None:
+        layer = open_layer(parent)
+        disk_format = layer.format_name
+        layer.close()
+    disk_format = disk_format or format_of_path(path)
+    if disk_format == "vhd":
+        if logical_sector_size != 512:
+            raise VirtualDiskError(path, "a VHD has 512-byte sectors; %r was asked for" % (logical_sector_size,),
+                                   hint="Use VHDX for 4096-byte logical sectors.")
+        return create_vhd(path, virtual_size, block_size, parent, parent_absolute_path)
+    if disk_format == "vhdx":
+        return create_vhdx(path, virtual_size, block_size or 32 * MiB, logical_sector_size, parent=parent,
+                           parent_absolute_path=parent_absolute_path)
+    raise VirtualDiskError(path, "cannot tell which disk format to create (format %r)" % (disk_format,),
+                           hint="Name the file .vhdx/.avhdx or .vhd/.avhd, or pass disk_format 'vhdx' or 'vhd'.")
+
+
+def open_disk_for_write(path):
+    """Open an existing VHDX/AVHDX or VHD/AVHD for random-access writes (format from the file's signature)."""
+    layer = open_layer(path)
+    disk_format = layer.format_name
+    layer.close()
+    return VhdWriter(path) if disk_format == "vhd" else VhdxWriter(path)
+
+
+def _write_whole_image(path, create, source, virtual_size, block_size):
+    """Stream ``source`` into a new file made by ``create(partial_path)``, skipping all-zero blocks."""
     read_at = source if callable(source) else source.read
     path = str(path)
     partial = path + ".partial"
@@ -286,7 +345,7 @@ def write_vhdx_from(path, source, virtual_size, block_size=32 * MiB, logical_sec
         os.unlink(partial)
     allocated = 0
     try:
-        with create_vhdx(partial, virtual_size, block_size, logical_sector_size, physical_sector_size) as writer:
+        with create(partial) as writer:
             zero_block = bytes(block_size)
             for offset in range(0, virtual_size, block_size):
                 length = min(block_size, virtual_size - offset)
@@ -304,6 +363,25 @@ def write_vhdx_from(path, source, virtual_size, block_size=32 * MiB, logical_sec
             os.unlink(partial)
         raise
     return {"path": path, "virtual_size": virtual_size, "allocated_bytes": allocated}
+
+
+def write_vhdx_from(path, source, virtual_size, block_size=32 * MiB, logical_sector_size=512,
+                    physical_sector_size=4096):
+    """Write a whole image into a new dynamic VHDX at ``path``, skipping all-zero blocks.
+
+    ``source`` is ``read_at(offset, length) -> bytes`` or an object with such a ``read`` method.
+    The file is built as ``path + '.partial'`` and renamed at the end, so ``path`` never holds a half
+    file. Returns {path, virtual_size, allocated_bytes}.
+    """
+    return _write_whole_image(
+        path, lambda partial: create_vhdx(partial, virtual_size, block_size, logical_sector_size, physical_sector_size),
+        source, virtual_size, block_size)
+
+
+def write_vhd_from(path, source, virtual_size, block_size=VHD_DEFAULT_BLOCK_SIZE):
+    """Like ``write_vhdx_from`` but into a new dynamic VHD (for Windows Server 2008/2008 R2 hosts)."""
+    return _write_whole_image(path, lambda partial: create_vhd(partial, virtual_size, block_size),
+                              source, virtual_size, block_size)
 
 
 def disk_info(path):

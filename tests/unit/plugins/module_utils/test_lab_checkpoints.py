@@ -224,7 +224,8 @@ def test_fill_is_deterministic_and_real(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
-def test_vm_from_an_existing_vhd_reports_vhd_and_refuses_writes(tmp_path):
+def test_vm_from_an_existing_vhd_takes_guest_writes_and_checkpoints(tmp_path):
+    """A user's qemu-made VHD copied in: reported as vhd, churned, checkpointed (.avhd), merged back."""
     raw = tmp_path / "old.raw"
     raw.write_bytes(b"\x11" * MiB + bytes(7 * MiB))
     image = str(tmp_path / "old.vhd")
@@ -233,13 +234,25 @@ def test_vm_from_an_existing_vhd_reports_vhd_and_refuses_writes(tmp_path):
     vm = transport.run("get_vms", {"ids": [ids["old"]]})[0]
     disk = vm["disks"][0]
     assert (disk["format"], disk["type"]) == ("vhd", "dynamic") and disk["path"].endswith(".vhd")
-    assert read_all(disk["path"])[:MiB] == b"\x11" * MiB
     assert vm["configuration_version"] == "5.0"
-    with pytest.raises(HostOperationError) as info:
-        transport.run("create_recovery_point", {"vm_id": ids["old"], "method": "vss", "consistency": "application", "tag": TAG})
-    assert info.value.category == "unsupported" and "VHDX" in str(info.value)
-    with pytest.raises(HyperVBackupError):
-        lab_admin.churn(layout, "old", seed=1, writes=1)
+    model = GuestModel(disk["virtual_size"])
+    model.data[:MiB] = b"\x11" * MiB
+    model.apply(lab_admin.churn(layout, "old", seed=1, writes=6, write_size=8192))
+    assert read_all(disk["path"]) == bytes(model.data)
+    point = transport.run("create_recovery_point", {"vm_id": ids["old"], "method": "vss", "consistency": "application", "tag": TAG})
+    frozen = point["disks"][0]
+    assert frozen["path"] == disk["path"] and frozen["format"] == "vhd"
+    child = current_path(transport, ids["old"])
+    assert child.endswith(".avhd") and os.path.dirname(child) == os.path.dirname(disk["path"])
+    before = bytes(model.data)
+    model.apply(lab_admin.churn(layout, "old", seed=2, writes=6, write_size=4096))
+    assert read_all(frozen["path"]) == before and read_all(child) == bytes(model.data)
+    transport.run("remove_recovery_point", {"vm_id": ids["old"], "id": point["id"]})
+    assert not os.path.exists(child) and current_path(transport, ids["old"]) == disk["path"]
+    assert read_all(disk["path"]) == bytes(model.data)
+    back = tmp_path / "back.raw"                          # qemu still reads the merged file as we do
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", disk["path"], str(back)], check=True)
+    assert back.read_bytes() == bytes(model.data)
 
 
 def test_restore_over_the_vm_gives_new_disks_whose_old_rct_ids_do_not_match(tmp_path):
