@@ -198,6 +198,9 @@ class Repository:
         _check_chunk_size(chunk_size)
         if not 1 <= int(compression_level) <= 19:
             raise RepositoryError("compression_level %s is out of range." % compression_level, hint="Use 1 (fast) to 19.")
+        if object_lock_days is not None and (not isinstance(object_lock_days, int) or object_lock_days < 0):
+            raise RepositoryError("object_lock_days %r is not allowed." % (object_lock_days,),
+                                  hint="Use a whole number of days (1 or more), or leave it unset for no Object Lock.")
         store = open_store(location, s3_options, create=True)
         if store.kind == "s3":
             lock_enabled = store.check_bucket()
@@ -467,7 +470,9 @@ class Repository:
 
         With ``record_status`` the outcome is stored per backup (``status/<id>``), so listings show damaged backups.
         """
-        ids = list(backup_ids) if backup_ids else self._committed_ids()
+        # Ids given by a person are checked before anything is read or written: the status of each backup is
+        # stored under status/<id>, so an id with a path in it ('../config') would overwrite another object.
+        ids = [check_backup_id(backup_id, self.location) for backup_id in backup_ids] if backup_ids else self._committed_ids()
         results = []
         wanted = {}                # chunk id -> expected length
         per_backup = []
@@ -520,7 +525,8 @@ class Repository:
             results.append(entry)
             status = {"ok": entry["ok"], "verified": iso(utc_now()), "missing": counts["missing"], "corrupt": counts["corrupt"],
                       "problems": entry["problems"][:10]}
-            if record_status:
+            if record_status and self.store.stat("backups/%s" % entry["backup_id"]) is not None:
+                # Only a backup that exists gets a status: an unknown id is reported, not recorded.
                 try:
                     self._put_sealed(KIND_STATUS, "status/%s" % entry["backup_id"], _json_bytes(status))
                 except (RepositoryError, OSError):
@@ -629,9 +635,14 @@ class Repository:
                 report["chunks_kept_recent"] += 1
                 continue
             candidates.append(info)
+        # Leftovers of crashed or pruned backups: markers of dead sessions, manifests no record points at.
+        stale_markers = [info.key for _values, info, is_live in sessions if not is_live]
+        live_ids = set(values.get("backup_id") for values, _info in live)
+        manifest_dirs = set(info.key.split("/")[1] for info in self.store.list("manifests/") if info.mtime < cutoff)
+        orphan_manifests = sorted(manifest_dirs - set(committed) - live_ids)
         if dry_run:
-            report["chunks_removed"] = len(candidates)
-            report["bytes_removed"] = sum(info.size for info in candidates)
+            report.update(chunks_removed=len(candidates), bytes_removed=sum(info.size for info in candidates),
+                          stale_sessions_removed=len(stale_markers), orphan_manifests_removed=len(orphan_manifests))
             return report
         with self.store.sweep_guard():
             for info in candidates:
@@ -647,13 +658,10 @@ class Repository:
                 if self.store.delete(info.key):
                     report["chunks_removed"] += 1
                     report["bytes_removed"] += fresh.size
-        live_ids = set(values.get("backup_id") for values, _info in live)
-        for values, info, is_live in sessions:
-            if not is_live:
-                self.store.delete(info.key)
-                report["stale_sessions_removed"] += 1
-        manifest_dirs = set(info.key.split("/")[1] for info in self.store.list("manifests/") if info.mtime < cutoff)
-        for backup_id in manifest_dirs - set(committed) - live_ids:
+        for key in stale_markers:
+            self.store.delete(key)
+            report["stale_sessions_removed"] += 1
+        for backup_id in orphan_manifests:
             self.store.delete_prefix("manifests/%s/" % backup_id)
             report["orphan_manifests_removed"] += 1
         for path in self.store.list_temporary("chunks/", cutoff):

@@ -105,6 +105,9 @@ def prune_message(report):
     if gc:
         text += "; %s %d unreferenced chunk(s), %d bytes" % (
             "would free" if report["dry_run"] else "freed", gc["chunks_removed"], gc["bytes_removed"])
+        leftovers = gc.get("stale_sessions_removed", 0) + gc.get("orphan_manifests_removed", 0)
+        if leftovers:
+            text += "; %s %d leftover(s) of interrupted backups" % ("would clear" if report["dry_run"] else "cleared", leftovers)
         if gc["live_sessions"]:
             text += " (%d backup(s) running: their new chunks were kept)" % gc["live_sessions"]
     return text + "."

@@ -154,7 +154,13 @@ class LocalStore:
             os.chmod(self.root, 0o700)
 
     def _path(self, key):
-        return os.path.join(self.root, *key.split("/"))
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            # Keys are built from ids the callers check; this is the last line of defence, so that no key can ever
+            # name a file outside the repository directory (or the config, from status/../config).
+            raise RepositoryError("Refusing the object key %r of repository %s: it is not a plain relative name." % (key, self.root),
+                                  hint="This is a bug or a hostile id; report it with the task that caused it.", key=key)
+        return os.path.join(self.root, *parts)
 
     def _ensure_dir(self, directory):
         if directory in self._known_dirs:
@@ -171,16 +177,19 @@ class LocalStore:
             tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
-                if durable:
-                    os.fsync(fd)
+                try:
+                    _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)
             except BaseException:
-                os.close(fd)
+                # Nothing half-written stays behind, not even under the temporary name (a full directory can
+                # also fail the rename).
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            os.close(fd)
-            os.rename(tmp, path)
         except OSError as err:
             raise filesystem_error(err, "write", path)
         with self._dirty_lock:
@@ -539,9 +548,16 @@ class S3Store:
                 held = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
             except (botocore_exceptions.ClientError, ValueError):
                 held = {"expires": 0}
+            except botocore_exceptions.BotoCoreError as err:
+                raise _unreachable(self.location, "lock %s" % name, err)
             if held.get("expires", 0) < time.time():
                 # Expired: the holder died. Remove it and race again through the conditional PUT.
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+                except botocore_exceptions.ClientError as err:
+                    raise self._error(err, "removal of the expired lock %s" % name)
+                except botocore_exceptions.BotoCoreError as err:
+                    raise _unreachable(self.location, "lock %s" % name, err)
                 continue
             if time.time() >= deadline:
                 raise LockHeld("%s (%s)" % (held.get("owner", "unknown"), held.get("purpose", "")))
@@ -549,5 +565,7 @@ class S3Store:
         try:
             yield
         finally:
-            with contextlib.suppress(botocore_exceptions.ClientError):
+            # If the endpoint is gone now, the lock object stays until it expires (ttl_seconds); raising here would
+            # hide the outcome of the work done under the lock.
+            with contextlib.suppress(botocore_exceptions.ClientError, botocore_exceptions.BotoCoreError):
                 self.client.delete_object(Bucket=self.bucket, Key=key)

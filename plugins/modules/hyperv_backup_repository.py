@@ -212,6 +212,9 @@ def run(module):
         if not report["ok"] and params["fail_on_damage"]:
             result["failed"] = True
         return result
+    for name in ("gc_grace_minutes", "lock_wait_seconds"):
+        if params[name] < 0:
+            module.fail_json(msg="%s must be 0 or more, got %d." % (name, params[name]))
     try:
         policy = RetentionPolicy(keep_last=params["keep_last"], keep_daily=params["keep_daily"], keep_weekly=params["keep_weekly"],
                                  keep_monthly=params["keep_monthly"], keep_yearly=params["keep_yearly"])
@@ -219,7 +222,9 @@ def run(module):
         module.fail_json(msg="Invalid retention policy: %s." % err)
     report = repo.prune(policy, dry_run=module.check_mode, vm=params["vm"], grace_seconds=params["gc_grace_minutes"] * 60,
                         wait_seconds=params["lock_wait_seconds"])
-    changed = bool(report["removed"]) or bool(report.get("gc", {}).get("chunks_removed"))
+    gc = report.get("gc") or {}
+    # Removing leftovers of crashed backups (markers, manifests never committed) changes the repository too.
+    changed = bool(report["removed"] or gc.get("chunks_removed") or gc.get("stale_sessions_removed") or gc.get("orphan_manifests_removed"))
     return {"changed": changed, "created": False, "repository": repo.describe(), "prune": report, "msg": prune_message(report)}
 
 

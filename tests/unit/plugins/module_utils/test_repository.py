@@ -8,8 +8,13 @@ import random
 import stat
 import time
 
+import tempfile
+from unittest import mock
+
 import botocore.exceptions
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
@@ -17,6 +22,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository import DE
 from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
 
 from s3_server import S3Server
+from test_retention import oracle, policies as RETENTION_POLICIES, times as RETENTION_TIMES
 
 CHUNK = 64 * 1024
 FAST_KDF = {"n": 2 ** 14, "r": 8, "p": 1}
@@ -188,6 +194,22 @@ def test_verify_names_missing_and_corrupt_chunks_by_backup(backend):
     assert states == {good.backup_id: "complete", hurt.backup_id: "damaged"}
 
 
+def test_verify_refuses_ids_with_paths_and_writes_no_status_for_unknown_ids(backend):
+    """Verify records a status per backup under status/<id>: '../config' once overwrote the config there."""
+    repo = new_repo(backend, passphrase="pw", scrypt_params=FAST_KDF)
+    backup = write_backup(repo, image(8, chunks=2))
+    config_before = repo.store.get("config")
+    for hostile in ("../config", "..", "a/../../config", "/etc/passwd", ""):
+        with pytest.raises(RepositoryError, match="is not a backup id"):
+            repo.verify([backup.backup_id, hostile])
+    unknown = "20260101T000000Z-0123456789ab"
+    report = repo.verify([unknown])
+    assert not report["ok"] and "does not exist" in report["backups"][0]["problems"][0]
+    assert repo.store.get("config") == config_before
+    assert sorted(info.key for info in repo.store.list("status/")) == []
+    assert repo.verify()["ok"] and [info.key for info in repo.store.list("status/")] == ["status/" + backup.backup_id]
+
+
 @pytest.mark.parametrize("how", ["corrupt", "missing"])
 def test_restore_refuses_a_bad_chunk(backend, how):
     repo = new_repo(backend)
@@ -254,6 +276,8 @@ def test_init_refuses_bad_chunk_size_and_level(tmp_path):
             Repository.init(str(tmp_path / "r"), chunk_size=size)
     with pytest.raises(RepositoryError, match="compression_level"):
         Repository.init(str(tmp_path / "r"), compression_level=40)
+    with pytest.raises(RepositoryError, match="object_lock_days -3 is not allowed"):
+        Repository.init(str(tmp_path / "r"), object_lock_days=-3)
     assert not os.path.exists(str(tmp_path / "r" / "config"))
 
 
@@ -439,3 +463,79 @@ def test_object_lock_refused_where_it_cannot_work(s3_server, tmp_path):
         Repository.init(location, s3_options=options, object_lock_days=7)
     with pytest.raises(RepositoryError, match="needs an S3"):
         Repository.init(str(tmp_path / "x"), object_lock_days=7)
+
+
+def test_local_store_refuses_keys_that_leave_the_repository(tmp_path):
+    """The store is the last line of defence: no key, whatever its origin, names a file outside the directory."""
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
+    (tmp_path / "outside").write_bytes(b"keep me")
+    for key in ("../outside", "status/../config", "/etc/passwd", "backups//x", "backups/./x"):
+        for operation in (lambda k: repo.store.put(k, b"x"), repo.store.get, repo.store.delete, repo.store.touch):
+            with pytest.raises(RepositoryError, match="not a plain relative name"):
+                operation(key)
+    assert (tmp_path / "outside").read_bytes() == b"keep me"
+    assert Repository.open(repo.location).describe()["chunk_size"] == CHUNK
+
+
+# -- prune against the repository, property-based ---------------------------------------------------
+
+VM_BACKUPS = st.lists(st.tuples(st.sampled_from(["vm-a", "vm-b"]), RETENTION_TIMES), min_size=1, max_size=7,
+                      unique_by=lambda item: item[1])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(VM_BACKUPS, RETENTION_POLICIES)
+def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
+    """Real backups (created at the drawn times) pruned by Repository.prune: what stays per VM is the oracle's set,
+    every kept backup restores byte for byte, and GC leaves exactly the chunks the kept backups reference."""
+    shared = os.urandom(CHUNK)
+    with tempfile.TemporaryDirectory() as workdir:
+        repo = Repository.init(os.path.join(workdir, "repo"), chunk_size=CHUNK)
+        written = {}            # backup_id -> (vm_id, created, data)
+        for vm_id, created in backups:
+            data = shared + os.urandom(CHUNK // 2)      # one chunk shared by all, one of its own
+            with mock.patch.object(repository_module, "utc_now", return_value=created):
+                record = write_backup(repo, data, vm_id=vm_id, vm_name=vm_id)
+            written[record.backup_id] = (vm_id, created, data)
+        report = repo.prune(RetentionPolicy.from_dict(counts), grace_seconds=0)
+        expected = set()
+        for vm_id in set(vm for vm, _created in backups):
+            expected |= oracle([(bid, created) for bid, (vm, created, _data) in written.items() if vm == vm_id], counts)
+        assert set(r.backup_id for r in repo.list_backups()) == expected
+        assert set(r["backup_id"] for r in report["removed"]) == set(written) - expected
+        for backup_id in expected:
+            assert read_all(repo, backup_id) == written[backup_id][2]
+        assert len(chunk_keys(repo)) == 1 + len(expected)           # the shared chunk and each kept backup's own
+        assert repo.verify(record_status=False)["ok"]
+
+
+@pytest.mark.parametrize("failing", ["write", "rename"])
+def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, failing):
+    """ENOSPC while writing or renaming: RepositoryError naming the path and what to do; no object, no temp file."""
+    import errno as errno_module
+    from ansible_collections.hyperv.backup.plugins.module_utils import repository_store
+
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
+    real_write_all, real_rename = repository_store._write_all, os.rename
+
+    def full_write(fd, parts):          # the session marker fits; the first chunk does not
+        if "/chunks/" in os.readlink("/proc/self/fd/%d" % fd):
+            raise OSError(errno_module.ENOSPC, "No space left on device")
+        real_write_all(fd, parts)
+
+    def full_rename(src, dst):
+        if "/chunks/" in str(dst):
+            raise OSError(errno_module.ENOSPC, "No space left on device")
+        real_rename(src, dst)
+    if failing == "write":
+        monkeypatch.setattr(repository_store, "_write_all", full_write)
+    else:
+        monkeypatch.setattr(os, "rename", full_rename)
+    with pytest.raises(RepositoryError) as caught:
+        write_backup(repo, image(9, chunks=2))
+    assert "no space left" in caught.value.message and "/chunks/" in caught.value.message
+    assert "Free space" in caught.value.hint
+    monkeypatch.undo()
+    leftovers = [name for _d, _s, files in os.walk(repo.location) for name in files if name.startswith(".tmp-")]
+    assert leftovers == [] and chunk_keys(repo) == [] and repo.list_backups() == []
+    assert list(repo.store.list("sessions/")) == []

@@ -120,3 +120,32 @@ def test_doc_fragment_matches_argument_spec():
         assert documented[name]["type"] == option["type"], name
         assert documented[name].get("default") == option.get("default"), name
         assert documented[name].get("choices") == option.get("choices"), name
+
+
+def test_pruned_counts_leftovers_of_a_crashed_backup_as_a_change(tmp_path, monkeypatch):
+    """Only a dead writer's marker and chunk to remove: check mode predicts changed, the real run changes."""
+    from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
+    write_backup(repo, image(46, chunks=2))
+    monkeypatch.setattr(repository_module, "SESSION_TIMEOUT_SECONDS", 0)
+    session = repo.begin_backup(vm_id="v", vm_name="v", host="h", method="rct", backup_type="full")
+    session._stop.set()                      # the writer dies before it stored anything
+    args = dict(repository=repo.location, state="pruned", keep_last=5, gc_grace_minutes=0)
+    preview = run(hyperv_backup_repository, _ansible_check_mode=True, **args)
+    assert preview["changed"] and preview["prune"]["gc"]["stale_sessions_removed"] == 1
+    assert "would clear 1 leftover(s) of interrupted backups" in preview["msg"]
+    assert [info.key for info in repo.store.list("sessions/")] == ["sessions/" + session.backup_id]
+    done = run(hyperv_backup_repository, **args)
+    assert done["changed"] and done["prune"]["gc"]["stale_sessions_removed"] == 1
+    assert list(repo.store.list("sessions/")) == []
+    assert not run(hyperv_backup_repository, **args)["changed"]
+
+
+def test_negative_durations_and_bad_ids_are_refused(tmp_path):
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
+    for name in ("gc_grace_minutes", "lock_wait_seconds"):
+        failed = run(hyperv_backup_repository, expect=Fail, repository=repo.location, state="pruned", keep_last=1, **{name: -1})
+        assert name in failed["msg"] and "0 or more" in failed["msg"]
+    failed = run(hyperv_backup_repository, expect=Fail, repository=repo.location, state="verified", backups=["../config"])
+    assert "is not a backup id" in failed["msg"] and failed["error_type"] == "RepositoryError"
+    assert Repository.open(repo.location).describe()["chunk_size"] == CHUNK
