@@ -15,13 +15,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.hyperv.backup.plugins.module_utils.lazy_import import LazyModule, is_installed
 
-try:
-    import crc32c as _native
-    HAS_NATIVE_CRC32C = True
-except ImportError:
-    _native = None
-    HAS_NATIVE_CRC32C = False
+# Imported on first use: the package reads its own metadata at import (~10 ms of every module run).
+HAS_NATIVE_CRC32C = is_installed("crc32c")
+_native = LazyModule("crc32c") if HAS_NATIVE_CRC32C else None
 
 _POLYNOMIAL = 0x82F63B78
 
