@@ -16,10 +16,12 @@ Data (the same for everybody):
 
 Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental.
 We report two timings: the engine (run_backup / run_restore in this process) and end to end (the Ansible
-module run as a process, as Ansible runs it: python hyperv_backup.py args.json), each with the peak RSS of
-the process. Peers run as in perf_baseline.sh (restic repository v2 with compression auto; borg default
-chunker, lz4, -e none). The source is page-cache warm for everybody (CPU-bound comparison). Medians of
-``--trials``; results as JSON lines and a Markdown table on stdout.
+module run as a process, as Ansible runs it: python hyperv_backup.py args.json), each with its CPU seconds
+(user + system, all threads) and the peak RSS of the process; the 1-minute load average is kept with every
+trial (the machine may be shared: CPU seconds do not move with the load, wall seconds do). Peers run as in
+perf_baseline.sh (restic repository v2 with compression auto; borg default chunker, lz4, -e none). The source
+is page-cache warm for everybody (CPU-bound comparison). Medians of ``--trials``; results as JSON lines and a
+Markdown table on stdout.
 """
 import argparse
 import json
@@ -65,23 +67,28 @@ def change_offsets(size_mib, seed):
     return [o * 4096 for o in offs]
 
 
+CPU_SECONDS = {}     # (tool, step) -> CPU seconds (user + system) of the last child run for that step
+
+
 def run_child(argv, env=None, cwd=None):
-    """(seconds, peak RSS bytes, stdout) of a child process.
+    """(seconds, peak RSS bytes, stdout, CPU seconds user + system) of a child process.
 
     The child runs under /usr/bin/time (a small parent), so its peak RSS is its own: a child forked from this
-    big benchmark process would inherit this process's RSS as its starting maximum.
+    big benchmark process would inherit this process's RSS as its starting maximum. The machine is shared, so
+    CPU seconds are the figure that does not depend on the load.
     """
-    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss_file:
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as stats_file:
         start = time.monotonic()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + list(argv), stdout=out,
+        proc = subprocess.run(["/usr/bin/time", "-f", "STATS %M %U %S", "-o", stats_file.name] + list(argv), stdout=out,
                               stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
         elapsed = time.monotonic() - start
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-        rss_lines = [line for line in rss_file.read().split() if line.isdigit()]
+        stats = [line.split()[1:] for line in stats_file.read().splitlines() if line.startswith("STATS ")]
     if proc.returncode != 0:
         raise RuntimeError("%s failed (rc %d): %s" % (" ".join(argv[:4]), proc.returncode, text[-3000:]))
-    return elapsed, int(rss_lines[-1]) * 1024 if rss_lines else None, text
+    rss, cpu = (int(stats[-1][0]) * 1024, float(stats[-1][1]) + float(stats[-1][2])) if stats else (None, None)
+    return elapsed, rss, text, cpu
 
 
 def module(name, args):
@@ -90,12 +97,13 @@ def module(name, args):
     with os.fdopen(handle, "w") as out:
         json.dump({"ANSIBLE_MODULE_ARGS": args}, out)
     try:
-        elapsed, rss, out = run_child([sys.executable, os.path.join(MODULES, name + ".py"), path])
+        elapsed, rss, out, cpu = run_child([sys.executable, os.path.join(MODULES, name + ".py"), path])
     finally:
         os.unlink(path)
     result = json.loads(out[out.index("{"):])
     if result.get("failed"):
         raise RuntimeError("%s failed: %s" % (name, result.get("msg")))
+    result["_cpu_seconds"] = cpu
     return elapsed, rss, result
 
 
@@ -157,24 +165,24 @@ def trial_engine(ws, work):
     with HostSession.from_module_params(params) as session:
         for vm_disk in session.run("get_vms", names=["benchvm"])[0]["disks"]:
             warm(vm_disk["path"])
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         full = run_backup(session, repo, params, options=CopyOptions())
-        out["full"] = time.monotonic() - start
+        out["full"], out["full_cpu"] = time.monotonic() - start, time.process_time() - cpu
         ws.churn(layout)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         incr = run_backup(session, repo, params, options=CopyOptions())
-        out["incr"] = time.monotonic() - start
+        out["incr"], out["incr_cpu"] = time.monotonic() - start, time.process_time() - cpu
     assert incr["type"] == "incremental", incr["type_reason"]
     out["incr_bytes_read"] = incr["bytes_read"]
     out["full_bytes_read"] = full["bytes_read"]
     out["repo_bytes"] = du(os.path.join(work, "repo"))
     for fmt in ("raw", "vhdx"):
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         restored = run_restore(repo, {"vm": "benchvm", "destination": os.path.join(work, "restore_" + fmt), "format": fmt})
-        out["restore_" + fmt] = time.monotonic() - start
-    raw = restored_raw = os.path.join(work, "restore_raw", restored["disks"][0]["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".raw")
-    sh("cmp", raw, ws.raw_v2)
-    out["restore_verified_cmp"] = bool(restored_raw)
+        out["restore_" + fmt], out["restore_%s_cpu" % fmt] = time.monotonic() - start, time.process_time() - cpu
+    stem = os.path.splitext(os.path.basename(restored["disks"][0]["path"]))[0]
+    sh("cmp", os.path.join(work, "restore_raw", stem + ".raw"), ws.raw_v2)     # raises when they differ
+    out["restore_verified_cmp"] = True
     return out
 
 
@@ -185,12 +193,14 @@ def trial_module(ws, work):
     Repository.init(repo_path, **_chunk_args())
     args = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm", repository=repo_path)
     out = {}
-    out["full"], out["full_rss"], _r = module("hyperv_backup", args)
+    out["full"], out["full_rss"], full = module("hyperv_backup", args)
     ws.churn(layout)
-    out["incr"], out["incr_rss"], result = module("hyperv_backup", args)
-    assert result["type"] == "incremental"
-    out["restore_raw"], out["restore_rss"], _r = module("hyperv_restore", dict(
+    out["incr"], out["incr_rss"], incr = module("hyperv_backup", args)
+    assert incr["type"] == "incremental"
+    out["restore_raw"], out["restore_rss"], restored = module("hyperv_restore", dict(
         repository=repo_path, vm="benchvm", destination=os.path.join(work, "restore"), format="raw"))
+    out.update(full_cpu=full["_cpu_seconds"], incr_cpu=incr["_cpu_seconds"], restore_raw_cpu=restored["_cpu_seconds"],
+               incr_engine_seconds=incr["duration_seconds"], incr_bytes_read=incr["bytes_read"], repo_bytes=du(repo_path))
     return out
 
 
@@ -204,13 +214,14 @@ def trial_restic(ws, work):
     warm(disk)
     sh("restic", "init", "-r", repo, "--repository-version", "2", env=env)
     out = {}
-    out["full"], out["full_rss"], _o = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
+    out["full"], out["full_rss"], _o, out["full_cpu"] = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
     shutil.copyfile(ws.raw_v2, disk)
     warm(disk)
-    out["incr"], out["incr_rss"], _o = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
+    out["incr"], out["incr_rss"], _o, out["incr_cpu"] = run_child(["restic", "-r", repo, "backup", "--host", "bench", disk], env)
     out["repo_bytes"] = du(repo)
     target = os.path.join(work, "restore")
-    out["restore_raw"], out["restore_rss"], _o = run_child(["restic", "-r", repo, "restore", "latest", "--target", target], env)
+    out["restore_raw"], out["restore_rss"], _o, out["restore_raw_cpu"] = run_child(
+        ["restic", "-r", repo, "restore", "latest", "--target", target], env)
     return out
 
 
@@ -225,15 +236,21 @@ def trial_borg(ws, work):
     warm(disk)
     sh("borg", "init", "-e", "none", repo, env=env)
     out = {}
-    out["full"], out["full_rss"], _o = run_child(["borg", "create", repo + "::full", disk], env)
+    out["full"], out["full_rss"], _o, out["full_cpu"] = run_child(["borg", "create", repo + "::full", disk], env)
     shutil.copyfile(ws.raw_v2, disk)
     warm(disk)
-    out["incr"], out["incr_rss"], _o = run_child(["borg", "create", repo + "::incr", disk], env)
+    out["incr"], out["incr_rss"], _o, out["incr_cpu"] = run_child(["borg", "create", repo + "::incr", disk], env)
     out["repo_bytes"] = du(repo)
     target = os.path.join(work, "restore")
     os.makedirs(target)
-    out["restore_raw"], out["restore_rss"], _o = run_child(["borg", "extract", repo + "::incr"], env, cwd=target)
+    out["restore_raw"], out["restore_rss"], _o, out["restore_raw_cpu"] = run_child(["borg", "extract", repo + "::incr"], env, cwd=target)
     return out
+
+
+def _medians(runs):
+    """Median of every numeric measurement over the trials of one tool."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return dict((k, statistics.median(m[k] for m in runs)) for k in keys)
 
 
 def main():
@@ -261,21 +278,23 @@ def main():
             work = os.path.join(root, "run_%s_%d" % (name, trial))
             shutil.rmtree(work, ignore_errors=True)
             os.makedirs(work)
+            load_before = os.getloadavg()[0]     # the machine is shared: keep the load next to every trial
             measured = runner(ws, work)
+            measured["load1_before"] = load_before
+            measured["load1_after"] = os.getloadavg()[0]
             print(json.dumps({"tool": name, "trial": trial, **measured}), flush=True)
             results.setdefault(name, []).append(measured)
             shutil.rmtree(work, ignore_errors=True)
-    medians = dict((name, dict((k, statistics.median(m[k] for m in runs)) for k in runs[0] if isinstance(runs[0][k], (int, float))
-                               and not isinstance(runs[0][k], bool))) for name, runs in results.items())
+    medians = dict((name, _medians(runs)) for name, runs in results.items())
     medians["engine_process_peak_rss"] = peak_rss_self()
-    print("\n| tool | full s | incremental s | restore s | repository bytes | peak RSS (full/incr/restore) |")
+    print("\n| tool | full s (CPU s) | incremental s (CPU s) | restore s (CPU s) | repository bytes | peak RSS (full/incr/restore) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, m in medians.items():
         if not isinstance(m, dict):
             continue
         rss = "/".join("%d MiB" % (m[k] // MiB) for k in ("full_rss", "incr_rss", "restore_rss") if k in m) or "-"
-        row = (name, m["full"], m["incr"], m.get("restore_raw", float("nan")), m.get("repo_bytes", "-"), rss)
-        print("| %s | %.2f | %.2f | %.2f | %s | %s |" % row)
+        cells = ["%.2f (%.2f)" % (m.get(step, float("nan")), m.get(step + "_cpu", float("nan"))) for step in ("full", "incr", "restore_raw")]
+        print("| %s | %s | %s | %s | %s | %s |" % tuple([name] + cells + [m.get("repo_bytes", "-"), rss]))
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,

@@ -15,11 +15,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import concurrent.futures
+import errno
 import os
 import re
 import threading
 import time
 
+from ansible_collections.hyperv.backup.plugins.module_utils.backup_planning import chunk_indexes
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import ZERO_ID, parse_time
@@ -27,6 +29,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_
 
 FORMATS = ("vhdx", "raw")
 TEMP_SUFFIX = ".restoring"
+WRITEBACK_EVERY = 256 * 1024 * 1024     # raw restore: start pushing written data to storage this often
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
 
 
@@ -107,19 +110,30 @@ def _fetch_chunk(repo, manifest, index):
 def _write_raw(path, repo, manifest, progress):
     """A sparse raw image: each worker fetches, checks, decompresses and pwrites its chunk (zero chunks never written).
 
-    The page-cache copy of pwrite is as costly as decompression here, so it runs in the workers too.
+    The page-cache copy of pwrite is as costly as decompression here, so it runs in the workers too. Every
+    WRITEBACK_EVERY bytes a background fdatasync pushes what is written so far to storage while the workers go
+    on, so the final fsync (restore_disk, during the verify) has only the tail left to wait for.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         os.ftruncate(fd, manifest.virtual_size)
+        lock = threading.Lock()
+        written = [0]          # bytes written since the last background writeback started
+        syncing = []           # the writeback in progress (at most one)
 
         def one(index):
             data = _fetch_chunk(repo, manifest, index)
             os.pwrite(fd, data, index * manifest.chunk_size)
             progress.advance(len(data))
+            with lock:
+                written[0] += len(data)
+                if written[0] >= WRITEBACK_EVERY and not (syncing and not syncing[0].done()):
+                    written[0] = 0
+                    syncing[:] = [syncer.submit(os.fdatasync, fd)]
 
         indexes = [i for i, cid in enumerate(manifest.chunk_ids) if cid]
-        with concurrent.futures.ThreadPoolExecutor((os.cpu_count() or 2) + 2, thread_name_prefix="restore") as pool:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="restore-writeback") as syncer, \
+                concurrent.futures.ThreadPoolExecutor((os.cpu_count() or 2) + 2, thread_name_prefix="restore") as pool:
             window = []
             for index in indexes:        # a bounded window of tasks: memory stays a few chunks
                 window.append(pool.submit(one, index))
@@ -127,19 +141,54 @@ def _write_raw(path, repo, manifest, progress):
                     window.pop(0).result()
             for future in window:
                 future.result()
+        for future in syncing:           # the executor has finished it; a write-back error is an error
+            future.result()
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path):
+    """Make the file's data durable (fsync flushes the inode's dirty pages whichever descriptor wrote them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 class _RawFile:
+    """A restored raw image seen like a VirtualDisk: readinto and the ranges that hold data."""
+
     def __init__(self, path):
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
         self.virtual_size = os.fstat(self._fd).st_size
 
-    def read(self, offset, length):
-        return os.pread(self._fd, length, offset)
+    def readinto(self, offset, buffer):
+        view = memoryview(buffer)
+        while len(view):
+            got = os.preadv(self._fd, [view], offset)
+            if got <= 0:
+                raise HyperVBackupError("%s ends at offset %d, before its size %d." % (self.path, offset, self.virtual_size))
+            view, offset = view[got:], offset + got
+
+    def allocated_ranges(self):
+        """The data extents (SEEK_DATA / SEEK_HOLE): a hole reads as zeros, so it needs no reading to be checked."""
+        ranges, position = [], 0
+        try:
+            while position < self.virtual_size:
+                try:
+                    start = os.lseek(self._fd, position, os.SEEK_DATA)
+                except OSError as err:
+                    if err.errno == errno.ENXIO:       # no data after position
+                        break
+                    raise
+                end = os.lseek(self._fd, start, os.SEEK_HOLE)
+                ranges.append((start, end - start))
+                position = end
+        except OSError:                                # a filesystem without SEEK_DATA: read everything
+            return [(0, self.virtual_size)]
+        return ranges
 
     def close(self):
         os.close(self._fd)
@@ -148,25 +197,37 @@ class _RawFile:
 # --- verify --------------------------------------------------------------------------------------------
 
 def verify_file(repo, manifest, path, fmt, workers=None):
-    """Re-read ``path`` and compare every chunk with the manifest; returns {verified_chunks, mismatches, hashes}."""
+    """Re-read ``path`` and compare every chunk with the manifest; returns {verified_chunks, mismatches, hashes}.
+
+    Chunks outside the file's allocated ranges (VHDX blocks not in the BAT, raw holes) read as zeros by
+    definition and are counted as zero chunks without being read. The rest is read into one reused buffer per
+    thread (a fresh buffer per chunk costs more in page faults than the read itself).
+    """
     disk = open_disk(path) if fmt == "vhdx" else _RawFile(path)
     try:
         if disk.virtual_size != manifest.virtual_size:
             return {"verified_chunks": 0, "mismatches": [{"offset": 0, "problem": "size %d, expected %d" % (
                 disk.virtual_size, manifest.virtual_size)}], "manifest_hash": None, "restored_hash": None}
-        zero = bytes(manifest.chunk_size)
+        chunk_size = manifest.chunk_size
+        with_data = set(chunk_indexes(disk.allocated_ranges(), chunk_size, manifest.virtual_size))
+        zero = bytes(chunk_size)
         ids = [None] * len(manifest.chunk_ids)
-        lock = threading.Lock()
+        local = threading.local()
 
         def check(index):
+            if index not in with_data:
+                return                         # ids[index] stays None: zeros
             length = manifest.chunk_length(index)
-            data = disk.read(index * manifest.chunk_size, length)
-            cid = None if data == zero[:length] else repo.keys.chunk_id(data)
-            with lock:
-                ids[index] = cid
+            buf = getattr(local, "buf", None)
+            if buf is None:
+                buf = local.buf = bytearray(chunk_size)
+            data = buf if length == chunk_size else memoryview(buf)[:length]
+            disk.readinto(index * chunk_size, data)
+            if not (buf == zero if length == chunk_size else bytes(data) == zero[:length]):
+                ids[index] = repo.keys.chunk_id(data)
 
         with concurrent.futures.ThreadPoolExecutor(workers or (os.cpu_count() or 2)) as pool:
-            list(pool.map(check, range(len(ids))))
+            list(pool.map(check, sorted(with_data)))
     finally:
         disk.close()
     mismatches = [{"offset": i * manifest.chunk_size, "expected": want or "zeros", "found": got or "zeros"}
@@ -197,13 +258,25 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
         else:
             _write_raw(temp, repo, manifest, progress)
         written = time.monotonic()
-        check = verify_file(repo, manifest, temp, fmt) if verify else None
+        # the raw image's write-back to storage (the VHDX writer syncs on close) overlaps the verify's re-read;
+        # both end before the rename, so only a verified, durable file gets the target name
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="restore-fsync") as syncer:
+            durable = syncer.submit(_fsync_file, temp) if fmt == "raw" else None
+            check = verify_file(repo, manifest, temp, fmt) if verify else None
+            if durable is not None:
+                durable.result()
         if check is not None and (check["mismatch_count"] or check["manifest_hash"] != check["restored_hash"]):
             raise HyperVBackupError("The restored disk %s does not match backup %s: %d chunk(s) differ (first at offset %d)."
                                     % (target, record.backup_id, check["mismatch_count"], check["mismatches"][0]["offset"]),
                                     hint="The file was removed. Run verify on the repository; restore another backup.",
                                     mismatches=check["mismatches"])
         os.replace(temp, target)
+    except OSError as err:      # destination full, read-only, no permission ...: a message, not a traceback
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise HyperVBackupError("Writing the restored disk %s failed: %s." % (target, err.strerror or err),
+                                hint="Check the free space and the permissions of %s (the partial file was removed)."
+                                % os.path.dirname(target), errno=err.errno)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)

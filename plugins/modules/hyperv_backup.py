@@ -67,7 +67,11 @@ options:
     description:
       - Id of the workflow run this backup belongs to. It names the recovery point (C(hyperv.backup:<run_id>)), is stored
         in the backup's metadata and groups the run's backups in M(hyperv.backup.hyperv_backup_report).
-      - Generated when not given (the M(hyperv.backup.hyperv_backup) role passes one per run).
+      - When not given, the environment variable E(HYPERV_BACKUP_RUN_ID) if set, else C(awx-job-<id>) when the module
+        runs inside an AWX / Automation Controller job (E(JOB_ID), seen by modules that run on the controller), else empty;
+        the backup then belongs to no run (reports group it by its day) and the recovery point gets a generated name.
+      - The C(hyperv.backup.hyperv_backup) role passes one per run.
+      - Letters, digits, C(.), C(_), C(:) and C(-), at most 128 characters.
     type: str
   exclude_disks:
     description: Disks not to back up, by path, file name or controller slot (C(SCSI 0:1) or C(scsi0-1)).
@@ -117,6 +121,25 @@ EXAMPLES = r"""
     repository: /srv/backups
   check_mode: true
 
+- name: Back up as part of a named run (hyperv_backup_report groups backups by run_id)
+  hyperv.backup.hyperv_backup:
+    host: hv01
+    vm: web01
+    repository: /srv/backups
+    run_id: "nightly-{{ now(utc=true, fmt='%Y%m%d') }}"
+    consistency: application_or_crash
+  delegate_to: backup-proxy
+
+- name: Read a mounted share instead of SMB, capped at 200 MiB/s
+  hyperv.backup.hyperv_backup:
+    host: hv01
+    vm: web01
+    repository: /srv/backups
+    path_map:
+      'C:\ClusterStorage\Volume1': /mnt/csv1
+    read_rate_limit: 209715200
+  delegate_to: backup-proxy
+
 - name: Long backup in the background with a progress file
   hyperv.backup.hyperv_backup:
     host: hv01
@@ -151,10 +174,51 @@ method_reason:
   returned: always
   type: str
 run_id:
-  description: The run id (given or generated), also stored in the backup's metadata.
+  description: The run id (given, or from the environment; empty when there is none), also stored in the backup's metadata.
   returned: always
   type: str
   sample: 20261125T071700Z-3f2a1b9c
+vm:
+  description: Name of the VM.
+  returned: always
+  type: str
+vm_id:
+  description: Id of the VM.
+  returned: always
+  type: str
+rct:
+  description: Whether the host and VM meet the RCT rules, with the reasons (see M(hyperv.backup.hyperv_host_info)).
+  returned: always
+  type: dict
+previous_backup_id:
+  description: The VM's latest complete backup in the repository before this one (null for the first).
+  returned: always
+  type: str
+excluded_disks:
+  description: Keys (controller slots) of the disks left out by O(exclude_disks).
+  returned: always
+  type: list
+  elements: str
+recovery_point_id:
+  description: Id of the recovery point (checkpoint or shadow copy) that was backed up.
+  returned: success, not in check mode
+  type: str
+consistency_fallback:
+  description: True when C(application) consistency was not possible and C(application_or_crash) fell back to crash consistency.
+  returned: success, not in check mode
+  type: bool
+recovery_point_handled:
+  description: What happened to the recovery point after the commit (C(converted to a reference point) or C(removed)).
+  returned: success, not in check mode, unless handing it back failed (then a warning says so)
+  type: str
+reference_point:
+  description: The RCT reference point the recovery point became (the next incremental starts from it).
+  returned: success with method C(rct), not in check mode
+  type: dict
+check_mode_note:
+  description: Says that the estimate comes from the live disks and that nothing was created or written.
+  returned: check mode
+  type: str
 parent_backup_id:
   description: The backup an incremental builds on.
   returned: always
@@ -173,6 +237,14 @@ bytes_estimated:
   type: int
 bytes_read:
   description: Bytes read from the host.
+  returned: success, not in check mode
+  type: int
+bytes_write_estimated:
+  description: Expected bytes to write (chunks to read x the parent's compression ratio; an upper bound for a VSS incremental).
+  returned: success, not in check mode
+  type: int
+bytes_new:
+  description: Bytes of new chunks (not already in the repository), before compression.
   returned: success, not in check mode
   type: int
 bytes_written:
@@ -195,6 +267,10 @@ bytes_per_second:
   description: Read throughput of the copy.
   returned: success, not in check mode
   type: int
+read_rate_waited_seconds:
+  description: Time the copy waited for O(read_rate_limit).
+  returned: success, not in check mode
+  type: float
 disks:
   description: Per disk the same figures, with its key (controller slot), path and chunk counts.
   returned: success, not in check mode

@@ -77,6 +77,11 @@ options:
   progress_file:
     description: JSON lines with percent and rate, at most once a second.
     type: path
+notes:
+  - Check mode returns RV(planned) (which files would be written or replaced) and writes nothing.
+  - Supports C(async); the progress file shows how far a running restore is.
+  - "Files are written on the machine the module runs on. Writing straight onto a real Hyper-V host over SMB is not
+    supported yet: restore into a share of the host mounted on the proxy, or restore on the proxy and copy."
 """
 
 EXAMPLES = r"""
@@ -97,6 +102,14 @@ EXAMPLES = r"""
     host: hv01
     new_name: web01-restored
     generate_new_id: true
+
+- name: Replace an earlier restore (the old files are replaced only after the new ones are verified)
+  hyperv.backup.hyperv_restore:
+    repository: /srv/backups
+    vm: web01
+    destination: /srv/restore/web01
+    disk_names: {scsi0-0: web01-system.vhdx}
+    force: true
 """
 
 RETURN = r"""
@@ -104,6 +117,43 @@ backup_id:
   description: The backup that was restored.
   returned: always
   type: str
+  sample: 20261125T061100Z-1a2b3c4d5e6f
+vm:
+  description: Name of the VM the backup is of.
+  returned: always
+  type: str
+vm_id:
+  description: Id of the VM the backup is of.
+  returned: always
+  type: str
+backup_type:
+  description: C(full) or C(incremental) (either restores the whole disk).
+  returned: always
+  type: str
+created:
+  description: When the backup was taken (ISO 8601, UTC).
+  returned: always
+  type: str
+consistency:
+  description: The consistency level the backup achieved (C(application) or C(crash)).
+  returned: always
+  type: str
+destination:
+  description: The directory the files are (or in check mode would be) written to.
+  returned: always
+  type: str
+format:
+  description: C(vhdx) or C(raw).
+  returned: always
+  type: str
+duration_seconds:
+  description: Time to write and verify all disks.
+  returned: success, not in check mode
+  type: float
+bytes_per_second:
+  description: Virtual disk bytes restored per second.
+  returned: success, not in check mode
+  type: int
 disks:
   description: Per disk the file written, its format, size, timings, and the verification hashes (manifest and restored).
   returned: success, not in check mode

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import backup_engine, lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils import backup_engine, lab_admin, report
 from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import ChunkCopier, CopyOptions, run_backup
 from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
@@ -144,3 +144,49 @@ def test_in_flight_chunks_are_bounded_whatever_the_disk_size(lab):
     assert sorted(writer.stored) == list(range(500))
     assert source.peak <= options.workers
     assert copier.read_bytes == 500 * CHUNK
+
+
+def test_run_id_is_stored_with_the_backup_and_groups_it_in_reports(lab, monkeypatch):
+    named = []
+    real_create = backup_engine.rp.create_recovery_point
+
+    def create(session, vm, method, consistency, run_id, **kwargs):
+        named.append(run_id)
+        return real_create(session, vm, method, consistency, run_id, **kwargs)
+
+    monkeypatch.setattr(backup_engine.rp, "create_recovery_point", create)
+    first = backup(lab, run_id="nightly-42")
+    lab_admin.churn(LabLayout(lab[0], "h19"), "rctvm", seed=7, write_size=4096, offsets=[0])
+    second = backup(lab, run_id="nightly-42")
+    assert first["run_id"] == second["run_id"] == "nightly-42"
+    records = [lab[1].get_backup(r["backup_id"]) for r in (first, second)]
+    assert [r.metadata["run_id"] for r in records] == ["nightly-42", "nightly-42"]
+    runs = report.history_from_catalog([r.as_dict() for r in records])
+    assert [(run["run_id"], run["vms"]) for run in runs] == [("nightly-42", 1)]
+    assert named == ["nightly-42", "nightly-42"]        # the recovery points were named after the run
+
+
+def test_run_id_comes_from_the_environment_or_stays_empty(lab, monkeypatch):
+    monkeypatch.delenv(backup_engine.RUN_ID_ENV, raising=False)
+    monkeypatch.delenv(backup_engine.AWX_JOB_ENV, raising=False)
+    plain = backup(lab)
+    assert plain["run_id"] == "" and lab[1].get_backup(plain["backup_id"]).metadata["run_id"] is None
+    assert vm_facts(lab)["checkpoints"] == [] and plain["recovery_point_id"]    # a point was still made and handed back
+    monkeypatch.setenv(backup_engine.AWX_JOB_ENV, "1234")
+    assert backup(lab)["run_id"] == "awx-job-1234"
+    monkeypatch.setenv(backup_engine.RUN_ID_ENV, "from-env")
+    assert backup(lab)["run_id"] == "from-env"
+    assert backup(lab, run_id="given")["run_id"] == "given"      # the task's own wins
+    assert backup_engine.run_id_from_environment({"JOB_ID": "not-a-number"}) == ""
+
+
+def test_bad_run_id_and_negative_knobs_are_refused_before_anything_happens(lab):
+    with pytest.raises(HyperVBackupError, match="run_id") as caught:
+        backup(lab, run_id="../../etc")
+    assert "letters, digits" in str(caught.value)
+    with pytest.raises(HyperVBackupError, match="read_rate_limit"):
+        CopyOptions(read_rate_limit=-1)
+    with pytest.raises(HyperVBackupError, match="workers"):
+        CopyOptions(workers=-2)
+    assert CopyOptions(read_rate_limit=0).limiter.waited_seconds == 0
+    assert lab[1].list_backups(include_in_progress=True) == [] and vm_facts(lab)["checkpoints"] == []
