@@ -25,9 +25,10 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup_planning impo
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import ZERO_ID, parse_time
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhd, create_vhdx, open_disk
 
-FORMATS = ("vhdx", "raw")
+FORMATS = ("vhdx", "vhd", "raw")
+VIRTUAL_DISK_FORMATS = ("vhdx", "vhd")      # what Hyper-V attaches; VHD for 2008 / 2008 R2 hosts
 TEMP_SUFFIX = ".restoring"
 WRITEBACK_EVERY = 256 * 1024 * 1024     # raw restore: start pushing written data to storage this often
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
@@ -81,13 +82,20 @@ def safe_target(destination, name):
 
 # --- reading the backup in order -----------------------------------------------------------------------
 
-def _write_vhdx(path, reader, progress, logical_sector_size):
-    """A dynamic VHDX with the backup's non-zero chunks written in place (fresh blocks read as zeros elsewhere).
+def _write_virtual_disk(path, fmt, reader, progress, logical_sector_size):
+    """A dynamic VHDX or VHD with the backup's non-zero chunks written in place (fresh blocks read as zeros).
 
     Writing chunk by chunk (rather than vdisk.write_vhdx_from's whole-image stream) never assembles or
-    compares a whole 32 MiB block: zero chunks cost nothing and each data chunk is one pwrite.
+    compares a whole block: zero chunks cost nothing and each data chunk is one pwrite.
     """
-    with create_vhdx(path, reader.virtual_size, logical_sector_size=logical_sector_size) as writer:
+    if fmt == "vhd":
+        if logical_sector_size != 512:
+            raise HyperVBackupError("This disk has %d-byte logical sectors; a VHD can only have 512-byte sectors."
+                                    % logical_sector_size, hint="Restore it with format: vhdx (Windows Server 2012 or later).")
+        writer_cm = create_vhd(path, reader.virtual_size)
+    else:
+        writer_cm = create_vhdx(path, reader.virtual_size, logical_sector_size=logical_sector_size)
+    with writer_cm as writer:
         for offset, data in reader.iter_chunks(skip_zero=True):
             writer.write(offset, data)
             progress.advance(len(data))
@@ -203,7 +211,7 @@ def verify_file(repo, manifest, path, fmt, workers=None):
     definition and are counted as zero chunks without being read. The rest is read into one reused buffer per
     thread (a fresh buffer per chunk costs more in page faults than the read itself).
     """
-    disk = open_disk(path) if fmt == "vhdx" else _RawFile(path)
+    disk = open_disk(path) if fmt in VIRTUAL_DISK_FORMATS else _RawFile(path)
     try:
         if disk.virtual_size != manifest.virtual_size:
             return {"verified_chunks": 0, "mismatches": [{"offset": 0, "problem": "size %d, expected %d" % (
@@ -252,9 +260,9 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     if os.path.exists(temp):
         os.unlink(temp)         # ours, from an interrupted restore
     try:
-        if fmt == "vhdx":
+        if fmt in VIRTUAL_DISK_FORMATS:
             meta = disk.get("metadata") or {}
-            _write_vhdx(temp, reader, progress, int(meta.get("logical_sector_size") or 512))
+            _write_virtual_disk(temp, fmt, reader, progress, int(meta.get("logical_sector_size") or 512))
         else:
             _write_raw(temp, repo, manifest, progress)
         written = time.monotonic()
@@ -315,8 +323,9 @@ def run_restore(repo, params, session=None, check_mode=False, progress_file=None
     destination = params["destination"]
     if params.get("register") and session is None:
         raise HyperVBackupError("register: true needs the host connection options (host, transport, ...).")
-    if params.get("register") and fmt != "vhdx":
-        raise HyperVBackupError("register: true needs format: vhdx (Hyper-V cannot attach raw images).")
+    if params.get("register") and fmt not in VIRTUAL_DISK_FORMATS:
+        raise HyperVBackupError("register: true needs format: vhdx (or vhd for Windows Server 2008 / 2008 R2); "
+                                "Hyper-V cannot attach raw images.")
     plan = []
     for disk in record.disks:
         target = safe_target(destination, output_name(disk, fmt, record.vm_name, params.get("disk_names")))

@@ -17,8 +17,9 @@ description:
   - Restores the latest backup of a VM, the one given by O(backup_id), or the latest at or before O(point_in_time),
     into O(destination) on the machine the module runs on (the backup proxy; for a lab host any directory the lab
     host can see, for example its VM folder).
-  - Each disk becomes a dynamic VHDX that Hyper-V can attach (O(format=vhdx)) or a sparse raw image for other
-    hypervisors (O(format=raw)). Files are written under a temporary name, re-read and compared chunk by chunk with
+  - Each disk becomes a dynamic VHDX that Hyper-V can attach (O(format=vhdx)), a dynamic VHD for Windows Server
+    2008 and 2008 R2 hosts, which cannot attach VHDX (O(format=vhd)), or a sparse raw image for other hypervisors
+    (O(format=raw)). Files are written under a temporary name, re-read and compared chunk by chunk with
     the backup's manifest (the repository's chunk ids; zero chunks must read as zeros), and renamed into place only
     when they match. A mismatch removes the file and fails.
   - An existing file is never overwritten unless O(force=true); names that would escape O(destination) are refused.
@@ -48,9 +49,11 @@ options:
     type: path
     required: true
   format:
-    description: C(vhdx) (dynamic VHDX) or C(raw) (sparse raw image).
+    description:
+      - C(vhdx) (dynamic VHDX), C(vhd) (dynamic VHD, 2 MiB blocks, for Windows Server 2008 / 2008 R2 hosts; only for
+        disks with 512-byte logical sectors) or C(raw) (sparse raw image).
     type: str
-    choices: [vhdx, raw]
+    choices: [vhdx, vhd, raw]
     default: vhdx
   force:
     description: Replace existing files (only after the new file is verified).
@@ -143,7 +146,7 @@ destination:
   returned: always
   type: str
 format:
-  description: C(vhdx) or C(raw).
+  description: C(vhdx), C(vhd) or C(raw).
   returned: always
   type: str
 duration_seconds:
@@ -191,7 +194,7 @@ def main():
         backup_id=dict(type="str"),
         point_in_time=dict(type="str"),
         destination=dict(type="path", required=True),
-        format=dict(type="str", default="vhdx", choices=["vhdx", "raw"]),
+        format=dict(type="str", default="vhdx", choices=["vhdx", "vhd", "raw"]),
         force=dict(type="bool", default=False),
         disk_names=dict(type="dict"),
         verify=dict(type="bool", default=True),

@@ -40,7 +40,7 @@ def backed_up(tmp_path):
     return repo, ids, states, tmp_path
 
 
-@pytest.mark.parametrize("fmt", ["vhdx", "raw"])
+@pytest.mark.parametrize("fmt", ["vhdx", "vhd", "raw"])
 def test_each_backup_restores_to_the_disk_at_that_point(backed_up, fmt):
     repo, ids, states, tmp_path = backed_up
     assert states[0] != states[1]
@@ -50,8 +50,14 @@ def test_each_backup_restores_to_the_disk_at_that_point(backed_up, fmt):
         disk = result["disks"][0]
         assert disk["path"] == os.path.join(dest, "vm_disk0." + fmt) and disk["verified"]
         assert disk["manifest_hash"] == disk["restored_hash"]
-        content = flat(disk["path"]) if fmt == "vhdx" else open(disk["path"], "rb").read()
+        content = flat(disk["path"]) if fmt != "raw" else open(disk["path"], "rb").read()
         assert content == state
+        if fmt == "vhd":    # qemu-img, the independent reader, sees the same disk (vpc is its name for VHD)
+            oracle = str(tmp_path / ("oracle-%s.raw" % backup_id))
+            subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", disk["path"], oracle], check=True,
+                           capture_output=True)
+            with open(oracle, "rb") as handle:
+                assert handle.read() == state
         assert not [n for n in os.listdir(dest) if n.endswith(restore_engine.TEMP_SUFFIX)]
     if fmt == "vhdx":       # valid for other tools too
         subprocess.run(["qemu-img", "check", "-f", "vhdx", disk["path"]], check=True, capture_output=True)
@@ -124,3 +130,12 @@ def test_register_needs_a_session_and_vhdx(backed_up):
     repo, _ids, _states, tmp_path = backed_up
     with pytest.raises(HyperVBackupError, match="connection options"):
         run_restore(repo, {"vm": "vm", "destination": str(tmp_path / "r"), "register": True})
+
+
+def test_vhd_output_refuses_4096_byte_sectors(tmp_path):
+    class FakeReader:
+        virtual_size = 4 * MiB
+
+    with pytest.raises(HyperVBackupError, match="512-byte sectors"):
+        restore_engine._write_virtual_disk(str(tmp_path / "x.vhd"), "vhd", FakeReader(), None, 4096)
+    assert not (tmp_path / "x.vhd").exists()
