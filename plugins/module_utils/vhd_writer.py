@@ -39,7 +39,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import Virtua
 from ansible_collections.hyperv.backup.plugins.module_utils.vhd import (
     DYNAMIC_COOKIE, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, UNALLOCATED, VHD_COOKIE, VhdImage,
     vhd_checksum)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import MiB, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import MiB, block_pieces, check_write, round_up
 
 DEFAULT_BLOCK_SIZE = 2 * MiB
 # Hyper-V (Windows Server 2008 R2 is version 6.1) on Windows: qemu, Virtual PC and Hyper-V read the
@@ -300,25 +300,15 @@ class VhdWriter:
             raise VirtualDiskError(self.path, "write after close")
         view = memoryview(data).cast("B")
         length = len(view)
-        if offset < 0 or offset % SECTOR or length % SECTOR:
-            raise VirtualDiskError(self.path, "write at offset %d of %d bytes is not aligned to the 512-byte sector"
-                                   % (offset, length), hint="Write whole sectors.")
-        if offset + length > self.virtual_size:
-            raise VirtualDiskError(self.path, "write of %d bytes at offset %d goes past the end of the %d-byte disk"
-                                   % (length, offset, self.virtual_size))
+        check_write(self.path, offset, length, SECTOR, self.virtual_size)
         if not length:
             return
         if self.disk_type == TYPE_FIXED:
             os.pwrite(self.fd, view, offset)
             self._data_dirty = True
             return
-        position = offset
-        while position < offset + length:
-            block = position // self.block_size
-            within = position - block * self.block_size
-            piece = min(self.block_size - within, offset + length - position)
-            self._write_piece(block, within, view[position - offset:position - offset + piece])
-            position += piece
+        for block, within, start, piece in block_pieces(offset, length, self.block_size):
+            self._write_piece(block, within, view[start:start + piece])
         self._data_dirty = True
 
     def flush(self):

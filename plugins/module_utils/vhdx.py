@@ -89,6 +89,28 @@ def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
+def check_write(path, offset, length, sector_size, virtual_size):
+    """Refuse a write a disk writer cannot take: not whole sectors, or past the end of the disk."""
+    if offset < 0 or offset % sector_size or length % sector_size:
+        raise VirtualDiskError(path, "write at offset %d of %d bytes is not aligned to the %d-byte logical sector"
+                               % (offset, length, sector_size), hint="Write whole sectors.")
+    if offset + length > virtual_size:
+        raise VirtualDiskError(path, "write of %d bytes at offset %d goes past the end of the %d-byte disk"
+                               % (length, offset, virtual_size))
+
+
+def block_pieces(offset, length, block_size):
+    """Split the virtual range [offset, offset+length) at block boundaries: (block, offset within it, start
+    relative to ``offset``, length) per piece, in order."""
+    position, end = offset, offset + length
+    while position < end:
+        block = position // block_size
+        within = position - block * block_size
+        piece = min(block_size - within, end - position)
+        yield block, within, position - offset, piece
+        position += piece
+
+
 def guid_bytes(value):
     """Microsoft's mixed-endian 16-byte form of a UUID."""
     return value.bytes_le

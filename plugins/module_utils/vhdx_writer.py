@@ -23,7 +23,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
     BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, OFFSET_MASK,
     PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, REGION_TABLE_OFFSETS,
     SB_PRESENT, SECTORS_PER_BITMAP, ZERO_STATES, VhdxImage, bat_entry_count, build_header,
-    build_metadata_region, build_region_table, round_up)
+    block_pieces, build_metadata_region, build_region_table, check_write, round_up)
 
 CREATOR = "hyperv.backup"
 LOG_OFFSET = 1 * MiB
@@ -170,24 +170,13 @@ class VhdxWriter:
             raise VirtualDiskError(self.path, "write after close")
         view = memoryview(data).cast("B")
         length = len(view)
-        sector = self.logical_sector_size
-        if offset < 0 or offset % sector or length % sector:
-            raise VirtualDiskError(self.path, "write at offset %d of %d bytes is not aligned to the %d-byte logical sector"
-                                   % (offset, length, sector), hint="Write whole sectors.")
-        if offset + length > self.virtual_size:
-            raise VirtualDiskError(self.path, "write of %d bytes at offset %d goes past the end of the %d-byte disk"
-                                   % (length, offset, self.virtual_size))
+        check_write(self.path, offset, length, self.logical_sector_size, self.virtual_size)
         if not length:
             return
         if not self._session_started:
             self._start_session()
-        position = offset
-        while position < offset + length:
-            block = position // self.block_size
-            within = position - block * self.block_size
-            piece = min(self.block_size - within, offset + length - position)
-            self._write_piece(block, within, view[position - offset:position - offset + piece])
-            position += piece
+        for block, within, start, piece in block_pieces(offset, length, self.block_size):
+            self._write_piece(block, within, view[start:start + piece])
         self._data_dirty = True
 
     def flush(self):
