@@ -39,7 +39,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import Virtua
 from ansible_collections.hyperv.backup.plugins.module_utils.vhd import (
     DYNAMIC_COOKIE, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, UNALLOCATED, VHD_COOKIE, VhdImage,
     vhd_checksum)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import MiB, block_pieces, check_write, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import MiB, block_pieces, check_write, create_new_file, round_up
 
 DEFAULT_BLOCK_SIZE = 2 * MiB
 # Hyper-V (Windows Server 2008 R2 is version 6.1) on Windows: qemu, Virtual PC and Hyper-V read the
@@ -188,12 +188,7 @@ def create_vhd_file(path, virtual_size, block_size=None, parent=None, parent_abs
         header_parent, locator_data, end = _parent_linkage(path, parent, parent_absolute_path, parent_id, end)
     disk_type = TYPE_DIFFERENCING if parent is not None else TYPE_DYNAMIC
     footer = build_footer(virtual_size, disk_type, uuid.uuid4(), vhd_timestamp(), HEADER_OFFSET)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except FileExistsError:
-        raise VirtualDiskError(path, "the file already exists", hint="Remove it or choose another path; it is never overwritten.")
-    except OSError as err:
-        raise VirtualDiskError(path, "cannot create the file: %s" % err.strerror)
+    fd = create_new_file(path)
     try:
         os.pwrite(fd, footer, 0)
         os.pwrite(fd, build_dynamic_header(BAT_OFFSET, entries, block_size, header_parent), HEADER_OFFSET)

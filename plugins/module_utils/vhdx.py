@@ -259,6 +259,16 @@ def open_file(path, writable=False, opener=None):
     return os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
 
 
+def create_new_file(path):
+    """A new disk file opened for writing; an existing file is never overwritten."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except FileExistsError:
+        raise VirtualDiskError(path, "the file already exists", hint="Remove it or choose another path; it is never overwritten.")
+    except OSError as err:
+        raise VirtualDiskError(path, "cannot create the file: %s" % err.strerror)
+
+
 def close_file(fd):
     if isinstance(fd, int):
         os.close(fd)

@@ -23,7 +23,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
     BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, OFFSET_MASK,
     PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, REGION_TABLE_OFFSETS,
     SB_PRESENT, SECTORS_PER_BITMAP, ZERO_STATES, VhdxImage, bat_entry_count, build_header,
-    block_pieces, build_metadata_region, build_region_table, check_write, round_up)
+    block_pieces, build_metadata_region, build_region_table, check_write, create_new_file, round_up)
 
 CREATOR = "hyperv.backup"
 LOG_OFFSET = 1 * MiB
@@ -80,12 +80,7 @@ def create_vhdx_file(path, virtual_size, block_size=32 * MiB, logical_sector_siz
     check_geometry(path, virtual_size, block_size, logical_sector_size, physical_sector_size)
     entries = bat_entry_count(virtual_size, block_size, logical_sector_size, parent is not None)
     bat_length = round_up(entries * 8, MiB)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except FileExistsError:
-        raise VirtualDiskError(path, "the file already exists", hint="Remove it or choose another path; it is never overwritten.")
-    except OSError as err:
-        raise VirtualDiskError(path, "cannot create the file: %s" % err.strerror)
+    fd = create_new_file(path)
     try:
         identifier = bytearray(64 * 1024)
         identifier[0:8] = FILE_SIGNATURE
