@@ -36,13 +36,13 @@ import time
 
 import numpy as np
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin, lab_disks
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import CopyOptions, run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import write_vhdx_from
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin, lab_disks
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import write_vhdx_from
 
 MiB = 1024 * 1024
 GEN_IMAGE = "/work/shared/bench/gen_image.py"

@@ -29,7 +29,7 @@ MiB = 1024 * 1024
 
 def child_write(repo_path, image_path, passphrase):
     """Back up ``image_path`` as one disk of one VM (what the backup engine does for a full backup)."""
-    from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
     repo = Repository.init(repo_path, passphrase=passphrase or None)
     size = os.path.getsize(image_path)
     chunk = repo.chunk_size
@@ -48,7 +48,7 @@ def child_write(repo_path, image_path, passphrase):
 
 def child_restore(repo_path, out_path, passphrase):
     """Restore the backup to a sparse file (compared with the image afterwards, outside the timing)."""
-    from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
     repo = Repository.open(repo_path, passphrase=passphrase or None)
     record = repo.list_backups()[-1]
     reader = repo.open_disk_reader(record.backup_id, "disk0")

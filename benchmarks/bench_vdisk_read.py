@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk  # noqa: E402
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB

@@ -4,7 +4,7 @@
 """Documentation fragment of the options that say how a module reaches a Hyper-V host.
 
 Every module that talks to a host uses ``extends_documentation_fragment: [hyperv.backup.connection]``
-and extends ``connection_argument_spec()`` from ``module_utils/connection.py``; a unit test keeps the
+and extends ``connection_argument_spec()`` from ``module_utils/host/connection.py``; a unit test keeps the
 two in step.
 """
 

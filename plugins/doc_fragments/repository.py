@@ -4,7 +4,7 @@
 """Documentation fragment of the options that say where the backup repository is and how to open it.
 
 Modules that read or write the repository use ``extends_documentation_fragment: [hyperv.backup.repository]``
-and extend ``repository_argument_spec()`` from ``module_utils/repository_options.py``; a unit test keeps the
+and extend ``repository_argument_spec()`` from ``module_utils/repository/repository_options.py``; a unit test keeps the
 two in step.
 """
 

@@ -280,11 +280,11 @@ disks:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import CopyOptions, run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 
 
 def main():

@@ -138,9 +138,9 @@ repository:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils import repository_crypto
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import check_backup_id
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import (
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import check_backup_id
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     backup_result, open_repository, repository_argument_spec,
 )
 

@@ -119,7 +119,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.report import (
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.report import (
     build_report, combine_history, history_from_catalog, history_from_reports, write_report,
 )
 

@@ -176,12 +176,12 @@ prune:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils import repository_crypto
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import (
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     ensure_repository, open_repository, prune_message, repository_argument_spec, s3_options_from_params, verify_message,
 )
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_store import open_store
-from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import open_store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
 
 
 def check_libraries(module):

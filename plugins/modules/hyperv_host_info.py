@@ -211,9 +211,9 @@ vms:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_checks import host_inventory
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_checks import host_inventory
 
 
 def main():

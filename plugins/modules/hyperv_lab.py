@@ -379,10 +379,10 @@ churned:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 
 
 def argument_spec():

@@ -290,10 +290,10 @@ disks:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 
 
 def _find_vm(session, params, vms):

@@ -179,10 +179,10 @@ planned:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import open_repository, repository_argument_spec
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
 
 
 def main():

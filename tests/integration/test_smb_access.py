@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import CopyOptions, run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
-from ansible_collections.hyperv.backup.plugins.module_utils.disk_access import DiskLocation, open_source_disk, unc_path
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import DiskLocation, open_source_disk, unc_path
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ PIECE = 1024 * 1024
 
 
 def exercise(path):
-    from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import disk_info, open_disk
+    from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import disk_info, open_disk
     disk_info(path)
     with open_disk(path) as disk:
         size = disk.virtual_size

@@ -8,9 +8,9 @@ results, not text. Also the lab and repository helpers the fault tests share.
 import json
 import os
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 from conftest import load_integration_harness
 

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import KIND_BACKUP, KIND_MANIFEST, Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import KIND_BACKUP, KIND_MANIFEST, Repository
 
 from test_repository import CHUNK, FAST_KDF, image, read_all, write_backup
 

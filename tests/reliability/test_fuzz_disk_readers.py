@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd import vhd_checksum
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import vhd_checksum
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     BAT_REGION, HEADER_OFFSETS, HEADER_SIZE, METADATA_REGION, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VhdxImage,
     with_checksum)
 

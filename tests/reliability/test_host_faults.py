@@ -9,7 +9,7 @@ checkpoint of ours may be left on the VM after the last run.
 """
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 
 from playbook_helpers import (
     MiB, backup_task, disk_bytes, lab_task, open_repo, our_recovery_points, repository_task, restored_bytes, run_tasks,

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_admin import churn, ensure_host, ensure_vm
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_admin import churn, ensure_host, ensure_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from playbook_helpers import MiB, disk_bytes, restored_bytes, wrong_bytes
 from test_sigkill import run_module

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from fault_helpers import FlakyProxy, injected_enospc, is_clear_repository_error, read_only_view, small_filesystem
 from s3_server import S3Server

@@ -8,16 +8,16 @@ import stat
 import blake3
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import transport_psrp, transport_winrm
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import ConnectionSettings, HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_psrp, transport_winrm
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import ConnectionSettings, HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError, RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import OPERATIONS
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_admin import ensure_host, ensure_vm
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import OPERATIONS
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_admin import ensure_host, ensure_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
 
 from test_repository import CHUNK, FAST_KDF, write_backup
 from test_transport_psrp import FakeWorld
@@ -186,7 +186,7 @@ def _all_files(root):
 
 
 def test_local_repository_is_owner_only_after_backups_prune_and_gc(tmp_path):
-    from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
     root = tmp_path / "nested" / "repo"
     repo = Repository.init(str(root), chunk_size=CHUNK)
     for number in range(3):

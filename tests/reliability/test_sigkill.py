@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_admin import churn, ensure_host, ensure_vm
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_admin import churn, ensure_host, ensure_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from playbook_helpers import MiB, disk_bytes, our_recovery_points, restored_bytes, wrong_bytes
 from test_repository import CHUNK, image, read_all, write_backup

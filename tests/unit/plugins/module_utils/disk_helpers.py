@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.crc32c import crc32c
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     HEADER_OFFSETS, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, VhdxImage, build_header, round_up)
 
 MiB = 1024 * 1024

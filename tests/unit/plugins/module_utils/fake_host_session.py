@@ -6,7 +6,7 @@ Only what the flows of method_choice / host_checks / recovery_points need; the l
 import copy
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import get_operation
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import get_operation
 
 
 def make_vm(name, vm_id=None, state="Running", generation=2, config="9.0", vss="OK", vss_enabled=True, disks=1,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import disk_access
+from ansible_collections.hyperv.backup.plugins.module_utils.host import disk_access
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 
 

@@ -3,13 +3,15 @@ import threading
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import backup_engine, lab_admin, report
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import ChunkCopier, CopyOptions, run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import backup_engine, report
+
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import ChunkCopier, CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,10 +1,10 @@
 """Backup type decision, disk selection and estimate (backup_planning.py)."""
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import backup_planning as planning
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import backup_planning as planning
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.recovery_points import ChangeList
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import BackupRecord
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_points import ChangeList
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import BackupRecord
 
 KiB = 1024
 MiB = 1024 * KiB

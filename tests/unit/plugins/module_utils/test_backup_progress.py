@@ -1,5 +1,5 @@
 """Progress file of long copies (progress.py)."""
-from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter, read_progress
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter, read_progress
 
 
 class Clock:

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from ansible_collections.hyperv.backup.plugins.doc_fragments.connection import ModuleDocFragment
-from ansible_collections.hyperv.backup.plugins.module_utils import connection
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import ConnectionSettings, HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host import connection
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import ConnectionSettings, HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 
 PASSWORD = "s3cr3t-P@ss"
@@ -140,7 +140,7 @@ def test_dispatch_to_lab_transport_is_lazy(monkeypatch, tmp_path):
 
     fake = types.ModuleType("lab_host")
     fake.LabTransport = FakeLab
-    monkeypatch.setitem(sys.modules, "ansible_collections.hyperv.backup.plugins.module_utils.lab_host", fake)
+    monkeypatch.setitem(sys.modules, "ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host", fake)
     lab_params = params(transport="lab", lab_directory=str(tmp_path), host="lab1", username=None, password=None)
     session = HostSession.from_module_params(lab_params)
     assert session.run("get_host_info") == {"computer_name": "lab1"}

@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import restore_engine
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import ChunkCopier, CopyOptions
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import restore_engine
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import ChunkCopier, CopyOptions
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore, verify_file
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore, verify_file
 
 CHUNK = 64 * 1024
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import crc32c as crc_module
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import crc32c as crc_module
 
 IMPLEMENTATIONS = [crc_module.crc32c_python]
 if crc_module.HAS_NATIVE_CRC32C:

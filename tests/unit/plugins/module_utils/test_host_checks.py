@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils import host_checks as hc
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import host_checks as hc
 
 from fake_host_session import FakeHostSession, make_vm
 

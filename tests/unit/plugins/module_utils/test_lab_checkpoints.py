@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_rct import GRANULE, MAX_PAGE_BYTES
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, write_vhdx_from
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_rct import GRANULE, MAX_PAGE_BYTES
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk, write_vhdx_from
 
 from test_lab_helpers import SMALL_DISK, TAG, GuestModel, MiB, all_changes, build_host, granule_ranges, read_all
 

@@ -4,9 +4,9 @@ import multiprocessing
 import os
 import stat
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 
 from test_lab_helpers import SMALL_DISK, TAG, GuestModel, build_host, read_all
 

@@ -1,9 +1,9 @@
 """Shared helpers of the lab host tests (no tests here): build a lab host and model what the guest wrote."""
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_disks import churn_data
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_disks import churn_data
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 MiB = 1024 * 1024
 SMALL_DISK = 64 * MiB

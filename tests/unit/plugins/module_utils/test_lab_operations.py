@@ -4,11 +4,11 @@ import re
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import host_operations as ops
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import host_operations as ops
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabFleet, LabTransport, operation_names
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk, write_vhdx_from
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabFleet, LabTransport, operation_names
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk, write_vhdx_from
 
 from test_lab_helpers import TAG, build_host
 

@@ -1,9 +1,9 @@
 """The lab host behind the real session layer and recovery point flow (the way every module reaches it)."""
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
-from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
 
 from test_lab_helpers import SMALL_DISK, GuestModel, build_host, granule_ranges, read_all

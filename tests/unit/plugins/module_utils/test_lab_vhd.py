@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import disk_info, open_disk
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd import VhdImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import disk_info, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import VhdImage
 
 from test_lab_helpers import TAG, GuestModel, MiB, build_host, read_all
 

@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import (
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import (
     Eligibility, choose_method, parallel_safety, rct_eligibility, release_name, version_tuple)
 
 

@@ -5,11 +5,11 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 
-from ansible_collections.hyperv.backup.plugins.module_utils import powershell_common
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import OPERATIONS
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS, script_parameters
-from ansible_collections.hyperv.backup.plugins.module_utils.recovery_points import TAG_PREFIX
-from ansible_collections.hyperv.backup.plugins.module_utils.transport_winrm import BOOTSTRAP
+from ansible_collections.hyperv.backup.plugins.module_utils.host import powershell_common
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import OPERATIONS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS, script_parameters
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_points import TAG_PREFIX
+from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_winrm import BOOTSTRAP
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 

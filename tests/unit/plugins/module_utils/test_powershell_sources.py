@@ -7,8 +7,8 @@ import re
 
 from test_powershell_vss import PARSER, _function, _nodes, _text
 
-from ansible_collections.hyperv.backup.plugins.module_utils import powershell_common, powershell_vm, powershell_vss
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host import powershell_common, powershell_vm, powershell_vss
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
 
 
 def vss_component_lookup_problems(text):

@@ -8,8 +8,8 @@ import re
 import tree_sitter
 import tree_sitter_powershell
 
-from ansible_collections.hyperv.backup.plugins.module_utils import powershell_common, powershell_vss
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host import powershell_common, powershell_vss
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 TEXT = powershell_vss.VSS_FUNCTIONS

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
 
 from fake_host_session import FakeHostSession, make_vm
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import report as rpt
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import report as rpt
 
 
 def _vm(vm, status="success", host="hv01", started="2026-01-01T22:00:00Z", finished="2026-01-01T22:01:30Z", **extra):

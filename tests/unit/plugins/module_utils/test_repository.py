@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import DEFAULT_CHUNK_SIZE, Repository, chunk_key
-from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import DEFAULT_CHUNK_SIZE, Repository, chunk_key
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
 
 from s3_server import S3Server
 from test_retention import oracle, policies as RETENTION_POLICIES, times as RETENTION_TIMES
@@ -513,7 +513,7 @@ def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
 def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, failing):
     """ENOSPC while writing or renaming: RepositoryError naming the path and what to do; no object, no temp file."""
     import errno as errno_module
-    from ansible_collections.hyperv.backup.plugins.module_utils import repository_store
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store
 
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
     real_write_all, real_rename = repository_store._write_all, os.rename

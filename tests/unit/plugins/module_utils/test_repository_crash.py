@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from s3_server import S3Server
 from test_repository import CHUNK, image, read_all, write_backup
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.reliability
 
 WRITER = r"""
 import json, os, signal, sys, time
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 args = json.loads(sys.argv[1])
 repo = Repository.open(args["location"], s3_options=args["s3_options"])
 point = args["point"]
@@ -80,7 +80,7 @@ def test_killed_writer_leaves_repository_consistent(backend, point, tmp_path, s3
 
 CONCURRENT_WRITER = r"""
 import json, os, random, sys
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 args = json.loads(sys.argv[1])
 repo = Repository.open(args["location"], s3_options=args["s3_options"])
 chunk = args["chunk"]
@@ -101,7 +101,7 @@ print(json.dumps({"backup_id": record.backup_id}))
 @pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_concurrent_writers_and_prune(backend, tmp_path, s3_server):
     """Three writer processes back up different VMs (sharing half their data) while prune+GC run repeatedly."""
-    from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
     if backend == "local":
         location, s3_options = str(tmp_path / "repo"), None
     else:

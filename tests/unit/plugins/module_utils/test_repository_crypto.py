@@ -5,7 +5,7 @@ import blake3
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_crypto import (
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     KIND_CHUNK, KIND_MANIFEST, RepositoryKeys, new_compressor,
 )
 

@@ -4,14 +4,16 @@ import subprocess
 
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin, restore_engine
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_engine import run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import restore_engine
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.restore_engine import run_restore, safe_target
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore, safe_target
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024

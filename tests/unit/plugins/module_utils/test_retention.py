@@ -4,7 +4,7 @@ import datetime
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.hyperv.backup.plugins.module_utils.retention import RetentionPolicy
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
 
 UTC = datetime.timezone.utc
 

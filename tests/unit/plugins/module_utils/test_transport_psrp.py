@@ -6,10 +6,10 @@ import pytest
 import requests
 from pypsrp.exceptions import AuthenticationError, WinRMTransportError
 
-from ansible_collections.hyperv.backup.plugins.module_utils import transport_psrp
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_psrp
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
 
 PASSWORD = "pa$$-W0rd-xyz"
 NASTY_NAME = "web'01\"; $(Remove-Item C:\\ -Recurse); `n"

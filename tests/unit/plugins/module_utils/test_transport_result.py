@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_result import (
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_result import (
     MAX_TEXT, parse_script_output, scrub, transport_failure)
 
 SECRET = "hunter2-secret"

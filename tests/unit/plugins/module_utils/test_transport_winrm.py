@@ -6,11 +6,11 @@ import pytest
 import requests
 from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError
 
-from ansible_collections.hyperv.backup.plugins.module_utils import transport_winrm
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession, connection_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_winrm
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_result import clixml_errors
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_result import clixml_errors
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
 
 PASSWORD = "W1nRM-secret!"
 NASTY_TAG = "hyperv.backup:run'1\"; $(Stop-Computer) ; & calc"

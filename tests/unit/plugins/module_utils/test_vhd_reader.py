@@ -5,7 +5,7 @@ import random
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import disk_info, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import disk_info, open_disk
 
 from disk_helpers import (
     MiB, assert_ranges_cover, assert_reads_match, make_vhd, needs_qemu, qemu_to_raw, random_image, run, write_file)

@@ -6,10 +6,10 @@ import struct
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import (
     create_disk, create_vhd, disk_info, open_disk, open_disk_for_write, open_vhd_for_write, write_vhd_from)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd import VhdImage, vhd_checksum
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd_writer import chs_geometry, vhd_timestamp
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import VhdImage, vhd_checksum
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd_writer import chs_geometry, vhd_timestamp
 
 from disk_helpers import MiB, assert_ranges_cover, assert_reads_match, needs_qemu, qemu_info, qemu_to_raw, random_image, run, write_file
 

@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, open_vhdx_for_write
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx_log import find_active_sequence
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk, open_vhdx_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_log import find_active_sequence
 
 from disk_helpers import MiB, log_entry, make_dirty, needs_qemu, qemu_to_raw, run, sha
 

@@ -4,7 +4,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhdx, open_disk, open_vhdx_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk, open_vhdx_for_write
 
 from disk_helpers import MiB
 

@@ -1,7 +1,7 @@
 """VHDX reader against qemu-img as the oracle: qemu-made files of every subformat and block state."""
 import pytest
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import disk_info, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import disk_info, open_disk
 
 from disk_helpers import MiB, assert_ranges_cover, assert_reads_match, needs_qemu, qemu_to_raw, random_image, run, write_file
 

@@ -6,9 +6,9 @@ import struct
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import (
     create_vhdx, disk_info, open_disk, open_vhdx_for_write, write_vhdx_from)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
 
 from disk_helpers import MiB, assert_ranges_cover, assert_reads_match, needs_qemu, qemu_info, random_image, run, write_file
 

@@ -8,10 +8,10 @@ import json
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin
-from ansible_collections.hyperv.backup.plugins.module_utils.connection import HostSession
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.modules import hyperv_backup
 
 MiB = 1024 * 1024

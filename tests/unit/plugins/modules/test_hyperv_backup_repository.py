@@ -7,8 +7,8 @@ from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.hyperv.backup.plugins.doc_fragments.repository import ModuleDocFragment
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository, chunk_key
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_options import repository_argument_spec
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository, chunk_key
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import repository_argument_spec
 from ansible_collections.hyperv.backup.plugins.modules import hyperv_backup_info, hyperv_backup_repository
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "module_utils"))
@@ -124,7 +124,7 @@ def test_doc_fragment_matches_argument_spec():
 
 def test_pruned_counts_leftovers_of_a_crashed_backup_as_a_change(tmp_path, monkeypatch):
     """Only a dead writer's marker and chunk to remove: check mode predicts changed, the real run changes."""
-    from ansible_collections.hyperv.backup.plugins.module_utils import repository as repository_module
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
     write_backup(repo, image(46, chunks=2))
     monkeypatch.setattr(repository_module, "SESSION_TIMEOUT_SECONDS", 0)

@@ -108,7 +108,7 @@ def test_recovery_point_changes_without_reference_says_full(monkeypatch, capsys)
 
 
 def test_previous_method_comes_from_the_repository(monkeypatch, capsys, tmp_path):
-    from ansible_collections.hyperv.backup.plugins.module_utils.repository import Repository
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=65536)
     with repo.begin_backup("id-web01", "web01", "hv01", "vss", "full") as backup:
         disk = backup.add_disk("disk0", 65536)

@@ -5,7 +5,7 @@ backup this way and compare restores against it with qemu-img compare.
 """
 import sys
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 STEP = 4 * 1024 * 1024
 

@@ -22,12 +22,12 @@ __metaclass__ = type
 import ntpath
 import os
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_disks, lab_rct
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import (
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
     ERAS, INTEGRATION_SERVICES, host_faults, new_guid, utc_now, version_tuple, write_json_atomic)
 # A recovery point whose name starts with this prefix was created by this collection (the real
 # host's script applies the same rule).
-from ansible_collections.hyperv.backup.plugins.module_utils.recovery_points import TAG_PREFIX as RECOVERY_POINT_TAG_PREFIX
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_points import TAG_PREFIX as RECOVERY_POINT_TAG_PREFIX
 
 VSS_SERVICE = "VSS"
 SNAPSHOTS_DIR = "Snapshots"

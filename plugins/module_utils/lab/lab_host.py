@@ -20,13 +20,13 @@ __metaclass__ = type
 import contextlib
 import os
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_rct, lab_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_rct, lab_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import get_operation
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import (
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import get_operation
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
     ERAS, HARDWARE_VSS_PROVIDER, HYPERV_VSS_WRITER, SOFTWARE_VSS_PROVIDER, LabLayout, cluster_fact, csv_facts,
     host_faults, new_guid, version_tuple)
-from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import RCT_MIN_BUILD, rct_eligibility
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import RCT_MIN_BUILD, rct_eligibility
 
 # Windows error codes the lab reports (as a real host's script would pass them on).
 WINRM_CANNOT_CONNECT = "0x80338012"
@@ -419,7 +419,7 @@ class LabHost:
         if len(disk_paths) != wanted:
             self.fail("failed", "the configuration has %d disk(s) but %d disk path(s) were given" % (wanted, len(disk_paths)),
                       hint="Pass one restored disk path per disk of the configuration, in its order.")
-        from ansible_collections.hyperv.backup.plugins.module_utils import lab_admin  # avoids an import cycle
+        from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin  # avoids an import cycle
         vm = lab_admin.register_vm(self.layout, document, [os.path.abspath(p) for p in disk_paths], new_name=new_name,
                                    generate_new_id=generate_new_id, fail=self.fail)
         return {"vm_id": vm["id"], "name": vm["name"], "state": vm["state"]}

@@ -17,9 +17,9 @@ __metaclass__ = type
 import re
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import (
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import (
     RCT_MIN_BUILD, RCT_MIN_CLUSTER_LEVEL, RCT_MIN_CONFIGURATION_VERSION, parallel_safety, rct_eligibility, version_tuple)
-from ansible_collections.hyperv.backup.plugins.module_utils.recovery_points import is_ours
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_points import is_ours
 
 VSS_SERVICE = "vss"
 # Get-VMIntegrationService calls the backup service 'VSS'; older hosts and localised ones show the long name.

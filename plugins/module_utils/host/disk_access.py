@@ -24,7 +24,7 @@ import time
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lazy_import import LazyModule, is_installed
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 # smbclient (smbprotocol) is imported on first use, by an SMB read: see lazy_import.
 smbclient = LazyModule("smbclient")

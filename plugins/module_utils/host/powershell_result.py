@@ -18,7 +18,7 @@ import re
 from xml.sax.saxutils import unescape
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import ERROR_CATEGORIES
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import ERROR_CATEGORIES
 
 MAX_TEXT = 2000
 

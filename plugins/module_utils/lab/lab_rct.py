@@ -24,7 +24,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import read_json, write_json_atomic
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import read_json, write_json_atomic
 
 GRANULE = 64 * 1024
 # GetVirtualDiskChanges may process less than asked ("ProcessedByteLength may be ... less"); the lab

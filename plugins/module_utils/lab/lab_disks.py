@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_disk, disk_info, open_disk, open_disk_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_disk, disk_info, open_disk, open_disk_for_write
 
 MIB = 1024 * 1024
 # File name extensions Hyper-V gives base disks and checkpoint children of each format.

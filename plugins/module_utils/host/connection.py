@@ -18,7 +18,7 @@ import logging
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.host_operations import get_operation
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import get_operation
 
 LOG = logging.getLogger(__name__)
 
@@ -142,14 +142,14 @@ class HostSession(object):
         if self._transport is None:
             kind = self.settings.transport
             if kind == "psrp":
-                from ansible_collections.hyperv.backup.plugins.module_utils.transport_psrp import PsrpTransport
+                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_psrp import PsrpTransport
                 self._transport = PsrpTransport(self.settings)
             elif kind == "winrm":
-                from ansible_collections.hyperv.backup.plugins.module_utils.transport_winrm import WinrmTransport
+                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_winrm import WinrmTransport
                 self._transport = WinrmTransport(self.settings)
             else:
                 # Imported here so that psrp/winrm users (and their tests) never need the lab emulator.
-                from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabTransport
+                from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
                 self._transport = LabTransport(self.settings.lab_directory, self.settings.host)
         return self._transport
 

@@ -19,7 +19,7 @@ import sys
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, OFFSET_MASK,
     PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, REGION_TABLE_OFFSETS,
     SB_PRESENT, SECTORS_PER_BITMAP, ZERO_STATES, VhdxImage, bat_entry_count, build_header,

@@ -21,11 +21,11 @@ import re
 import threading
 import time
 
-from ansible_collections.hyperv.backup.plugins.module_utils.backup_planning import chunk_indexes
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import chunk_indexes
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import ZERO_ID, parse_time
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import create_vhd, create_vhdx, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import ZERO_ID, parse_time
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx, open_disk
 
 FORMATS = ("vhdx", "vhd", "raw")
 VIRTUAL_DISK_FORMATS = ("vhdx", "vhd")      # what Hyper-V attaches; VHD for 2008 / 2008 R2 hosts

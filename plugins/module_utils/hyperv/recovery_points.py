@@ -21,7 +21,7 @@ import os
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import choose_method, parallel_safety, rct_eligibility
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import choose_method, parallel_safety, rct_eligibility
 
 TAG_PREFIX = "hyperv.backup:"
 CONSISTENCY_CHOICES = ("application", "application_or_crash")

@@ -12,7 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_common import build_script
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_common import build_script
 
 GET_HOST_INFO = build_script("get_host_info", r"""
 param([int]$HvTimeoutSeconds = 3600)

@@ -21,9 +21,9 @@ import logging
 import traceback
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_result import (
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_result import (
     clixml_errors, parse_script_output, transport_failure)
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_scripts import SCRIPTS, script_parameters
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS, script_parameters
 
 try:
     from winrm.protocol import Protocol

@@ -20,7 +20,7 @@ import sys
 import uuid
 from array import array
 
-from ansible_collections.hyperv.backup.plugins.module_utils.crc32c import crc32c
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 
 KiB = 1024
@@ -340,7 +340,7 @@ class VhdxImage:
             if self.writable:
                 self._fail("the file has a pending log that must be replayed before it can be modified",
                            hint="Replay it on the Hyper-V host (mount the disk once) or run `qemu-img check -r all` on a copy.")
-            from ansible_collections.hyperv.backup.plugins.module_utils.vhdx_log import replay_log
+            from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_log import replay_log
             self.overlay, self.log_end = replay_log(self)
             self.file_size = max(self.file_size, self.log_end)
         self._load_region_table()

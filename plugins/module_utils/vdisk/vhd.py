@@ -19,7 +19,7 @@ from array import array
 import sys
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     MAX_DEPTH_HINT, MiB, RUN_DATA, RUN_PARENT, RUN_ZERO, close_file, file_size_of, open_file, pread_into, read_exact)
 
 VHD_COOKIE = b"conectix"

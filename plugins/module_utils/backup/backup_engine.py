@@ -23,11 +23,11 @@ import re
 import threading
 import time
 
-from ansible_collections.hyperv.backup.plugins.module_utils import backup_planning as planning
-from ansible_collections.hyperv.backup.plugins.module_utils import recovery_points as rp
-from ansible_collections.hyperv.backup.plugins.module_utils.disk_access import RateLimiter, locate_disk, open_source_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import backup_planning as planning
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import RateLimiter, locate_disk, open_source_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
 
 MiB = 1024 * 1024
 MAX_IN_FLIGHT_BYTES = 128 * MiB       # chunk buffers alive at once (reading, hashing, compressing)

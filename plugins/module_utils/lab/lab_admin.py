@@ -17,13 +17,13 @@ import copy
 import os
 import shutil
 
-from ansible_collections.hyperv.backup.plugins.module_utils import lab_disks, lab_rct, lab_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct, lab_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_state import (
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
     CONFIGURATION_VERSIONS, ERAS, OPERATIONAL_STATUSES, SERVICE_STATUSES, VM_STATES, LabLayout, host_document,
     make_private_dir, new_guid, validate_fault, version_tuple)
-from ansible_collections.hyperv.backup.plugins.module_utils.lab_host import LabHost
-from ansible_collections.hyperv.backup.plugins.module_utils.method_choice import rct_eligibility
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabHost
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import rct_eligibility
 
 GIB = 1024 ** 3
 SERVICE_START_TYPES = ("Automatic", "Manual", "Disabled")

@@ -32,10 +32,10 @@ import time
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_crypto import (
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     KIND_BACKUP, KIND_CATALOG, KIND_CHUNK, KIND_MANIFEST, KIND_STATUS, RepositoryKeys, new_compressor, require_libraries,
 )
-from ansible_collections.hyperv.backup.plugins.module_utils.repository_store import LockHeld, make_private_dirs, open_store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import LockHeld, make_private_dirs, open_store
 
 MiB = 1024 * 1024
 FORMAT_NAME = "hyperv.backup repository"

@@ -16,7 +16,7 @@ __metaclass__ = type
 
 import struct
 
-from ansible_collections.hyperv.backup.plugins.module_utils.crc32c import crc32c
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 
 LOG_SECTOR = 4096
@@ -116,7 +116,7 @@ def replay_log(image):
                                % (header.log_offset, header.log_length), hint=REPLAY_HINT)
     if header.log_offset + header.log_length > image.file_size:
         raise VirtualDiskError(path, "the pending log lies beyond the end of the file (truncated)", hint=REPLAY_HINT)
-    from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import read_exact
+    from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import read_exact
     log = bytes(read_exact(image.fd, path, header.log_offset, header.log_length))
     active = find_active_sequence(log + log, header.log_length, header.log_guid.bytes_le)
     if active is None:

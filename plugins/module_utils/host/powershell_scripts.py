@@ -12,8 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.hyperv.backup.plugins.module_utils import powershell_rct, powershell_vm
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_common import Script, script_parameters
+from ansible_collections.hyperv.backup.plugins.module_utils.host import powershell_rct, powershell_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_common import Script, script_parameters
 
 __all__ = ["SCRIPTS", "Script", "script_parameters", "get_script"]
 

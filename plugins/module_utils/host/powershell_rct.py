@@ -12,8 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_common import build_script
-from ansible_collections.hyperv.backup.plugins.module_utils.powershell_vss import VSS_FUNCTIONS, VSS_SOURCES
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_common import build_script
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_vss import VSS_FUNCTIONS, VSS_SOURCES
 
 # Shared by the scripts that describe a recovery checkpoint (create / list).
 _RECOVERY_POINT_FUNCTIONS = r"""

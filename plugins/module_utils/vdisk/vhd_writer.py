@@ -36,10 +36,10 @@ import time
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import (
     DYNAMIC_COOKIE, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, UNALLOCATED, VHD_COOKIE, VhdImage,
     vhd_checksum)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import MiB, block_pieces, check_write, create_new_file, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import MiB, block_pieces, check_write, create_new_file, round_up
 
 DEFAULT_BLOCK_SIZE = 2 * MiB
 # Hyper-V (Windows Server 2008 R2 is version 6.1) on Windows: qemu, Virtual PC and Hyper-V read the

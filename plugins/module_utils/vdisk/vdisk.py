@@ -18,12 +18,12 @@ __metaclass__ = type
 import os
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd import VHD_COOKIE, VhdImage
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd_writer import DEFAULT_BLOCK_SIZE as VHD_DEFAULT_BLOCK_SIZE
-from ansible_collections.hyperv.backup.plugins.module_utils.vhd_writer import VhdWriter, create_vhd_file
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx import (
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import VHD_COOKIE, VhdImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd_writer import DEFAULT_BLOCK_SIZE as VHD_DEFAULT_BLOCK_SIZE
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd_writer import VhdWriter, create_vhd_file
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     FILE_SIGNATURE, RUN_DATA, RUN_PARENT, MiB, VhdxImage)
-from ansible_collections.hyperv.backup.plugins.module_utils.vhdx_writer import VhdxWriter, create_vhdx_file
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_writer import VhdxWriter, create_vhdx_file
 
 MAX_CHAIN_DEPTH = 128
 _ZEROS = bytes(MiB)
