@@ -43,6 +43,7 @@ class HostOperationError(HyperVBackupError):
         self.operation = operation
         self.category = category
         self.windows_error = windows_error
+        self.problem = message
         text = "Host %s, operation %s: %s" % (host, operation, message)
         super(HostOperationError, self).__init__(text, hint=hint, host=host, operation=operation,
                                                  category=category, windows_error=windows_error, **details)

@@ -56,11 +56,40 @@ options:
   era:
     description:
       - Windows Server release the host pretends to run; sets the version and build (V(2008r2) 6.1.7601,
-        V(2012r2) 6.3.9600, V(2016) 10.0.14393, V(2019) 10.0.17763, V(2022) 10.0.20348) and the newest VM
-        configuration version it supports.
+        V(2012) 6.2.9200, V(2012r2) 6.3.9600, V(2016) 10.0.14393, V(2019) 10.0.17763, V(2022) 10.0.20348,
+        V(2025) 10.0.26100), the Hyper-V WMI namespaces it has (C(root\virtualization) on 2008 R2 and 2012,
+        C(root\virtualization\v2) from 2012), the PowerShell version it reports and the newest VM
+        configuration version it supports (2008 R2, 2012 and 2012 R2 5.0, 2016 8.0, 2019 9.0, 2022 10.0,
+        2025 12.0).
+      - V(2025) is the 2022 model plus configuration versions 11.0 and 12.0; its other details are not
+        confirmed by a source (see C(docs/lab_host.md)).
       - A new host defaults to V(2022); an existing host keeps its era unless this is set.
     type: str
-    choices: ['2008r2', '2012r2', '2016', '2019', '2022']
+    choices: ['2008r2', '2012', '2012r2', '2016', '2019', '2022', '2025']
+  locale:
+    description:
+      - Language of the host. It localises what Windows localises and the collection must never match on
+        (integration service names, service display names, the text of C(vssadmin) and C(diskshadow)).
+      - A new host defaults to V(en-US); an existing host keeps its locale unless this is set.
+    type: str
+    choices: [en-US, de-DE]
+  clock_offset_seconds:
+    description:
+      - How far the host's clock is ahead of real time (negative when behind), in seconds. Times the host
+        reports (file times, the current time, shadow copy creation times) come from this clock, so plays
+        can rehearse hosts and proxies whose clocks disagree.
+      - A new host defaults to V(0); an existing host keeps its offset unless this is set.
+    type: int
+  quirks:
+    description:
+      - Behaviours to switch on; replaces the current list. V(slow_shadow_create_seconds:<seconds>) makes
+        each C(diskshadow) shadow copy set creation take that long, holding the host's single creation
+        window open (to rehearse two backups that create shadow copies at once). V(byte_length_strict) makes
+        C(GetVirtualDiskChanges) refuse a C(ByteLength) that is not less than the virtual disk's size (the strict
+        reading of Microsoft's page), so the change-list paging is rehearsed both ways.
+      - A new host has none; an existing host keeps its list unless this is set.
+    type: list
+    elements: str
   cluster:
     description:
       - Cluster membership. Omit to leave unchanged; an empty dictionary makes the host standalone.
@@ -116,7 +145,7 @@ options:
       configuration_version:
         description: VM configuration version; defaults to the newest the host's era supports. Can only go up.
         type: str
-        choices: ['5.0', '6.2', '8.0', '9.0', '10.0']
+        choices: ['5.0', '6.2', '8.0', '9.0', '10.0', '11.0', '12.0']
       state:
         description: Power state. Defaults to C(Running) for a new VM.
         type: str
@@ -305,6 +334,24 @@ EXAMPLES = r"""
         csv: 'C:\ClusterStorage\Volume1'
         disks: [{size: 1073741824}]
 
+- name: A German Windows Server 2025 host whose clock runs 90 seconds ahead
+  hyperv.backup.hyperv_lab:
+    lab_directory: /srv/lab
+    host: hv25
+    era: '2025'
+    locale: de-DE
+    clock_offset_seconds: 90
+    vms:
+      - name: app25
+        configuration_version: '12.0'
+        disks: [{size: 1073741824}]
+
+- name: Hold each shadow copy creation open for 5 seconds (two backups meet VSS's one-at-a-time rule)
+  hyperv.backup.hyperv_lab:
+    lab_directory: /srv/lab
+    host: hv01
+    quirks: ['slow_shadow_create_seconds:5']
+
 - name: Guest writes between two backups
   hyperv.backup.hyperv_lab:
     lab_directory: /srv/lab
@@ -393,7 +440,7 @@ def argument_spec():
                        operational_status=dict(type="str", choices=["OK", "NoContact", "LostCommunication", "Degraded", "Error", "Disabled"]))
     vm = dict(
         name=dict(type="str", required=True), present=dict(type="bool", default=True), generation=dict(type="int", choices=[1, 2]),
-        configuration_version=dict(type="str", choices=["5.0", "6.2", "8.0", "9.0", "10.0"]),
+        configuration_version=dict(type="str", choices=["5.0", "6.2", "8.0", "9.0", "10.0", "11.0", "12.0"]),
         state=dict(type="str", choices=["Running", "Off", "Saved", "Paused"]), csv=dict(type="str"),
         scsi_controllers=dict(type="int"), memory_bytes=dict(type="int"), processor_count=dict(type="int"),
         integration_services=dict(type="list", elements="dict", options=integration),
@@ -407,7 +454,10 @@ def argument_spec():
         lab_directory=dict(type="path", required=True, fallback=(env_fallback, ["HYPERV_LAB_DIRECTORY"])),
         host=dict(type="str", required=True, fallback=(env_fallback, ["HYPERV_HOST"])),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        era=dict(type="str", choices=["2008r2", "2012r2", "2016", "2019", "2022"]),
+        era=dict(type="str", choices=["2008r2", "2012", "2012r2", "2016", "2019", "2022", "2025"]),
+        locale=dict(type="str", choices=["en-US", "de-DE"]),
+        clock_offset_seconds=dict(type="int"),
+        quirks=dict(type="list", elements="str"),
         cluster=dict(type="dict", options=dict(name=dict(type="str"), functional_level=dict(type="int"))),
         csvs=dict(type="list", elements="str"),
         hardware_vss_provider=dict(type="bool"),
@@ -431,7 +481,8 @@ def apply(params, check_mode):
         cluster = {}
     changed, _doc = lab_admin.ensure_host(layout, era=params["era"], cluster=cluster, csvs=params["csvs"],
                                           hardware_vss_provider=params["hardware_vss_provider"], services=params["services"],
-                                          faults=params["faults"], check_mode=check_mode)
+                                          faults=params["faults"], check_mode=check_mode, locale=params["locale"],
+                                          clock_offset_seconds=params["clock_offset_seconds"], quirks=params["quirks"])
     result = {}
     if not layout.exists():   # check mode on a host that does not exist yet
         return {"changed": changed}

@@ -343,6 +343,7 @@ def present(module, session):
         return result
     point = rp.create_recovery_point(session, vm, decision.method, params["consistency"], run_id,
                                      local_paths=params["transport"] == "lab")
+    rp.detach_lease(session, vm["id"], run_id)    # a later task hands the point back: the lease outlives this process
     if point["warning"]:
         module.warn(point["warning"])
     result.update(recovery_point=point, consistency=point["consistency"], consistency_fallback=point["consistency_fallback"])

@@ -23,8 +23,15 @@ description:
     the backup's manifest (the repository's chunk ids; zero chunks must read as zeros), and renamed into place only
     when they match. A mismatch removes the file and fails.
   - An existing file is never overwritten unless O(force=true); names that would escape O(destination) are refused.
-  - With O(register=true) the VM is registered again on the host from the configuration captured with the backup
-    and the restored disks (the host's Import-VM; the lab host's import_vm).
+  - With O(host_destination) the disks go to a folder on the Hyper-V host instead, written through O(path_map) (the
+    host's share mounted on this machine; a lab host maps its own paths), or written into O(destination) here,
+    verified, and uploaded to the host's administrative share with the connection credentials (O(smb_access=true)).
+  - With O(register=true) the VM is registered again on the host from the configuration files captured with the
+    backup (stored in the repository, so this works after the recovery point is gone). The files are written to
+    O(host_destination)C(\Virtual Machines), imported (ImportSystemDefinition; C(.vmcx) and C(.xml) configurations),
+    each disk is attached at its original controller slot, network adapters are connected per O(switch_map), and
+    the VM is realized. Windows Server 2008 R2 cannot import a configuration file this way; the disks and the
+    configuration are delivered and the task fails with the manual steps.
 author:
   - hyperv.backup contributors (@hyperv-backup)
 extends_documentation_fragment:
@@ -32,7 +39,7 @@ extends_documentation_fragment:
   - hyperv.backup.repository
 options:
   host:
-    description: The Hyper-V host to register the VM on; needed only with O(register=true).
+    description: The Hyper-V host to register the VM on or deliver the disks to; needed with O(register=true) or O(smb_access=true).
     type: str
     required: false
   vm:
@@ -45,9 +52,34 @@ options:
     description: Restore the latest backup created at or before this time (ISO 8601).
     type: str
   destination:
-    description: Directory for the restored files (created if missing).
+    description:
+      - Directory on this machine for the restored files (created if missing).
+      - With O(host_destination) and O(smb_access=true), the staging directory where files are verified before upload.
+      - One of O(destination) and O(host_destination) is required.
     type: path
-    required: true
+  host_destination:
+    description:
+      - Windows folder on the Hyper-V host (for example C(D:\Restore\web01)) where the disks (and, with O(register=true),
+        the configuration) go. Reached through O(path_map) or, with O(smb_access=true), over SMB.
+      - Needed with O(register=true), unless O(destination) is under a folder the session's path map covers (lab hosts).
+    type: str
+  path_map:
+    description:
+      - Map of Windows path prefixes on the host to local directories on this machine where that storage is mounted
+        (for example V(D:\\Restore) to V(/mnt/hv01-restore)); O(host_destination) is written through it.
+    type: dict
+  smb_access:
+    description:
+      - Upload the restored, verified files from O(destination) to O(host_destination) on the host's administrative
+        share (C(\\host\D$\...)) with the connection credentials (needs the Python library smbprotocol).
+    type: bool
+    default: false
+  switch_map:
+    description:
+      - With O(register=true), connect the VM's network adapters to virtual switches of the target host, by the
+        name of the switch they were connected to (known on Windows Server 2016 and later). The key V(*) applies to
+        every adapter (the only key that works on 2012 / 2012 R2). Adapters not mapped keep their configuration.
+    type: dict
   format:
     description:
       - C(vhdx) (dynamic VHDX), C(vhd) (dynamic VHD, 2 MiB blocks, for Windows Server 2008 / 2008 R2 hosts; only for
@@ -83,8 +115,9 @@ options:
 notes:
   - Check mode returns RV(planned) (which files would be written or replaced) and writes nothing.
   - Supports C(async); the progress file shows how far a running restore is.
-  - "Files are written on the machine the module runs on. Writing straight onto a real Hyper-V host over SMB is not
-    supported yet: restore into a share of the host mounted on the proxy, or restore on the proxy and copy."
+  - "Without O(host_destination) files are written on the machine the module runs on only."
+  - "UNCONFIRMED on real hosts: importing the configuration of a recovery checkpoint (RCT backups) with
+    ImportSystemDefinition; importing a 5.0 (.xml) configuration without its saved-state folder."
 """
 
 EXAMPLES = r"""
@@ -96,15 +129,30 @@ EXAMPLES = r"""
     destination: /srv/restore/web01
     format: raw
 
-- name: Restore a backup and register it as a new VM
+- name: Restore a backup onto the host through its share mounted here, and register it as a new VM
   hyperv.backup.hyperv_restore:
     repository: /srv/backups
     backup_id: 20261125T061100Z-1a2b3c4d5e6f
-    destination: /srv/lab/hv01/restored
+    host_destination: 'D:\Restore\web01'
+    path_map: {'D:\Restore': /mnt/hv01-restore}
     register: true
     host: hv01
     new_name: web01-restored
     generate_new_id: true
+    switch_map: {'*': LAN}
+
+- name: Restore over SMB (verified here first) and register on another host
+  hyperv.backup.hyperv_restore:
+    repository: /srv/backups
+    vm: web01
+    destination: /srv/restore/staging
+    host_destination: 'D:\Restore\web01'
+    smb_access: true
+    register: true
+    host: hv02
+    username: '{{ hv_user }}'
+    password: '{{ hv_password }}'
+    switch_map: {External: LAN}
 
 - name: Replace an earlier restore (the old files are replaced only after the new ones are verified)
   hyperv.backup.hyperv_restore:
@@ -158,7 +206,9 @@ bytes_per_second:
   returned: success, not in check mode
   type: int
 disks:
-  description: Per disk the file written, its format, size, timings, and the verification hashes (manifest and restored).
+  description:
+    - Per disk the file written, its format, size, timings, and the verification hashes (manifest and restored).
+    - With O(host_destination) also C(host_path) (the Windows path on the host) and, over SMB, C(uploaded_to).
   returned: success, not in check mode
   type: list
   elements: dict
@@ -167,11 +217,21 @@ verified:
   returned: success, not in check mode
   type: bool
 registered_vm:
-  description: The VM registered on the host (vm_id, name, state).
+  description:
+    - The VM registered on the host (vm_id, name, state), the configuration file it was imported from
+      (configuration_path), the disks by controller slot (disks) and the network adapters mapped (network_adapters).
   returned: when register is true
   type: dict
+host_destination:
+  description: The Windows folder on the host the disks were (or would be) delivered to, or null.
+  returned: always
+  type: str
+delivery:
+  description: C(local) (this machine only), C(path_map) (written to the host folder through a mount) or C(smb) (uploaded).
+  returned: always
+  type: str
 planned:
-  description: The files that are (or in check mode would be) written.
+  description: The files that are (or in check mode would be) written, with C(host_path) when they go to the host.
   returned: always
   type: list
   elements: dict
@@ -182,7 +242,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
-from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import is_windows_path, run_restore
 
 
 def main():
@@ -193,7 +253,11 @@ def main():
         vm=dict(type="str"),
         backup_id=dict(type="str"),
         point_in_time=dict(type="str"),
-        destination=dict(type="path", required=True),
+        destination=dict(type="path"),
+        host_destination=dict(type="str"),
+        path_map=dict(type="dict"),
+        smb_access=dict(type="bool", default=False),
+        switch_map=dict(type="dict"),
         format=dict(type="str", default="vhdx", choices=["vhdx", "vhd", "raw"]),
         force=dict(type="bool", default=False),
         disk_names=dict(type="dict"),
@@ -204,12 +268,15 @@ def main():
         progress_file=dict(type="path"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_one_of=[("vm", "backup_id")], mutually_exclusive=[("backup_id", "point_in_time")],
-                           required_if=[("register", True, ("host",))])
+                           required_one_of=[("vm", "backup_id"), ("destination", "host_destination")],
+                           mutually_exclusive=[("backup_id", "point_in_time")],
+                           required_if=[("register", True, ("host",)), ("smb_access", True, ("host", "destination"))])
     params = module.params
     try:
         repo = open_repository(params)
-        if params["register"]:
+        # A host folder without path_map / smb_access is reached through the session's own map (transport lab).
+        host_path = params["host_destination"] or is_windows_path(params["destination"])
+        if params["register"] or (host_path and params["host"] and not params["path_map"] and not params["smb_access"]):
             with HostSession.from_module_params(params) as session:
                 result = run_restore(repo, params, session=session, check_mode=module.check_mode,
                                      progress_file=params["progress_file"])

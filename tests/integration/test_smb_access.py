@@ -1,11 +1,13 @@
 """Reading a host's disks over SMB, against a real Samba server (smbd on 127.0.0.1, started by the test).
 
-A real Hyper-V host reports Windows paths (``C:\\Hyper-V\\web01\\...``) that do not exist on the proxy; with
+A real Hyper-V host reports Windows paths (``C:\\Hyper-V\\<vm id>\\...``) that do not exist on the proxy; with
 ``smb_access`` the backup reads them through the host's administrative share ``\\\\host\\C$``. Here smbd
-serves a share named ``C$`` whose ``Hyper-V\\<vm>`` folders link to the lab VMs' folders (inside the share), and the lab session is
-wrapped so that it reports Windows paths as a real host does. The disk read is a differencing ``.avhdx`` over
+serves a share named ``C$`` whose ``Hyper-V\\<vm id>`` folders link to the lab VMs' folders (inside the share), and the lab
+session is wrapped so that it has no path map, as a real host has none (the lab's own reported paths are Windows
+paths already; the test maps them to lab files with LabTransport.local only to compare contents). The disk read is a differencing ``.avhdx`` over
 its base (the recovery point), so the parent is found over SMB too.
 """
+import ntpath
 import os
 import pwd
 import shutil
@@ -21,6 +23,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import DiskLocation, open_source_disk, unc_path
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
@@ -110,7 +113,7 @@ def smb_server(tmp_path_factory):
 
 
 class RealHostPaths:
-    """A lab session that reports disk paths as a real host does: the Windows path only."""
+    """A lab session seen as a real host: Windows paths only, and no path map to local files."""
 
     def __init__(self, session):
         self._session = session
@@ -118,6 +121,10 @@ class RealHostPaths:
 
     def __getattr__(self, name):
         return getattr(self._session, name)
+
+    @staticmethod
+    def path_map():
+        return {}
 
     def run(self, operation, **params):
         return _windows_paths(self._session.run(operation, **params))
@@ -136,7 +143,7 @@ def _windows_paths(value):
 
 @pytest.fixture
 def lab_vm_on_share(tmp_path, smb_server):
-    """A lab host with one VM (8 MiB, half filled) whose folder appears on the share as C:\\Hyper-V\\<vm>."""
+    """A lab host with one VM (8 MiB, half filled) whose folder appears on the share as C:\\Hyper-V\\<vm id>."""
     _port, share = smb_server
     # The lab lives inside the share, so the Hyper-V\<vm> link below stays within it (no "wide links").
     lab = str(share / "labs" / tmp_path.name)
@@ -149,13 +156,21 @@ def lab_vm_on_share(tmp_path, smb_server):
     params = dict(transport="lab", host="hv-smb", lab_directory=lab, vm="smbvm")
     with HostSession.from_module_params(params) as session:
         disk = session.run("get_vms", names=["smbvm"])[0]["disks"][0]
-    vm_dir = os.path.dirname(os.path.dirname(disk["path"]))
+    # C:\Hyper-V\<vm id>\Virtual Hard Disks\x.vhdx: the VM folder (named by VM id) and the lab folder behind it
+    vm_folder = ntpath.dirname(ntpath.dirname(disk["windows_path"]))
+    assert ntpath.dirname(vm_folder).lower() == "c:\\hyper-v", disk
+    vm_dir = LabTransport(lab, "hv-smb").local(vm_folder)
     (share / "Hyper-V").mkdir(exist_ok=True)
-    link = share / "Hyper-V" / "smbvm"
+    link = share / "Hyper-V" / ntpath.basename(vm_folder)
     if link.is_symlink():
         link.unlink()
     link.symlink_to(vm_dir, target_is_directory=True)
     return layout, params
+
+
+def _lab_file(params, windows_path):
+    """The lab file behind a Windows path the lab host reported."""
+    return LabTransport(params["lab_directory"], params["host"]).local(windows_path)
 
 
 def _local_content(path):
@@ -182,7 +197,7 @@ def test_differencing_disk_reads_over_smb_as_locally(lab_vm_on_share, smb_server
     lab_admin.churn(layout, "smbvm", seed=3, writes=2, write_size=MiB)   # the guest goes on writing to the new child
     frozen = point["disks"][0]
     assert frozen["path"].endswith(".avhdx"), frozen
-    local = open_disk(frozen["path"])
+    local = open_disk(_lab_file(params, frozen["path"]))
     assert len(local.chain) == 2          # the checkpoint's .avhdx over the base .vhdx
     unc = unc_path(frozen["windows_path"], "127.0.0.1")
     remote = open_source_disk(DiskLocation("smb", unc, frozen["windows_path"]), USER, PASSWORD, smb_port=port)
@@ -194,7 +209,7 @@ def test_differencing_disk_reads_over_smb_as_locally(lab_vm_on_share, smb_server
     finally:
         remote.close()
         local.close()
-    assert over_smb == _local_content(frozen["path"])
+    assert over_smb == _local_content(_lab_file(params, frozen["path"]))
     assert over_smb != bytes(len(over_smb))
     # The base alone, over SMB, against qemu-img (which reads a VHDX without parents)
     base = open_source_disk(DiskLocation("smb", base_unc, base_unc), USER, PASSWORD, smb_port=port)
@@ -212,7 +227,7 @@ def test_backup_over_smb_restores_equal_to_the_disk(lab_vm_on_share, smb_server,
     repo = Repository.init(str(tmp_path / "repo"))
     with HostSession.from_module_params(params) as session:
         disk_path = session.run("get_vms", names=["smbvm"])[0]["disks"][0]["path"]
-        expected = _local_content(disk_path)
+        expected = _local_content(_lab_file(params, disk_path))
         # as for a real host: its paths are not checked on the proxy (transport other than lab)
         result = run_backup(RealHostPaths(session), repo, dict(params, transport="psrp"),
                             options=CopyOptions(smb=True, smb_port=port, credentials=(USER, PASSWORD)))

@@ -60,15 +60,31 @@ def backup_task(register, vm="web01", host="hv1", passphrase=None, ignore_errors
     return task
 
 
-def snapshot_task(register_of_backup, dest_name):
-    """Copy the live disk of the VM just backed up (path from the backup result) to compare restores against."""
-    return {"name": "snapshot disk after %s" % register_of_backup, "ansible.builtin.copy": {
-        "src": "{{ %s.disks[0].path }}" % register_of_backup, "remote_src": True, "mode": "0600",
-        "dest": "{{ work_directory }}/%s" % dest_name}, "when": "%s is succeeded" % register_of_backup}
+SNAPSHOT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "snapshot_disk.py")
 
 
-def disk_bytes(path):
-    with open_disk(path) as disk:
+def snapshot_task(register_of_backup, dest_name, host="hv1"):
+    """Save the guest-visible bytes of the disk of the VM just backed up (a raw image at ``dest_name``) to compare
+    restores against. The result names the disk by its Windows path: snapshot_disk.py maps it through the lab."""
+    return {"name": "snapshot disk after %s" % register_of_backup, "ansible.builtin.command": {"argv": [
+        "{{ ansible_python_interpreter }}", SNAPSHOT_SCRIPT, "{{ lab_directory }}", host,
+        "{{ %s.disks[0].path }}" % register_of_backup, "{{ work_directory }}/%s" % dest_name]},
+        "environment": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        "when": "%s is succeeded" % register_of_backup}
+
+
+def local_disk_path(path, work_dir=None, host="hv1"):
+    """The local file of a disk path: a Windows path the lab host reported is mapped through the lab of ``work_dir``."""
+    if work_dir is not None and not os.path.exists(str(path)):
+        mapped = LabTransport(str(work_dir / "lab"), host).local(path)
+        assert mapped, "the lab host maps no file to %s" % path
+        return mapped
+    return path
+
+
+def disk_bytes(path, work_dir=None, host="hv1"):
+    """The guest-visible bytes of a disk (chains read through); Windows paths need ``work_dir`` (its lab maps them)."""
+    with open_disk(local_disk_path(path, work_dir, host)) as disk:
         return disk.read(0, disk.virtual_size)
 
 

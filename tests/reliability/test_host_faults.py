@@ -12,7 +12,7 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 
 from playbook_helpers import (
-    MiB, backup_task, disk_bytes, lab_task, open_repo, our_recovery_points, repository_task, restored_bytes, run_tasks,
+    MiB, backup_task, lab_task, open_repo, our_recovery_points, repository_task, restored_bytes, run_tasks,
     snapshot_task, wrong_bytes)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]   # two playbooks each: 10-40 s
@@ -78,7 +78,7 @@ def _outcome(result):
 def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
     inject, action, clear, vm_name, (expected, allowed) = SCENARIOS[scenario][:5]
     b2_options = SCENARIOS[scenario][5] if len(SCENARIOS[scenario]) > 5 else {}
-    first, registered = run_tasks(tmp_path, SETUP + [backup_task("b1", ignore_errors=False), snapshot_task("b1", "after_b1.vhdx")],
+    first, registered = run_tasks(tmp_path, SETUP + [backup_task("b1", ignore_errors=False), snapshot_task("b1", "after_b1.raw")],
                                   collect=["b1"])
     assert first.rc == 0, first.output[-5000:]
     b1 = registered["b1"]
@@ -86,8 +86,8 @@ def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
     if action:
         rename_vm(tmp_path, action[1], action[2])
     second_play = ([lab_task(churn=[{"vm": "web01", "seed": 5, "writes": 12}])] if action is None else []) + inject + [
-        backup_task("b2", vm=vm_name, **b2_options), snapshot_task("b2", "after_b2.vhdx")] + clear + [
-        backup_task("b3", vm=vm_name), snapshot_task("b3", "after_b3.vhdx"),
+        backup_task("b2", vm=vm_name, **b2_options), snapshot_task("b2", "after_b2.raw")] + clear + [
+        backup_task("b3", vm=vm_name), snapshot_task("b3", "after_b3.raw"),
         {"name": "list", "hyperv.backup.hyperv_backup_info": {"repository": "{{ repository_path }}"}, "register": "info"},
         repository_task(state="verified", register="verified")]
     if action is not None:
@@ -116,11 +116,11 @@ def test_host_fault_gives_the_right_outcome(scenario, tmp_path, fault_ledger):
     # 4. every successful backup restores to exactly the disk it was taken from
     lost = 0
     for name, result in (("b1", b1), ("b2", b2), ("b3", b3)):
-        snapshot = tmp_path / ("after_%s.vhdx" % name)
+        snapshot = tmp_path / ("after_%s.raw" % name)       # the guest's bytes right after the backup (snapshot_task)
         if result.get("failed"):
             assert not snapshot.exists()
             continue
-        lost += wrong_bytes(restored_bytes(repo, result["backup_id"])[0], disk_bytes(str(snapshot)))
+        lost += wrong_bytes(restored_bytes(repo, result["backup_id"])[0], snapshot.read_bytes())
     assert lost == 0
     # 5. no recovery checkpoint of ours is left behind
     current_id = b3.get("vm_id", vm_id)

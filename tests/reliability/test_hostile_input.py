@@ -117,7 +117,7 @@ def test_vm_named_with_powershell_metacharacters_backs_up_and_restores(tmp_path,
     assert b1["vm"] == HOSTILE_VM
     repo = open_repo(tmp_path)
     assert [(r.vm_name, r.backup_id) for r in repo.list_backups()] == [(HOSTILE_VM, b1["backup_id"])]
-    assert wrong_bytes(restored_bytes(repo, b1["backup_id"])[0], disk_bytes(b1["disks"][0]["path"])) == 0
+    assert wrong_bytes(restored_bytes(repo, b1["backup_id"])[0], disk_bytes(b1["disks"][0]["path"], tmp_path)) == 0
     restored = registered["restored"]
     # the restored file name comes from the disk's file name; a name unsafe as a file name must be refused, not mangled
     if restored.get("failed"):

@@ -80,10 +80,10 @@ def test_fifty_vms_five_hosts_one_repository_with_prune_and_gc_running(tmp_path,
     report = repo.verify()
     assert report["ok"], report["damaged_backups"]
     lost = 0
-    for _host, name, _layout in vms:
+    for host, name, _layout in vms:
         latest = results[name][-1]
         assert latest["type"] in ("incremental", "full")
-        lost += wrong_bytes(restored_bytes(repo, latest["backup_id"])[0], disk_bytes(latest["disks"][0]["path"]))
+        lost += wrong_bytes(restored_bytes(repo, latest["backup_id"])[0], disk_bytes(latest["disks"][0]["path"], tmp_path, host))
     assert lost == 0
     assert {r.vm_name for r in repo.list_backups()} == {name for _h, name, _l in vms}
     removed = sum(len((r.get("prune") or r).get("removed") or []) for _rc, r in prunes)

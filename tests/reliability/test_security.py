@@ -1,7 +1,9 @@
 """Security properties that need no playbook: TLS defaults, hostile names reaching hosts only as parameters,
 owner-only repository files, encryption at rest and opaque chunk names, paths that try to escape.
 """
+import base64
 import hashlib
+import json
 import os
 import stat
 
@@ -10,18 +12,21 @@ import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_psrp, transport_winrm
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import ConnectionSettings, HostSession
-from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError, RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import OPERATIONS
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_admin import ensure_host, ensure_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import BridgeError, Embedded, Ref
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.script_bridge import decode_records
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_bridge import LabBridge
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
 
 from test_repository import CHUNK, FAST_KDF, write_backup
 from test_transport_psrp import FakeWorld
-from test_transport_winrm import FakeProtocol, decode_payload
+from test_transport_winrm import FakeProtocol
 
 pytestmark = pytest.mark.reliability
 
@@ -68,15 +73,136 @@ def test_validation_is_off_only_when_asked_and_basic_over_http_is_refused():
 
 
 # --- hostile names reach the host only as parameters ---------------------------------------------------------
+#
+# Every operation runs for real (hyperv/ logic) over the psrp / winrm bridge; the fake client hands each bridge
+# script to a relay that decodes its parameters the way the script would and answers from a lab host. What is
+# checked is what crossed the wire: the script text is always one of the fixed bridge scripts, the command line
+# (winrm) is always the same, and a hostile value that reaches the host does so only inside a parameter value
+# (record values and file data are base64; decoded here as the script decodes them).
 
-def _string_calls():
-    """(operation, params) for every operation parameter that carries a user or host supplied string."""
+_SCRIPT_CALLS = dict((script.text, call) for call, script in SCRIPTS.items())
+
+
+def _record_value(kind, text, embedded):
+    if kind == "e":
+        return embedded[text]
+    return {"s": lambda: text, "i": lambda: int(text), "d": lambda: float(text), "b": lambda: text == "1",
+            "n": lambda: None, "r": lambda: Ref(text)}[kind]()
+
+
+def _decode_typed(lines):
+    """{name: value} of the ``w`` / ``a`` records of a Where / Arguments parameter, embedded instances rebuilt."""
+    embedded, values = {}, {}
+    for record in decode_records(lines or []):
+        if record[0] == "E":
+            embedded[record[1]] = Embedded(record[2], {}, based_on=record[3] or None)
+            continue
+        kind, target, name, items = record
+        value = [_record_value(k, t, embedded) for k, t in items]
+        value = value if kind == "A" else value[0]
+        if target.startswith("e"):
+            embedded[target[1:]].properties[name] = value
+        else:
+            values[name] = value
+    return values
+
+
+def _decoded_strings(call, parameters):
+    """Every string a bridge script would read out of its parameters (records and file data decoded)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, Embedded):
+            found.extend([value.class_name, value.based_on or ""])
+            walk(value.properties)
+        elif isinstance(value, Ref):
+            found.append(value.path)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            found.append(value)
+
+    for name, value in parameters.items():
+        if name in ("Where", "Arguments"):
+            walk(_decode_typed(value))
+        elif name == "Data" and call == "write_file":
+            text = base64.b64decode(value or "").decode("utf-8", "replace")
+            found.append(text)
+            try:
+                walk(json.loads(text))
+            except ValueError:
+                pass
+        else:
+            walk(value)
+    return found
+
+
+class LabRelay(object):
+    """Answers bridge scripts from a lab host, as the script would on Windows: JSON document text out."""
+
+    def __init__(self, lab_directory, host):
+        self.bridge = LabBridge(lab_directory, host)
+        self.sent = []                     # (call, script text, parameters) of every script run
+
+    def answer(self, script_text, parameters):
+        call = _SCRIPT_CALLS.get(script_text)
+        self.sent.append((call, script_text, dict(parameters)))
+        assert call is not None, "a script that is not one of the bridge scripts was sent"
+        p = parameters
+        try:
+            if call == "query":
+                result = self.bridge.query(p["Namespace"], p["ClassName"], where=_decode_typed(p["Where"]) or None,
+                                           properties=p["Properties"] or None)
+            elif call == "associators":
+                result = self.bridge.associators(p["Namespace"], p["Path"], p["AssocClass"], p["ResultClass"] or None)
+            elif call == "invoke":
+                result = self.bridge.invoke(p["Namespace"], p["Path"], p["Method"], _decode_typed(p["Arguments"]) or None)
+            elif call == "service":
+                result = self.bridge.service(p["Name"], start=bool(p["Start"]))
+            elif call in ("vss_writers", "host_environment"):
+                result = getattr(self.bridge, call)()
+            elif call == "diskshadow":
+                result = self.bridge.diskshadow(p["Script"])
+            elif call == "read_file":
+                data = self.bridge.read_file(p["Path"], p["MaxBytes"])
+                result = {"exists": data is not None, "data": base64.b64encode(data or b"").decode("ascii")}
+            elif call == "write_file":
+                result = self.bridge.write_file(p["Path"], base64.b64decode(p["Data"] or ""), exclusive=bool(p["Exclusive"]))
+            elif call in ("remove_file", "list_directory"):
+                result = getattr(self.bridge, call)(p["Path"])
+            else:
+                raise AssertionError("no relay for %s" % call)
+        except BridgeError as err:
+            return json.dumps({"error": {"code": err.code, "message": err.message, "category": err.category}})
+        return json.dumps({"result": result})
+
+
+@pytest.fixture
+def relay_lab(tmp_path):
+    lab = str(tmp_path / "lab")
+    layout = LabLayout(lab, "hv01")
+    ensure_host(layout)
+    _changed, vm = ensure_vm(layout, {"name": "web01", "disks": [{"size": 1 << 20}]})
+    return lab, vm["id"]
+
+
+REAL_VALUES = {"method": "rct", "consistency": "application_or_crash", "tag": "security-test"}
+
+
+def _string_calls(vm_id):
+    """(operation, params, hostile) for every operation parameter that carries a user or host supplied string.
+    Required values not under test name a real VM, so that the operation gets as far as it can."""
     calls = []
     for name, operation in sorted(OPERATIONS.items()):
         base = {}
         for param, (kind, required) in operation.params.items():
             if required:
-                base[param] = {str: "x", int: 1, list: ["x"], dict: {"k": "v"}, bool: False}[kind]
+                value = {str: "x", int: 1, list: ["x"], dict: {"k": "v"}, bool: False}[kind]
+                base[param] = dict(REAL_VALUES, vm_id=vm_id).get(param, value)
         for param, (kind, _required) in operation.params.items():
             if kind in (str, list):
                 for hostile in HOSTILE_NAMES:
@@ -84,73 +210,135 @@ def _string_calls():
     return calls
 
 
-def _carries(value, hostile):
-    """True if ``hostile`` is one of the (nested) values, unchanged."""
-    if isinstance(value, dict):
-        return any(_carries(v, hostile) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_carries(v, hostile) for v in value)
-    return value == hostile
-
-
 def _run_ignoring_result(session, operation, params):
-    """Run; the fake host's answer does not fit every operation, and only what was sent matters here."""
+    """Run; many hostile values name nothing on the host, and only what was sent matters here."""
     try:
-        session.run(operation, **params)
-    except HostOperationError as err:
-        assert err.category == "failed" and "JSON" in str(err) or "result" in str(err), err
+        return session.run(operation, **params)
+    except HyperVBackupError as err:
+        assert str(err), err
+    return None
 
 
-def _psrp_session(monkeypatch, world):
-    for name, cls in world.classes.items():
+def _discard(lab, operation, result):
+    """Remove a recovery point a call created, so that the VM's lease does not make the next call 'busy'."""
+    if operation == "create_recovery_point" and isinstance(result, dict) and result.get("id"):
+        LabTransport(lab, "hv01").run("remove_recovery_point", {"vm_id": result["vm_id"], "id": result["id"]})
+
+
+def _check_sent(sent, hostile):
+    """What the scripts of one operation received; True when the hostile value reached the host."""
+    carried = False
+    for call, script_text, parameters in sent:
+        assert call is not None and script_text == SCRIPTS[call].text   # the script text is the fixed one, whatever the input
+        carried = carried or any(hostile in text for text in _decoded_strings(call, parameters))
+    return carried
+
+
+def _check_coverage(carried_by_param, calls):
+    # A value need not reach the host (refused or matched locally), but most do: the check must see them travel.
+    assert sum(carried_by_param.values()) > 100, carried_by_param
+    # (get_vms matches names and ids locally, in Python: they never travel.)
+    for operation, param in [("create_recovery_point", "tag"), ("get_service", "name"), ("start_service", "name"),
+                             ("get_disk_changes", "path"), ("get_recovery_points", "vm_id")]:
+        assert carried_by_param.get((operation, param), 0) > 0, (operation, param, carried_by_param)
+
+
+def _psrp_session(monkeypatch, relay):
+    world = FakeWorld(output=[])
+
+    class RelayPowerShell(world.classes["PowerShell"]):
+        def invoke(self):
+            return [relay.answer(world.scripts[-1], world.parameters[-1])]
+
+    classes = dict(world.classes, PowerShell=RelayPowerShell)
+    for name, cls in classes.items():
         monkeypatch.setattr(transport_psrp, name, cls)
     monkeypatch.setattr(transport_psrp, "HAS_PYPSRP", True)
     return HostSession(ConnectionSettings(host="hv01", username="u", password="p", transport="psrp"))
 
 
-def test_psrp_sends_hostile_values_only_as_parameters(monkeypatch, fault_ledger):
-    calls = _string_calls()
+def test_psrp_sends_hostile_values_only_as_parameters(monkeypatch, relay_lab, fault_ledger):
+    lab, vm_id = relay_lab
+    relay = LabRelay(lab, "hv01")
+    session = _psrp_session(monkeypatch, relay)
+    calls = _string_calls(vm_id)
     assert len(calls) > 100
-    world = FakeWorld(output=["{}"])
-    session = _psrp_session(monkeypatch, world)
+    carried = {}
     for operation, params, hostile in calls:
-        _run_ignoring_result(session, operation, params)
-        script, sent = world.scripts[-1], world.parameters[-1]
-        assert script == SCRIPTS[operation].text              # the script text is the fixed one, whatever the input
-        assert _carries(sent, hostile), (operation, sent)
+        del relay.sent[:]
+        result = _run_ignoring_result(session, operation, params)
+        param = [k for k, v in params.items() if v in (hostile, [hostile])][0]
+        carried[(operation, param)] = carried.get((operation, param), 0) + _check_sent(relay.sent, hostile)
+        _discard(lab, operation, result)
+    _check_coverage(carried, calls)
     fault_ledger.record("hostile names/paths sent over psrp", "script text constant; value only in parameters",
                         injected=len(calls), data_lost=0)
 
 
-def test_winrm_sends_hostile_values_only_in_the_stdin_payload(monkeypatch, fault_ledger):
-    calls = _string_calls()
-    monkeypatch.setattr(transport_winrm, "Protocol", FakeProtocol)
+class RelayProtocol(FakeProtocol):
+    """FakeProtocol whose powershell.exe runs the bridge script read from stdin against the relay."""
+
+    relay = None
+
+    def run_command(self, shell_id, command, arguments=()):
+        self.pending = []
+        return super(RelayProtocol, self).run_command(shell_id, command, arguments)
+
+    def send_command_input(self, shell_id, command_id, stdin_input, end=False):
+        self.pending.append(stdin_input)
+        super(RelayProtocol, self).send_command_input(shell_id, command_id, stdin_input, end=end)
+
+    def get_command_output(self, shell_id, command_id):
+        payload = "".join(self.pending)
+        script, parameters = transport_winrm.decode_request(payload)
+        RelayProtocol.payloads.append(payload)
+        return (RelayProtocol.relay.answer(script, parameters) + "\r\n").encode("utf-8"), b"", 0
+
+
+def test_winrm_sends_hostile_values_only_in_the_stdin_payload(monkeypatch, relay_lab, fault_ledger):
+    lab, vm_id = relay_lab
+    relay = LabRelay(lab, "hv01")
+    monkeypatch.setattr(transport_winrm, "Protocol", RelayProtocol)
     monkeypatch.setattr(transport_winrm, "HAS_WINRM", True)
     monkeypatch.setattr(FakeProtocol, "instances", [])
-    monkeypatch.setattr(FakeProtocol, "reply", (b"{}", b"", 0))
     monkeypatch.setattr(FakeProtocol, "failure", None)
+    monkeypatch.setattr(RelayProtocol, "relay", relay, raising=False)
+    monkeypatch.setattr(RelayProtocol, "payloads", [], raising=False)
     session = HostSession(ConnectionSettings(host="hv01", username="u", password="p", transport="winrm"))
-    command_lines = set()
+    calls = _string_calls(vm_id)
+    carried = {}
     for operation, params, hostile in calls:
-        _run_ignoring_result(session, operation, params)
-        proto = FakeProtocol.instances[-1]
-        _shell, command, arguments = proto.commands[-1]
-        command_lines.add((command, tuple(arguments)))
-        request = decode_payload(proto.inputs[-1][2])
-        assert request["script"] == SCRIPTS[operation].text
-        assert _carries(request["parameters"], hostile), (operation, request["parameters"])
+        del relay.sent[:]
+        del RelayProtocol.payloads[:]
+        result = _run_ignoring_result(session, operation, params)
+        for payload in RelayProtocol.payloads:
+            assert hostile not in payload                      # the stdin text carries it only base64-encoded
+        param = [k for k, v in params.items() if v in (hostile, [hostile])][0]
+        carried[(operation, param)] = carried.get((operation, param), 0) + _check_sent(relay.sent, hostile)
+        _discard(lab, operation, result)
+    _check_coverage(carried, calls)
     # one fixed command line (the bootstrap) whatever the operation and values: nothing is built from input
+    command_lines = set((command, tuple(arguments)) for proto in FakeProtocol.instances for _s, command, arguments in proto.commands)
     assert len(command_lines) == 1
-    fault_ledger.record("hostile names/paths sent over winrm", "fixed command line; value only in the stdin JSON",
+    (command, arguments), = command_lines
+    assert command == "powershell.exe" and base64.b64decode(arguments[-1]).decode("utf-16-le") == transport_winrm.BOOTSTRAP
+    fault_ledger.record("hostile names/paths sent over winrm", "fixed command line; value only in the stdin records",
                         injected=len(calls), data_lost=0)
 
 
 def test_scripts_never_evaluate_text():
-    """No operation script turns a string into code (Invoke-Expression, ScriptBlock::Create, Add-Type -TypeDefinition)."""
+    """No bridge script turns a string into code (Invoke-Expression, ScriptBlock::Create, Add-Type -TypeDefinition)."""
     for name, script in SCRIPTS.items():
         lowered = script.text.lower()
         for forbidden in ("invoke-expression", "iex ", "[scriptblock]::create", "-typedefinition", "new-object -comobject"):
             assert forbidden not in lowered, "%s uses %s" % (name, forbidden)
+    # The winrm bootstrap turns exactly one text into code: the script record of stdin (a fixed bridge script,
+    # checked above); the values are splatted as parameters, never pasted into it.
+    lowered = transport_winrm.BOOTSTRAP.lower()
+    assert lowered.count("::create(") == 1 and "[scriptblock]::create($hvscript)" in lowered
+    assert "& $hvblock @hvparameters" in lowered
+    for forbidden in ("invoke-expression", "iex ", "-typedefinition", "new-object -comobject"):
+        assert forbidden not in lowered
 
 
 def test_hostile_vm_names_round_trip_through_the_lab(tmp_path, fault_ledger):

@@ -35,9 +35,11 @@ RATE = 4 * MiB
 
 
 def live_disk_path(work_dir, vm_id):
-    """The VM's current disk file as the host reports it (a chain is read through by open_disk)."""
-    vm = LabTransport(str(work_dir / "lab"), "hv1").run("get_vms", {"ids": [vm_id]})[0]
-    return vm["disks"][0]["path"]
+    """The VM's current disk file (a chain is read through by open_disk): the Windows path the host reports,
+    mapped to the lab's file."""
+    lab = LabTransport(str(work_dir / "lab"), "hv1")
+    vm = lab.run("get_vms", {"ids": [vm_id]})[0]
+    return lab.local(vm["disks"][0]["path"])
 
 
 def run_module(args_file, kill_after=None, module="hyperv_backup"):
@@ -125,7 +127,7 @@ def test_repeated_sigkill_during_backups(tmp_path, fault_ledger):
         known.add(result["backup_id"])
         assert our_recovery_points(tmp_path, "hv1", vm_id) == []
         live_disk = result["disks"][0]["path"]
-        lost += wrong_bytes(restored_bytes(repo, result["backup_id"])[0], disk_bytes(live_disk))
+        lost += wrong_bytes(restored_bytes(repo, result["backup_id"])[0], disk_bytes(live_disk, tmp_path))
         assert lost == 0, "backup %s after kill %d restores wrong bytes" % (result["backup_id"], iteration)
         fault_ledger.record("SIGKILL of the backup module's process group at a random point",
                             "killed %s: nothing half listed, verify ok, next run cleaned up and succeeded" % where if killed

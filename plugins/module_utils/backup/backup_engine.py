@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import concurrent.futures
+import json
 import os
 import queue
 import re
@@ -173,6 +174,40 @@ class ChunkCopier:
 
 # --- the flow of one hyperv_backup call -------------------------------------------------------------
 
+CONFIGURATION_ATTACHMENT = "configuration"
+
+
+def split_configuration(configuration):
+    """(configuration for the backup record, bytes of the per-backup object or None).
+
+    The record (listed by hyperv_backup_info, cached in the catalog) keeps each file's name, path and length; the
+    content (base64, KB to a few MB) goes into the backup's ``configuration`` object. A configuration whose files
+    are plain paths (a host operation without content) is kept as it is.
+    """
+    configuration = dict(configuration or {})
+    files = configuration.get("files") or []
+    if not any(isinstance(f, dict) and "content" in f for f in files):
+        return configuration, None
+    configuration["files"] = [dict((k, v) for k, v in f.items() if k != "content") if isinstance(f, dict) else f for f in files]
+    configuration["files_stored_in"] = CONFIGURATION_ATTACHMENT
+    content = [f for f in files if isinstance(f, dict) and "content" in f]
+    return configuration, json.dumps({"files": content}, sort_keys=True).encode("utf-8")
+
+
+def load_configuration(repo, record):
+    """The configuration captured with ``record``, file content included when the backup stored it (else None)."""
+    configuration = dict((record.metadata or {}).get("configuration") or {})
+    if not configuration:
+        return None
+    if configuration.get("files_stored_in"):
+        data = repo.read_attachment(record.backup_id, configuration["files_stored_in"])
+        if data is None:
+            raise HyperVBackupError("Backup %s: its captured configuration files are missing from the repository." % record.backup_id,
+                                    hint="Run verify on the repository; restore the disks and register the VM by hand.")
+        configuration["files"] = json.loads(data.decode("utf-8"))["files"]
+    return configuration
+
+
 def find_vm(session, vms, name=None, vm_id=None):
     wanted = [vm for vm in vms if (vm_id and vm["id"] == vm_id.lower()) or (name and vm["name"] == name)]
     if not wanted:
@@ -232,8 +267,9 @@ class BackupRun:
         self.result.update(vm=self.vm["name"], vm_id=self.vm["id"], method=self.decision.method,
                            method_reason=self.decision.reason, rct=eligibility.to_dict(),
                            previous_backup_id=self.parent.backup_id if self.parent else None)
+        self.serialization_key = None
         if not params.get("recovery_point_id"):
-            rp.check_serialization(session, host_facts, self.vm, vms)
+            self.serialization_key = rp.check_serialization(session, host_facts, self.vm, vms)["serialization_key"]
 
     # step 3-4: type and estimate, on the recovery point's disks (or the live disks in check mode)
     def plan(self, disks):
@@ -251,7 +287,7 @@ class BackupRun:
         estimates = []
         self.sources = {}
         for disk in kept:
-            location = locate_disk(disk, self.session.host, self.options.path_map, self.options.smb)
+            location = locate_disk(disk, self.session.host, self._path_map(), self.options.smb)
             source = open_source_disk(location, *self.options.credentials, smb_port=self.options.smb_port)
             self.sources[disk["disk_key"]] = (source, location)
             if self.type.type == "incremental" and method == "rct":
@@ -263,6 +299,13 @@ class BackupRun:
         self.estimate = planning.summarise_estimate(estimates, self.parent, self.type.type, method)
         self.result.update(type=self.type.type, type_reason=self.type.reason, parent_backup_id=self.type.to_dict()["parent_backup_id"],
                            estimate=self.estimate, excluded_disks=[d["disk_key"] for d in excluded])
+
+    def _path_map(self):
+        """The module's path_map over the session's own (the lab host's files are local through it)."""
+        getter = getattr(self.session, "path_map", None)
+        path_map = dict(getter() or {}) if callable(getter) else {}
+        path_map.update(self.options.path_map or {})
+        return path_map
 
     @property
     def method(self):
@@ -276,8 +319,16 @@ class BackupRun:
                 self.result["method_reason"] = "the recovery point %s given by id is a %s point" % (self.point["id"], self.point["method"])
                 self.result["method"] = self.point["method"]
         else:
+            run_id = self.run_id or rp.new_run_id()
             self.point = rp.create_recovery_point(self.session, self.vm, self.decision.method, params.get("consistency") or "application",
-                                                  self.run_id or rp.new_run_id(), local_paths=params.get("transport") == "lab")
+                                                  run_id, local_paths=params.get("transport") == "lab",
+                                                  serialization_key=self.serialization_key)
+            # The run's VM lease lives as long as this copy: another run's stale cleanup must never take the point.
+            # The renewer talks to the host from its own thread, so it gets its own connection (a runspace pool
+            # or shell is not shared between threads).
+            settings = getattr(self.session, "settings", None)
+            self.lease_session = type(self.session)(settings) if settings is not None else self.session
+            self.renewer = rp.renew_lease(self.lease_session, self.vm["id"], run_id)
             if self.point.get("warning"):
                 self.result["warnings"].append(self.point["warning"])
         self.point_created = True
@@ -287,7 +338,10 @@ class BackupRun:
     # step 5: copy and commit
     def copy(self):
         repo, vm, point = self.repo, self.vm, self.point
-        configuration = self.session.run("get_vm_configuration", vm_id=vm["id"], recovery_point_id=point["id"])
+        # Captured now, while the point exists (ConvertToReferencePoint / removing a VSS point deletes the files); the
+        # files' content goes into a per-backup object, the record keeps the small rest (issue 11, point 9).
+        configuration, configuration_files = split_configuration(
+            self.session.run("get_vm_configuration", vm_id=vm["id"], recovery_point_id=point["id"]))
         metadata = {"run_id": self.run_id or None,
                     "recovery_point": {"id": point["id"], "created": point.get("created"), "method": self.method,
                                        "consistency": point.get("consistency"),
@@ -303,6 +357,8 @@ class BackupRun:
                                     parent_backup_id=self.result["parent_backup_id"], consistency=point.get("consistency"),
                                     metadata=metadata)
         with session:
+            if configuration_files is not None:
+                session.attach(CONFIGURATION_ATTACHMENT, configuration_files)
             for disk in self.disks:
                 per_disk.append(self._copy_disk(session, copier, disk))
             record = session.commit()
@@ -357,11 +413,21 @@ class BackupRun:
                            read_rate_waited_seconds=round(self.options.limiter.waited_seconds, 3))
 
     # step 6: hand the recovery point back
+    def stop_renewing(self):
+        renewer, self.renewer = getattr(self, "renewer", None), None
+        if renewer is not None:
+            renewer.stop()
+        lease_session, self.lease_session = getattr(self, "lease_session", None), None
+        if lease_session is not None and lease_session is not self.session and hasattr(lease_session, "close"):
+            lease_session.close()
+
     def hand_back(self):
         vm_id, point = self.vm["id"], self.point
+        self.stop_renewing()
         try:
             if self.method == "rct":
-                converted = rp.convert_to_reference_point(self.session, vm_id, point["id"], self.params.get("keep_reference_points") or 1)
+                converted = rp.convert_to_reference_point(self.session, vm_id, point["id"], self.params.get("keep_reference_points") or 1,
+                                                          repository_id=self.repo.describe()["repository_id"])
                 self.result["reference_point"] = converted["reference_point"]
             else:
                 rp.remove_recovery_point(self.session, vm_id, point["id"])
@@ -372,6 +438,7 @@ class BackupRun:
                                            % (self.result["backup_id"], point["id"], err))
 
     def discard_point(self):
+        self.stop_renewing()
         if not self.point_created:
             return
         try:

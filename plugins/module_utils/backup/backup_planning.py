@@ -90,13 +90,25 @@ class TypeDecision:
 def reference_rct_ids(parent, reference_points):
     """({disk_id: rct_id}, None) of the reference point the parent backup left behind, or (None, why not).
 
-    The parent's recovery point became a reference point after the parent committed; it is recognised by
-    its creation time (conversion keeps it) recorded in the parent's metadata.
+    The parent's recovery point became a reference point when the parent was handed back. Windows gives a
+    reference point no creation time (issue point 2), so it is recognised by id: the reference point id when the
+    parent's metadata records it (``recovery_point.reference_point_id``), else the recovery point id the host's
+    ownership marker keeps for the point (``recovery_point_id``, the checkpoint it was converted from). Only for
+    backups made before either existed is it matched by creation time. Another product's point never matches.
     """
-    created = ((parent.metadata or {}).get("recovery_point") or {}).get("created")
-    for reference in reversed(reference_points or []):
-        if created and reference.get("created") == created:
-            return dict(reference.get("rct_ids") or {}), None
+    recorded = (parent.metadata or {}).get("recovery_point") or {}
+    references = [r for r in reference_points or [] if r.get("ours") is not False and r.get("type") in (None, "RCT")]
+    if recorded.get("reference_point_id"):
+        wanted = [r for r in references if r.get("id") == recorded["reference_point_id"]]
+    else:
+        wanted = [r for r in references if recorded.get("id") and r.get("recovery_point_id") == recorded["id"]]
+        if not wanted and recorded.get("created"):
+            wanted = [r for r in references if not r.get("recovery_point_id") and r.get("created") == recorded["created"]]
+    for reference in reversed(wanted):
+        if reference.get("problem"):
+            return None, "the RCT reference point %s of the parent backup %s cannot be used: %s" % (
+                reference.get("id"), parent.backup_id, reference["problem"])
+        return dict(reference.get("rct_ids") or {}), None
     return None, ("the RCT reference point of the parent backup %s is gone from the host (removed, or the VM moved)"
                   % parent.backup_id)
 

@@ -8,6 +8,12 @@ destination), write the backup's non-zero chunks (fetched and decompressed ahead
 dynamic VHDX (vdisk.create_vhdx) or a sparse raw image under a temporary name, re-open what was written and
 re-hash it chunk by chunk with the repository's chunk-id function against the manifest (zero chunks
 must read as zeros), and only then rename it into place. A mismatch removes the file and fails.
+
+Registering (issue 11, point 9) needs the disks on the HOST: ``host_destination`` is a Windows folder there,
+written through a path map (the host's share mounted here, or the lab host's own map from the session) or,
+with ``smb_access``, restored and verified in ``destination`` and then uploaded to the administrative share
+(host/smb_upload.py). import_vm then gets Windows paths with each disk's controller slot from the backup, and
+the configuration files stored with the backup (backup_engine.load_configuration).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,8 +27,10 @@ import re
 import threading
 import time
 
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import load_configuration
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import chunk_indexes
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import ZERO_ID, parse_time
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx, open_disk
@@ -300,63 +308,165 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     return entry
 
 
-def _disk_order(record, restored):
-    """Restored paths in the order of the captured configuration's disks (import_vm wants them so)."""
-    document = ((record.metadata or {}).get("configuration") or {}).get("document") or {}
-    by_key = dict((d["disk_key"], d["path"]) for d in restored)
-    ordered = []
-    for disk in document.get("disks") or []:
-        key = "%s%d-%d" % (str(disk.get("controller_type", "")).lower(), int(disk.get("controller_number") or 0),
-                           int(disk.get("controller_location") or 0))
-        if key in by_key:
-            ordered.append(by_key.pop(key))
-    return ordered + [by_key[k] for k in sorted(by_key)]
+def _address(disk):
+    """The controller slot a disk had in the backup (recorded per disk; else read from its key, e.g. scsi0-1)."""
+    meta = disk.get("metadata") or {}
+    if meta.get("controller_type") is not None and meta.get("controller_location") is not None:
+        return str(meta["controller_type"]).upper(), int(meta.get("controller_number") or 0), int(meta["controller_location"])
+    match = re.match(r"^(ide|scsi)(\d+)-(\d+)$", str(disk["disk_key"]))
+    if not match:
+        raise HyperVBackupError("Disk %s of the backup has no controller slot; the VM cannot be registered with it." % disk["disk_key"],
+                                hint="Create the VM by hand and attach the restored disk.")
+    return match.group(1).upper(), int(match.group(2)), int(match.group(3))
 
 
-def run_restore(repo, params, session=None, check_mode=False, progress_file=None):
-    """Restore per ``params`` (vm, backup_id, point_in_time, destination, format, force, disk_names, verify,
-    register, new_name, generate_new_id). ``session`` (a HostSession) is needed only to register the VM."""
+def _windows_join(folder, name):
+    return str(folder).rstrip("\\/") + "\\" + name
+
+
+def session_path_map(session):
+    """The session's {Windows prefix: local directory} (the lab host's, see HostSession.path_map), or None."""
+    getter = getattr(session, "path_map", None) if session is not None else None
+    try:
+        return getter() if callable(getter) else getter
+    except Exception:  # pylint: disable=broad-except  # a session without a map simply has none
+        return None
+
+
+def reverse_map(local_path, path_map):
+    """The Windows path of a local path through ``path_map`` (longest local directory first), or None."""
+    target = os.path.realpath(local_path)
+    for prefix, local in sorted((path_map or {}).items(), key=lambda item: len(str(item[1])), reverse=True):
+        root = os.path.realpath(str(local))
+        if target == root or target.startswith(root + os.sep):
+            rest = os.path.relpath(target, root)
+            return str(prefix).rstrip("\\") if rest == "." else _windows_join(prefix, rest.replace(os.sep, "\\"))
+    return None
+
+
+_WINDOWS_PATH = re.compile(r"^([A-Za-z]:\\|\\\\[^\\]+\\)")
+
+
+def is_windows_path(path):
+    """``C:\\...`` or ``\\\\server\\share...`` (never a path of this Linux machine)."""
+    return bool(path) and bool(_WINDOWS_PATH.match(str(path)))
+
+
+def plan_delivery(params, session):
+    """Where the disks are written locally and which Windows folder on the host they become.
+
+    Returns (local directory, host folder or None, kind) with kind 'local' (no host path), 'path_map' (the host
+    folder is a local directory through path_map / the lab's map) or 'smb' (written to ``destination`` on the
+    proxy, then uploaded to the host's administrative share).
+    """
+    host_folder = params.get("host_destination")
+    if not host_folder and is_windows_path(params.get("destination")):
+        # destination: C:\\Restores\\web01 (what the hyperv_restore role passes for a host) means a folder on the host
+        host_folder, params = params["destination"], dict(params, destination=None)
+    path_map = dict(session_path_map(session) or {})
+    path_map.update(params.get("path_map") or {})
+    if host_folder:
+        local = map_path(host_folder, path_map) if path_map else None
+        if local:
+            return local, host_folder, "path_map"
+        if params.get("smb_access"):
+            if not params.get("destination"):
+                raise HyperVBackupError("smb_access needs destination: a directory on this machine where the disks are written "
+                                        "and verified before they are uploaded to %s." % host_folder)
+            return params["destination"], host_folder, "smb"
+        raise HyperVBackupError("host_destination %s is not reachable from this machine." % host_folder,
+                                hint="Give path_map (the host's share mounted here) or smb_access: true (upload to the host's "
+                                     "administrative share with the connection credentials).")
+    if not params.get("destination"):
+        raise HyperVBackupError("Say where to restore: destination (a directory here) or host_destination (a folder on the host).")
+    if params.get("register") and path_map:
+        mapped = reverse_map(params["destination"], path_map)
+        if mapped:
+            return params["destination"], mapped, "path_map"
+    return params["destination"], None, "local"
+
+
+def register_vm(repo, record, restored, host_folder, session, params):
+    """import_vm with the backup's configuration and the restored disks at their Windows paths and slots."""
+    configuration = load_configuration(repo, record)
+    if not configuration:
+        raise HyperVBackupError("Backup %s has no captured VM configuration; the disks were restored but the VM cannot be "
+                                "registered." % record.backup_id, hint="Create the VM by hand and attach the restored disks.")
+    disks = dict((d["disk_key"], d) for d in record.disks)
+    disk_paths = []
+    for entry in restored:
+        kind, number, location = _address(disks[entry["disk_key"]])
+        disk_paths.append({"path": entry["host_path"], "controller_type": kind, "controller_number": number,
+                           "controller_location": location})
+    configuration["import_folder"] = host_folder
+    if params.get("switch_map"):
+        configuration["switch_map"] = dict(params["switch_map"])
+    return session.run("import_vm", configuration=configuration, disk_paths=disk_paths, new_name=params.get("new_name"),
+                       generate_new_id=bool(params.get("generate_new_id")))
+
+
+def _uploader(session, params):
+    from ansible_collections.hyperv.backup.plugins.module_utils.host.smb_upload import SmbUploader   # smbclient only when used
+    return SmbUploader(session.host if session is not None else params.get("host"), params.get("username"),
+                       params.get("password"), port=params.get("smb_port") or 445)
+
+
+def run_restore(repo, params, session=None, check_mode=False, progress_file=None, uploader=None):
+    """Restore per ``params`` (vm, backup_id, point_in_time, destination, host_destination, path_map, smb_access,
+    format, force, disk_names, verify, register, new_name, generate_new_id, switch_map). ``session`` (a HostSession)
+    is needed to register the VM; ``uploader`` replaces the SMB uploader (tests)."""
     fmt = params.get("format") or "vhdx"
     if fmt not in FORMATS:
         raise HyperVBackupError("format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
     record = select_backup(repo, params.get("vm"), params.get("backup_id"), params.get("point_in_time"))
-    destination = params["destination"]
     if params.get("register") and session is None:
         raise HyperVBackupError("register: true needs the host connection options (host, transport, ...).")
     if params.get("register") and fmt not in VIRTUAL_DISK_FORMATS:
         raise HyperVBackupError("register: true needs format: vhdx (or vhd for Windows Server 2008 / 2008 R2); "
                                 "Hyper-V cannot attach raw images.")
+    destination, host_folder, delivery = plan_delivery(params, session)
+    if params.get("register") and host_folder is None:
+        raise HyperVBackupError("register: true needs the disks on the host: give host_destination (a folder on the host) "
+                                "with path_map or smb_access.", hint="The VM is registered from Windows paths on the host.")
+    if delivery == "smb" and uploader is None:
+        uploader = _uploader(session, params)
     plan = []
     for disk in record.disks:
-        target = safe_target(destination, output_name(disk, fmt, record.vm_name, params.get("disk_names")))
-        exists = os.path.exists(target)
+        name = output_name(disk, fmt, record.vm_name, params.get("disk_names"))
+        target = safe_target(destination, name)
+        host_path = _windows_join(host_folder, name) if host_folder else None
+        exists = os.path.exists(target) or bool(delivery == "smb" and uploader.exists(host_path))
         if exists and not params.get("force"):
-            raise HyperVBackupError("%s already exists; restore never overwrites a file unless force: true." % target,
-                                    hint="Choose another destination, delete the file, or set force: true.", path=target)
-        plan.append((disk, target, exists))
+            raise HyperVBackupError("%s already exists; restore never overwrites a file unless force: true." % (
+                host_path if delivery == "smb" and not os.path.exists(target) else target),
+                hint="Choose another destination, delete the file, or set force: true.", path=target)
+        plan.append((disk, target, exists, host_path))
     result = {"backup_id": record.backup_id, "vm": record.vm_name, "vm_id": record.vm_id, "backup_type": record.type,
               "created": record.as_dict()["created"], "consistency": record.consistency, "destination": destination,
-              "format": fmt, "planned": [{"disk_key": d["disk_key"], "path": t, "replaces_existing": e} for d, t, e in plan]}
+              "host_destination": host_folder, "delivery": delivery, "format": fmt,
+              "planned": [dict({"disk_key": d["disk_key"], "path": t, "replaces_existing": e}, **({"host_path": h} if h else {}))
+                          for d, t, e, h in plan]}
     if check_mode:
         result["changed"] = True
         return result
     if not os.path.isdir(destination):
         os.makedirs(destination, mode=0o750)
-    total = sum(int(d["virtual_size"]) for d, _t, _e in plan)
+    total = sum(int(d["virtual_size"]) for d, _t, _e, _h in plan)
     progress = ProgressReporter(progress_file, total, operation="restore")
     progress.set_phase("restoring")
     started = time.monotonic()
-    restored = [restore_disk(repo, record, disk, target, fmt, progress, verify=params.get("verify", True))
-                for disk, target, _exists in plan]
+    restored = []
+    for disk, target, _exists, host_path in plan:
+        entry = restore_disk(repo, record, disk, target, fmt, progress, verify=params.get("verify", True))
+        if host_path:
+            entry["host_path"] = host_path
+        if delivery == "smb":
+            entry["uploaded_to"] = uploader.upload_file(target, host_path, replace=bool(params.get("force")))
+        restored.append(entry)
     duration = max(time.monotonic() - started, 1e-9)
     progress.finish()
     result.update(changed=True, disks=restored, duration_seconds=round(duration, 3), bytes_per_second=int(total / duration),
                   verified=all(d["verified"] for d in restored))
     if params.get("register"):
-        configuration = (record.metadata or {}).get("configuration")
-        if not configuration:
-            raise HyperVBackupError("Backup %s has no captured VM configuration; the disks were restored but the VM cannot be "
-                                    "registered." % record.backup_id, hint="Create the VM by hand and attach the restored disks.")
-        result["registered_vm"] = session.run("import_vm", configuration=configuration, disk_paths=_disk_order(record, restored),
-                                              new_name=params.get("new_name"), generate_new_id=bool(params.get("generate_new_id")))
+        result["registered_vm"] = register_vm(repo, record, restored, host_folder, session, params)
     return result

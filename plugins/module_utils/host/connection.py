@@ -4,9 +4,11 @@
 """Connection options and the host session every module uses to run host operations.
 
 ``connection_argument_spec()`` matches the ``hyperv.backup.connection`` doc fragment.
-``HostSession.from_module_params(params)`` picks the transport (psrp, winrm or lab) and
-``session.run(name, **params)`` checks the operation against ``host_operations.OPERATIONS`` before
-sending it, so modules never know how the host is reached.
+``HostSession.from_module_params(params)`` picks the transport (psrp, winrm or lab) and opens its
+WMI bridge (``host/bridge.py``); ``session.run(name, **params)`` checks the operation against
+``hyperv/host_operations.OPERATIONS`` and runs its Python logic over that bridge
+(``run_operation``), so modules never know how the host is reached and real hosts and the lab
+run the same Hyper-V logic.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,7 +20,8 @@ import logging
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import get_operation
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import BridgeError
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import get_operation, run_operation
 
 LOG = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class HostSession(object):
 
     def __init__(self, settings):
         self.settings = settings
-        self._transport = None
+        self._bridge = None
 
     @classmethod
     def from_module_params(cls, params):
@@ -138,20 +141,26 @@ class HostSession(object):
     def host(self):
         return self.settings.host
 
-    def _open_transport(self):
-        if self._transport is None:
+    @property
+    def bridge(self):
+        """The transport's WMI bridge (opened on first use)."""
+        if self._bridge is None:
             kind = self.settings.transport
             if kind == "psrp":
-                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_psrp import PsrpTransport
-                self._transport = PsrpTransport(self.settings)
+                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_psrp import PsrpBridge
+                self._bridge = PsrpBridge(self.settings)
             elif kind == "winrm":
-                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_winrm import WinrmTransport
-                self._transport = WinrmTransport(self.settings)
+                from ansible_collections.hyperv.backup.plugins.module_utils.host.transport_winrm import WinrmBridge
+                self._bridge = WinrmBridge(self.settings)
             else:
                 # Imported here so that psrp/winrm users (and their tests) never need the lab emulator.
-                from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
-                self._transport = LabTransport(self.settings.lab_directory, self.settings.host)
-        return self._transport
+                from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_bridge import LabBridge
+                self._bridge = LabBridge(self.settings.lab_directory, self.settings.host)
+        return self._bridge
+
+    def path_map(self):
+        """{Windows prefix: local directory} under which the host's files are readable here (the lab's), or {}."""
+        return dict(getattr(self.bridge, "path_map", None) or {})
 
     def run(self, operation_name, **params):
         """Run one host operation and return its result (dict or list); failures raise HostOperationError."""
@@ -163,13 +172,25 @@ class HostSession(object):
                                      hint="This is a bug in the calling module; report it with the task that failed.")
         _check_param_types(self.host, operation, checked)
         LOG.debug("host %s: running %s with parameters %s", self.host, operation_name, sorted(checked))
-        return self._open_transport().run(operation_name, checked)
+        try:
+            return run_operation(self.bridge, operation_name, checked)
+        except HostOperationError as exc:
+            if exc.operation == operation_name:
+                raise
+            # A transport names the bridge call that failed (query, invoke ...); the user asked for the operation.
+            raise HostOperationError(self.host, operation_name, exc.category, exc.problem, hint=exc.hint,
+                                     windows_error=exc.windows_error, bridge_call=exc.operation)
+        except BridgeError as exc:
+            # The logic maps the failures it expects; anything else still reaches the user with its code.
+            raise HostOperationError(self.host, operation_name, getattr(exc, "category", None) or "failed", exc.message,
+                                     hint=getattr(exc, "hint", None) or "See the error code; the host refused a WMI call.",
+                                     windows_error=_code_text(getattr(exc, "code", None)))
 
     def close(self):
-        """Close the transport (runspace pool / shell); safe to call twice."""
-        transport, self._transport = self._transport, None
-        if transport is not None and hasattr(transport, "close"):
-            transport.close()
+        """Close the bridge (runspace pool / shell); safe to call twice."""
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None and hasattr(bridge, "close"):
+            bridge.close()
 
     def __enter__(self):
         return self
@@ -180,3 +201,9 @@ class HostSession(object):
 
     def __repr__(self):
         return "HostSession(%r)" % (self.settings,)
+
+
+def _code_text(code):
+    if isinstance(code, int):
+        return "0x%08X" % (code & 0xFFFFFFFF) if code < 0 or code > 0xFFFF else str(code)
+    return code

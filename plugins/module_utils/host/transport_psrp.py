@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The psrp transport: run an operation's PowerShell script in a pypsrp RunspacePool.
+"""The psrp transport: ``PsrpBridge``, the WMI bridge over a pypsrp RunspacePool.
 
-The script text goes in with ``PowerShell.add_script`` and the operation's values with
-``add_parameters``, so no user value is ever part of the script text. One runspace pool is
-opened on first use and kept for the session.
+Each bridge call runs one generic script of ``bridge_scripts.SCRIPTS``: the text goes in with
+``PowerShell.add_script`` and the call's values with ``add_parameters`` (PSRP carries strings, numbers,
+booleans and string arrays natively), so no user value is ever part of the script text. One runspace
+pool is opened on first use and kept until ``close()``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,8 +17,7 @@ import logging
 import traceback
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_result import parse_script_output, transport_failure
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS, script_parameters
+from ansible_collections.hyperv.backup.plugins.module_utils.host.script_bridge import ScriptBridge, transport_failure
 
 try:
     from pypsrp.powershell import PowerShell, RunspacePool
@@ -55,41 +55,42 @@ def wsman_options(settings):
     return options
 
 
-class PsrpTransport(object):
-    """Runs host operations over PSRP; ``run(operation, params) -> result``; ``close()`` closes the pool."""
+def _missing_pypsrp(host, call):
+    return HostOperationError(host, call, "failed", "the Python library pypsrp is not installed",
+                              hint="Install pypsrp on the machine that runs the module (pip install pypsrp), or use transport winrm.",
+                              import_error=PYPSRP_IMPORT_ERROR)
+
+
+class PsrpBridge(ScriptBridge):
+    """The WMI bridge over PSRP (``bridge.Bridge``); ``close()`` closes the runspace pool."""
 
     def __init__(self, settings):
-        self.settings = settings
+        super(PsrpBridge, self).__init__(settings)
         self._pool = None
 
-    def _runspace_pool(self, operation):
+    def _runspace_pool(self, call):
         if not HAS_PYPSRP:
-            raise HostOperationError(self.settings.host, operation, "failed", "the Python library pypsrp is not installed",
-                                     hint="Install pypsrp on the machine that runs the module (pip install pypsrp), or use transport winrm.",
-                                     import_error=PYPSRP_IMPORT_ERROR)
+            raise _missing_pypsrp(self.host, call)
         if self._pool is None:
             pool = RunspacePool(WSMan(**wsman_options(self.settings)), configuration_name=self.settings.configuration_name)
             pool.open()
             self._pool = pool
         return self._pool
 
-    def run(self, operation, params):
-        script = SCRIPTS[operation]
-        secrets = self.settings.secrets()
+    def _execute(self, call, script_text, parameters):
         try:
-            pool = self._runspace_pool(operation)
-            shell = PowerShell(pool)
-            shell.add_script(script.text)
-            shell.add_parameters(script_parameters(params, self.settings.operation_timeout))
+            shell = PowerShell(self._runspace_pool(call))
+            shell.add_script(script_text)
+            shell.add_parameters(parameters)
             output = shell.invoke()
         except HostOperationError:
             raise
         except Exception as exc:  # pylint: disable=broad-except  # every client failure becomes a categorised error
-            raise transport_failure(self.settings.host, operation, exc, secrets)
+            raise transport_failure(self.host, call, exc, self.settings.secrets())
         errors = [str(record) for record in shell.streams.error] if shell.had_errors else []
         text = "\n".join(str(item) for item in output if item is not None)
-        LOG.debug("host %s: %s printed %d characters, %d error records", self.settings.host, operation, len(text), len(errors))
-        return parse_script_output(self.settings.host, operation, text, errors, secrets)
+        LOG.debug("host %s: bridge %s printed %d characters, %d error records", self.host, call, len(text), len(errors))
+        return text, errors
 
     def close(self):
         pool, self._pool = self._pool, None
@@ -97,4 +98,4 @@ class PsrpTransport(object):
             try:
                 pool.close()
             except Exception as exc:  # pylint: disable=broad-except  # closing must never hide the real result
-                LOG.debug("host %s: closing the runspace pool failed: %s", self.settings.host, type(exc).__name__)
+                LOG.debug("host %s: closing the runspace pool failed: %s", self.host, type(exc).__name__)

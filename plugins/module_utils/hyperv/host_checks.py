@@ -22,21 +22,39 @@ from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_points import is_ours
 
 VSS_SERVICE = "vss"
-# Get-VMIntegrationService calls the backup service 'VSS'; older hosts and localised ones show the long name.
-BACKUP_INTEGRATION_NAMES = ("vss", "backup (volume shadow copy)", "backup (volume checkpoint)")
+# The backup integration component is known by its GUID (the end of Msvm_VssComponent.DeviceID), which
+# get_vms reports as the entry's 'id'; names are localised on non-English hosts (issue point 6). The
+# name is only a fallback for entries without an id; get_vms names it 'VSS' whatever the host's language.
+BACKUP_INTEGRATION_ID = "5ced1297-4598-4915-a5fc-ad21bb4d02a4"
+BACKUP_INTEGRATION_NAMES = ("vss",)
 # VSS_WRITER_STATE (vss.h): 1 VSS_WS_STABLE, 5 VSS_WS_WAITING_FOR_BACKUP_COMPLETE; 6 and up are failures.
+# Only the number is judged: vssadmin's words and its "Last error" text are localised (issue point 6).
 HEALTHY_WRITER_STATE_NUMBERS = (1, 5)
-HEALTHY_WRITER_STATES = ("stable", "waiting for completion")
-NO_WRITER_ERROR = ("", "no error", "none")
 WINDOWS_SERVER_2012_R2_BUILD = 9600
+
+
+def _is_backup_integration(service):
+    ident = str(service.get("id") or "").strip().strip("{}").lower()
+    if ident:
+        return ident.rsplit(":", 1)[-1].rsplit("\\", 1)[-1] == BACKUP_INTEGRATION_ID
+    return str(service.get("name", "")).strip().lower() in BACKUP_INTEGRATION_NAMES
 
 
 def backup_integration(vm):
     """The VM's backup integration service entry, or None when the guest has none."""
     for service in vm.get("integration_services") or []:
-        if str(service.get("name", "")).strip().lower() in BACKUP_INTEGRATION_NAMES:
+        if _is_backup_integration(service):
             return service
     return None
+
+
+def writer_state_number(writer):
+    """The VSS_WRITER_STATE number of the hyperv_vss_writer fact ('state_number', or the '[N]' of 'state')."""
+    number = (writer or {}).get("state_number")
+    if number is not None:
+        return int(number)
+    match = re.match(r"\s*\[(\d+)\]", str((writer or {}).get("state") or ""))
+    return int(match.group(1)) if match else None
 
 
 def _check(check, vm, ok, message, blocking=True):
@@ -54,15 +72,11 @@ def vss_writer_check(writer):
     writer = writer or {}
     state = str(writer.get("state") or "")
     last_error = str(writer.get("last_error") or "")
-    # vssadmin's words are localised; its "[N]" state number is not, so judge by the number when there is one.
-    number = re.match(r"\s*\[(\d+)\]", state)
-    if number:
-        state_ok = int(number.group(1)) in HEALTHY_WRITER_STATE_NUMBERS
-    else:
-        state_ok = any(state.lower().startswith(good) for good in HEALTHY_WRITER_STATES)
-    ok = bool(state) and state_ok and last_error.strip().lower() in NO_WRITER_ERROR
+    # vssadmin's words are localised; its "[N]" state number is not, so only the number is judged.
+    number = writer_state_number(writer)
+    ok = number in HEALTHY_WRITER_STATE_NUMBERS
     if ok:
-        message = "Hyper-V VSS writer is %s" % state
+        message = "Hyper-V VSS writer is %s" % state + (" (last error: %s)" % last_error if last_error else "")
     elif not state:
         message = ("the Hyper-V VSS writer is not listed; start the Volume Shadow Copy service and check that the "
                    "Hyper-V role (vmms) is running")
@@ -115,6 +129,11 @@ def configuration_version_check(host_facts, vm):
     if int(host_facts.get("os_build") or 0) < RCT_MIN_BUILD:
         return _check("configuration_version", name, True,
                       "VM %s: configuration version %s (the host predates RCT; backups use VSS)" % (name, config), blocking=False)
+    if not str(config or "").strip():
+        # An empty Version (issue point 14) is reported, never a reason to stop the run.
+        return _check("configuration_version", name, False,
+                      "VM %s: the host reports no configuration version, so RCT is not used and backups are full VSS "
+                      "backups; check the VM with Get-VM | Select Name, Version" % name, blocking=False)
     if version_tuple(config) < version_tuple(RCT_MIN_CONFIGURATION_VERSION):
         return _check("configuration_version", name, False,
                       "VM %s: configuration version %s is older than %s, so RCT is not available and every backup is a "

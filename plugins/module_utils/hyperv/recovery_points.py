@@ -10,6 +10,10 @@ the backup engine both call these functions; nothing here parses module argument
 
 Our recovery points are named ``hyperv.backup:<run id>`` so that one left behind by a failed run
 is recognisable (the host marks it ``ours``) and can be removed without touching anyone else's.
+The run that created a point holds the VM's lease on the host while it works (``locks.py``); the
+host lists that as ``held_by_live_run``, and stale cleanup never removes such a point. Reference
+points are only ever removed when they are ours (an ownership marker on the host) and RCT-based,
+and never while another repository's latest backup is based on them (issue point 3).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,6 +25,7 @@ import os
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import choose_method, parallel_safety, rct_eligibility
 
 TAG_PREFIX = "hyperv.backup:"
@@ -49,6 +54,18 @@ def _host_name(session):
     return getattr(session, "host", None) or "host"
 
 
+def _accepts(operation, param):
+    """Whether the host operation takes ``param`` (optional parameters added with issue 11)."""
+    # imported here: host_operations dispatches to modules that import this one
+    from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_operations import OPERATIONS
+    op = OPERATIONS.get(operation)
+    return op is not None and param in op.params
+
+
+def _optional(operation, **params):
+    return dict((k, v) for k, v in params.items() if v is not None and _accepts(operation, k))
+
+
 # --- create and validate ---------------------------------------------------------------------------
 
 def decide_method(host_facts, vm, requested="auto", previous_method=None):
@@ -64,6 +81,9 @@ def check_serialization(session, host_facts, vm, all_vms):
 
     On Windows Server 2008 / 2008 R2 VMs on one CSV (or, without a hardware VSS provider, on one host)
     must be backed up one at a time; a recovery point of ours on a sibling VM means its backup is running.
+    Both kinds count: checkpoints (the VM's ``checkpoints``) and host-VSS points, which are marker files
+    on the host and are listed by ``get_recovery_points`` (issue point 8). Returns this VM's entry of
+    ``parallel_safety`` (its ``serialization_key`` is what ``create_recovery_point`` takes as the queue lease).
     """
     keys = parallel_safety(host_facts, all_vms)
     mine = keys[vm["id"]]
@@ -73,6 +93,8 @@ def check_serialization(session, host_facts, vm, all_vms):
         if other["id"] == vm["id"] or keys[other["id"]]["serialization_key"] != mine["serialization_key"]:
             continue
         holding = [cp for cp in other.get("checkpoints") or [] if cp.get("type") == "Recovery" and is_ours(cp)]
+        if not holding:
+            holding = [p for p in session.run("get_recovery_points", vm_id=other["id"]) if is_ours(p)]
         if holding:
             raise HostOperationError(
                 _host_name(session), "create_recovery_point", "busy",
@@ -84,17 +106,20 @@ def check_serialization(session, host_facts, vm, all_vms):
     return mine
 
 
-def create_recovery_point(session, vm, method, consistency, run_id, local_paths=False):
+def create_recovery_point(session, vm, method, consistency, run_id, local_paths=False, serialization_key=None):
     """Create a recovery point, validate it and return what the backup needs (see ``_describe``).
 
     consistency 'application' fails when the guest cannot quiesce; 'application_or_crash' falls back
     to crash consistency and the result says so (consistency_fallback, warning). A point that fails
     validation is removed again before the error is raised, so a failure leaves nothing behind.
+    The host operation takes the run's VM lease (and, with ``serialization_key`` from
+    ``check_serialization``, the queue lease of the 2008 R2 CSV rule); hand-back releases them.
     """
     if consistency not in CONSISTENCY_CHOICES:
         raise HyperVBackupError("consistency %r is not one of %s" % (consistency, ", ".join(CONSISTENCY_CHOICES)))
     tag = recovery_point_tag(run_id)
-    created = session.run("create_recovery_point", vm_id=vm["id"], method=method, consistency=consistency, tag=tag)
+    created = session.run("create_recovery_point", vm_id=vm["id"], method=method, consistency=consistency, tag=tag,
+                          **_optional("create_recovery_point", serialization_key=serialization_key))
     try:
         validated = validate_recovery_point(session, vm, created, method, consistency, local_paths=local_paths)
     except HyperVBackupError:
@@ -107,6 +132,35 @@ def create_recovery_point(session, vm, method, consistency, run_id, local_paths=
     if method == "rct":
         _attach_previous_rct_ids(session, vm["id"], result)
     return result
+
+
+def renew_lease(session, vm_id, run_id, interval=None):
+    """Keep the run's VM lease alive while a long copy runs: a started ``locks.Renewer`` (call ``stop()`` before the
+    hand-back), or None when the session has no bridge (an old transport). The lease itself is taken by the
+    create_recovery_point operation and released by the hand-back (convert / remove)."""
+    bridge = getattr(session, "bridge", None)
+    if bridge is None or not run_id:
+        return None
+    from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import locks
+    return locks.run_renewer(bridge, vm_id, run_id, interval)
+
+
+def detach_lease(session, vm_id, run_id):
+    """Let the run's VM lease outlive this process (``locks.detach_run_leases``): for a point that a later task
+    hands back (``hyperv_recovery_point state=present``). Without it the lease ends with the process that
+    created the point, which is right for a backup run that creates and hands back in one process."""
+    bridge = getattr(session, "bridge", None)
+    if bridge is None or not run_id:
+        return False
+    from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import locks
+    return locks.detach_run_leases(bridge, vm_id, run_id)
+
+
+def _local_path(session, path):
+    """Where a host path is readable here: through the session's path map (the lab's), else as given."""
+    getter = getattr(session, "path_map", None)
+    mapped = map_path(path, getter()) if callable(getter) and getter() else None
+    return mapped or path
 
 
 def validate_recovery_point(session, vm, created, method, consistency, local_paths=False):
@@ -141,7 +195,7 @@ def validate_recovery_point(session, vm, created, method, consistency, local_pat
             problems.append("differencing disk %s lists no parent chain" % disk["path"])
         if local_paths:
             problems.extend("file %s of disk %s does not exist" % (path, disk["path"])
-                            for path in [disk["path"]] + list(chain) if not os.path.exists(path))
+                            for path in [disk["path"]] + list(chain) if not os.path.exists(_local_path(session, path)))
     achieved = created.get("consistency") or point.get("consistency")
     if consistency == "application" and achieved != "application":
         problems.append("application consistency was required but the point is %s-consistent" % achieved)
@@ -187,8 +241,11 @@ def _describe(point, method, consistency):
 
 
 def _attach_previous_rct_ids(session, vm_id, result):
-    """Per disk, the RCT id of the newest reference point that tracked that disk (matched by disk_id)."""
-    references = session.run("get_reference_points", vm_id=vm_id)
+    """Per disk, the RCT id of the newest reference point of ours that tracked that disk (matched by disk_id).
+
+    Another product's point (``ours`` False) is never a base: its changes are not the changes since our backup.
+    """
+    references = [r for r in session.run("get_reference_points", vm_id=vm_id) if r.get("ours") is not False]
     for disk in result["disks"]:
         for reference in reversed(references):  # oldest first -> newest first
             rct_id = (reference.get("rct_ids") or {}).get(disk["disk_id"])
@@ -212,9 +269,11 @@ def remove_recovery_point(session, vm_id, point_id, check_mode=False):
 
 
 def find_stale(session, vm_id, keep_run_id=None):
-    """Our recovery points of a VM, except the current run's: what a failed run left behind."""
+    """Our recovery points of a VM, except the current run's and those whose run still holds the VM's
+    lease on the host (``held_by_live_run``): what a failed run left behind."""
     keep = recovery_point_tag(keep_run_id) if keep_run_id else None
-    return [p for p in session.run("get_recovery_points", vm_id=vm_id) if is_ours(p) and p.get("name") != keep]
+    return [p for p in session.run("get_recovery_points", vm_id=vm_id)
+            if is_ours(p) and p.get("name") != keep and not p.get("held_by_live_run")]
 
 
 def clean_stale(session, vm_id, keep_run_id=None, check_mode=False):
@@ -230,11 +289,27 @@ def clean_stale(session, vm_id, keep_run_id=None, check_mode=False):
 
 # --- reference points --------------------------------------------------------------------------------
 
-def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1, check_mode=False):
-    """Convert a completed RCT recovery point into a reference point and keep only the newest N per VM.
+def removable_reference(reference, repository_id=None):
+    """Issue point 3: a reference point may be destroyed only when this collection created it (``ours``, from the
+    ownership marker on the host), it is RCT-based (type 2; Replica's log-based type 1 never), and no other
+    repository's latest backup is based on it."""
+    others = [r for r in reference.get("repositories") or [] if r != repository_id]
+    return _ours_rct(reference) and not others
 
-    Idempotent: a point that is already a reference point (same id) is left as it is; retention
-    still applies. Returns {reference_point, removed_reference_points, changed}.
+
+def _ours_rct(reference):
+    # hyperv/reference_points.py always says ``ours`` and ``type``; only the per-operation transports that issue 11
+    # retires (lab_host.op_*, the PowerShell scripts) report neither, and keep their old behaviour until they go.
+    return bool(reference.get("ours", True)) and reference.get("type", "RCT") == "RCT"
+
+
+def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1, check_mode=False, repository_id=None):
+    """Convert a completed RCT recovery point into a reference point and keep only the newest N of ours per VM.
+
+    ``repository_id`` (the repository the backup was written to) is recorded in the point's ownership marker,
+    so that a backup into another repository never destroys the point this one builds on. Idempotent: a point
+    that is already a reference point (same id) is left as it is; retention still applies. Returns
+    {reference_point, removed_reference_points, kept_reference_points, changed}.
     """
     if int(keep_reference_points) < 1:
         raise HyperVBackupError("keep_reference_points must be 1 or more (got %s)" % keep_reference_points,
@@ -251,7 +326,8 @@ def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1
                                      % (point_id, points[0].get("method")), hint="Remove VSS points with state: absent.")
         changed = True
         if not check_mode:
-            reference = session.run("convert_to_reference_point", vm_id=vm_id, id=point_id)
+            reference = session.run("convert_to_reference_point", vm_id=vm_id, id=point_id,
+                                    **_optional("convert_to_reference_point", repository_id=repository_id))
             references = session.run("get_reference_points", vm_id=vm_id)
     else:
         matching = [r for r in references if r.get("id") == point_id]
@@ -260,15 +336,24 @@ def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1
                                      "VM %s has neither a recovery point nor a reference point with id %s" % (vm_id, point_id),
                                      hint="Pass the id returned by hyperv_recovery_point state: present.")
         reference = matching[0]
-    removed = []
-    surplus = len(references) - int(keep_reference_points) + (1 if check_mode and changed else 0)
-    for old in references[:max(0, surplus)]:  # oldest first
+    ours = [r for r in references if _ours_rct(r)]     # oldest first
+    surplus = len(ours) - int(keep_reference_points) + (1 if check_mode and changed else 0)
+    removed, kept = [], []
+    for old in ours:
+        if surplus <= 0:
+            break
         if reference is not None and old.get("id") == reference.get("id"):
+            continue
+        if not removable_reference(old, repository_id):
+            kept.append({"id": old["id"], "reason": "the latest backup in repository %s is based on it"
+                         % ", ".join(r for r in old.get("repositories") or [] if r != repository_id)})
             continue
         if not check_mode:
             session.run("remove_reference_point", vm_id=vm_id, id=old["id"])
         removed.append(old["id"])
-    return {"reference_point": reference, "removed_reference_points": removed, "changed": changed or bool(removed)}
+        surplus -= 1
+    return {"reference_point": reference, "removed_reference_points": removed, "kept_reference_points": kept,
+            "changed": changed or bool(removed)}
 
 
 # --- change lists ------------------------------------------------------------------------------------

@@ -20,9 +20,8 @@ import shutil
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct, lab_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
-    CONFIGURATION_VERSIONS, ERAS, OPERATIONAL_STATUSES, SERVICE_STATUSES, VM_STATES, LabLayout, host_document,
-    make_private_dir, new_guid, validate_fault, version_tuple)
-from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabHost
+    CONFIGURATION_VERSIONS, ERAS, LOCALES, OPERATIONAL_STATUSES, SERVICE_STATUSES, VM_STATES, LabLayout, cluster_fact,
+    csv_facts, host_document, make_private_dir, new_guid, validate_fault, validate_quirk, version_tuple)
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import rct_eligibility
 
 GIB = 1024 ** 3
@@ -64,13 +63,24 @@ def _normalise_services(services):
 
 
 def ensure_host(layout, era=None, cluster=None, csvs=None, hardware_vss_provider=None, services=None, faults=None,
-                check_mode=False):
-    """Create the host or bring it to the given facts; returns (changed, host document)."""
+                check_mode=False, locale=None, clock_offset_seconds=None, quirks=None):
+    """Create the host or bring it to the given facts; returns (changed, host document).
+
+    ``locale`` (en-US, de-DE), ``clock_offset_seconds`` (the host clock's skew against real time) and ``quirks``
+    (lab_state.QUIRKS) are kept when None, like every other fact.
+    """
     if era is not None and era not in ERAS:
         _refuse("era %r is not one of %s" % (era, ", ".join(sorted(ERAS))))
+    if locale is not None and locale not in LOCALES:
+        _refuse("locale %r is not one of %s" % (locale, ", ".join(LOCALES)))
     for fault in faults or []:
         try:
             validate_fault(fault)
+        except ValueError as exc:
+            _refuse(str(exc))
+    for quirk in quirks or []:
+        try:
+            validate_quirk(quirk)
         except ValueError as exc:
             _refuse(str(exc))
     wanted_services = _normalise_services(services)
@@ -98,6 +108,12 @@ def ensure_host(layout, era=None, cluster=None, csvs=None, hardware_vss_provider
             doc["services"][name].update(wanted)
         if faults is not None:
             doc["faults"] = sorted(set(faults))
+        if locale is not None:
+            doc["locale"] = locale
+        if clock_offset_seconds is not None:
+            doc["clock_offset_seconds"] = clock_offset_seconds
+        if quirks is not None:
+            doc["quirks"] = sorted(set(quirks))
         changed = created or doc != before
         if changed and not check_mode:
             make_private_dir(layout.vms_dir)
@@ -385,6 +401,13 @@ def resize_disk(layout, vm_name, disk=0, size=None, check_mode=False):
     return True
 
 
+def _rct_host_facts(host_doc):
+    """The host facts RCT eligibility looks at (build and cluster), straight from the lab's files: a migration
+    decides this as Hyper-V itself would, without asking the emulated host through its faults."""
+    return {"os_build": ERAS[host_doc["era"]]["os_build"], "os_version": ERAS[host_doc["era"]]["os_version"],
+            "cluster": cluster_fact(host_doc), "csvs": csv_facts(host_doc)}
+
+
 def migrate_vm(layout, vm_name, target_host, check_mode=False):
     """Move a VM to another lab host of the same lab directory; returns changed.
 
@@ -415,7 +438,7 @@ def migrate_vm(layout, vm_name, target_host, check_mode=False):
         vm = _rebase_paths(vm, old_dir, new_dir)
         if vm.get("csv") not in target_doc.get("csvs", []):
             vm["csv"] = None
-        facts = LabHost(target.lab_directory, target_host).host_info(target_doc)
+        facts = _rct_host_facts(target_doc)
         eligibility = rct_eligibility(facts, lab_vm.vm_result(target, target_doc, vm))
         for disk in vm["disks"]:
             if os.path.exists(disk["rct_file"]) and not eligibility.eligible:
@@ -439,3 +462,71 @@ def _rebase_paths(value, old, new):
     if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
         return new + value[len(old):]
     return value
+
+
+# --- fixtures for the WMI emulation (lab_bridge): what other software and broken hosts leave behind -----
+
+def add_foreign_reference_point(layout, vm_name, reference_point_type=1):
+    """Give a VM a reference point this collection did not create; returns its record.
+
+    ``reference_point_type`` 1 = log based (Hyper-V Replica or another product's log tracking: no RCT ids,
+    HasAssociatedData true), 2 = RCT based (another backup product: RCT ids issued at the disks' current
+    state, so its chain stays usable). Both appear as Msvm_VirtualSystemReferencePoint and must survive
+    every run of this collection (issue 11, point 3).
+    """
+    if int(reference_point_type) not in (1, 2):
+        _refuse("reference_point_type must be 1 (log based) or 2 (RCT based), not %r" % (reference_point_type,))
+    vm = _need_vm(layout, vm_name)
+    with layout.vm_lock(vm["id"]):
+        vm = layout.read_vm(vm["id"])
+        rct_ids = {}
+        if int(reference_point_type) == 2:
+            for disk in vm["disks"]:
+                tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
+                rct_ids[disk["disk_id"]] = lab_rct.issue_id(tracking, tracking["sequence"])
+                lab_rct.save(disk["rct_file"], tracking)
+        point = {"id": new_guid(), "vm_id": vm["id"], "created": None, "consistency": "crash", "rct_ids": rct_ids,
+                 "type": int(reference_point_type), "foreign": True}
+        vm["reference_points"].append(point)
+        layout.write_vm(vm)
+    return dict(point)
+
+
+def add_passthrough_disk(layout, vm_name, controller_type="SCSI", controller_number=0, controller_location=None):
+    """Attach a pass-through (physical) disk to a VM; returns its record.
+
+    WMI shows it as a "Microsoft:Hyper-V:Physical Disk Drive" RASD whose HostResource is a host disk path,
+    with no SASD; checkpoints need IgnoreNonSnapshottableDisks (issue 11, point 14).
+    """
+    vm = _need_vm(layout, vm_name)
+    with layout.vm_lock(vm["id"]):
+        vm = layout.read_vm(vm["id"])
+        used = [(item["controller_type"], item["controller_number"], item["controller_location"])
+                for item in vm["disks"] + vm.get("passthrough_disks", [])]
+        if controller_location is None:
+            controller_location = max([slot[2] for slot in used if slot[:2] == (controller_type, controller_number)] + [-1]) + 1
+        slot = (controller_type, int(controller_number), int(controller_location))
+        if slot in used:
+            _refuse("VM %s already has a disk at %s %d:%d" % (vm["name"], slot[0], slot[1], slot[2]))
+        item = {"controller_type": slot[0], "controller_number": slot[1], "controller_location": slot[2],
+                "disk_guid": new_guid().upper()}
+        vm.setdefault("passthrough_disks", []).append(item)
+        layout.write_vm(vm)
+    return dict(item)
+
+
+def remove_disk_file(layout, vm_name, disk=0):
+    """Make a VM's current disk file go missing (deleted behind Hyper-V's back); returns the path removed.
+
+    The VM's settings still name the file, as on Windows; GetVirtualHardDiskSettingData answers 32779
+    (File not found) for it (issue 11, point 14).
+    """
+    vm = _need_vm(layout, vm_name)
+    with layout.vm_lock(vm["id"]):
+        vm = layout.read_vm(vm["id"])
+        if not 0 <= disk < len(vm["disks"]):
+            _refuse("VM %s has no disk %d" % (vm["name"], disk))
+        path = vm["disks"][disk]["current"]
+        if os.path.exists(path):
+            os.unlink(path)
+    return path

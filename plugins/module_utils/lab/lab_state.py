@@ -25,6 +25,8 @@ import os
 import tempfile
 import uuid
 
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_locale import LOCALES
+
 HOST_FILE = "host.json"
 VM_FILE = "vm.json"
 VMS_DIR = "vms"
@@ -37,20 +39,33 @@ STATE_FORMAT = 1
 # the ClusterFunctionalLevel a cluster of that era reports (2012 = 7, 2012 R2 = 8, 2016 = 9,
 # 2019 = 10, 2022 = 11; 2008 R2 clusters have no such property: the lab says 6). disk_format is what
 # New-VHD / the New Virtual Machine wizard of that era creates: 2008 and 2008 R2 know only VHD (and name
-# checkpoint children .avhd); VHDX came with 2012.
+# checkpoint children .avhd); VHDX came with 2012. namespaces: the Hyper-V WMI namespaces the era has
+# (hyperv_wmi_schema.json version_matrix: v1 on 2008 R2 and 2012, v2 from 2012). ps_version: the
+# PowerShell the era ships ($PSVersionTable.PSVersion major.minor; general knowledge, the schema has none).
+# UNCONFIRMED, and what the lab does:
+#  - 2012: VMs of Windows Server 2012 have no configuration version the schema lists (vm_configuration_versions
+#    starts at 2012 R2 = 5.0); the lab treats 2012 like 2008 R2 and uses 5.0, the oldest the collection knows.
+#  - 2025: the 2022 model plus configuration versions 11.0 and 12.0 (schema vm_configuration_versions
+#    "Windows Server 2025"); build 26100 and cluster level 12 are general knowledge, not in the schema.
+_V1 = "root\\virtualization"
+_V2 = "root\\virtualization\\v2"
 ERAS = {
     "2008r2": {"os_name": "Microsoft Windows Server 2008 R2 Datacenter", "os_version": "6.1.7601", "os_build": 7601,
-               "max_config": "5.0", "cluster_level": 6, "disk_format": "vhd"},
+               "max_config": "5.0", "cluster_level": 6, "disk_format": "vhd", "namespaces": (_V1,), "ps_version": "2.0"},
+    "2012": {"os_name": "Microsoft Windows Server 2012 Datacenter", "os_version": "6.2.9200", "os_build": 9200,
+             "max_config": "5.0", "cluster_level": 7, "disk_format": "vhdx", "namespaces": (_V1, _V2), "ps_version": "3.0"},
     "2012r2": {"os_name": "Microsoft Windows Server 2012 R2 Datacenter", "os_version": "6.3.9600", "os_build": 9600,
-               "max_config": "5.0", "cluster_level": 8, "disk_format": "vhdx"},
+               "max_config": "5.0", "cluster_level": 8, "disk_format": "vhdx", "namespaces": (_V2,), "ps_version": "4.0"},
     "2016": {"os_name": "Microsoft Windows Server 2016 Datacenter", "os_version": "10.0.14393", "os_build": 14393,
-             "max_config": "8.0", "cluster_level": 9, "disk_format": "vhdx"},
+             "max_config": "8.0", "cluster_level": 9, "disk_format": "vhdx", "namespaces": (_V2,), "ps_version": "5.1"},
     "2019": {"os_name": "Microsoft Windows Server 2019 Datacenter", "os_version": "10.0.17763", "os_build": 17763,
-             "max_config": "9.0", "cluster_level": 10, "disk_format": "vhdx"},
+             "max_config": "9.0", "cluster_level": 10, "disk_format": "vhdx", "namespaces": (_V2,), "ps_version": "5.1"},
     "2022": {"os_name": "Microsoft Windows Server 2022 Datacenter", "os_version": "10.0.20348", "os_build": 20348,
-             "max_config": "10.0", "cluster_level": 11, "disk_format": "vhdx"},
+             "max_config": "10.0", "cluster_level": 11, "disk_format": "vhdx", "namespaces": (_V2,), "ps_version": "5.1"},
+    "2025": {"os_name": "Microsoft Windows Server 2025 Datacenter", "os_version": "10.0.26100", "os_build": 26100,
+             "max_config": "12.0", "cluster_level": 12, "disk_format": "vhdx", "namespaces": (_V2,), "ps_version": "5.1"},
 }
-CONFIGURATION_VERSIONS = ("5.0", "6.2", "8.0", "9.0", "10.0")
+CONFIGURATION_VERSIONS = ("5.0", "6.2", "8.0", "9.0", "10.0", "11.0", "12.0")
 
 SOFTWARE_VSS_PROVIDER = {"name": "Microsoft Software Shadow Copy provider 1.0",
                          "id": "{b5946137-7b9f-4925-af80-51abd60b20d5}", "type": "software"}
@@ -71,6 +86,13 @@ INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair 
                         "Time Synchronization", "VSS")
 OPERATIONAL_STATUSES = ("OK", "NoContact", "LostCommunication", "Degraded", "Error", "Disabled")
 VM_STATES = ("Running", "Off", "Saved", "Paused")
+
+# Quirks change how the lab host behaves where Windows allows more than one behaviour, or hold a window
+# open for tests: "slow_shadow_create_seconds:<seconds>" makes diskshadow's create hold the shadow copy
+# creation window (StartSnapshotSet .. DoSnapshotSet) that long, so a second create can meet it;
+# "byte_length_strict" makes GetVirtualDiskChanges take Microsoft's page literally (ByteLength must be less
+# than the virtual size, issue point 12; the lab's WMI methods read it).
+QUIRKS = ("slow_shadow_create_seconds:<seconds>", "byte_length_strict")
 
 HOST_FAULTS = ("unreachable", "auth_fails", "service_wont_start:<service>", "integration_missing",
                "integration_no_contact", "recovery_point_fails", "vss_writer_failed", "rct_invalid")
@@ -99,6 +121,31 @@ def validate_fault(fault, vm_level=False):
     if fault in known or (not vm_level and name == "service_wont_start" and ":" in fault and fault.split(":", 1)[1]):
         return fault
     raise ValueError("unknown lab %s fault %r; known: %s" % ("VM" if vm_level else "host", fault, ", ".join(known)))
+
+
+def validate_quirk(quirk):
+    """Return the quirk if the lab knows it (with a valid argument), else raise ValueError listing the known ones."""
+    name, _sep, argument = str(quirk).partition(":")
+    known = dict(item.split(":", 1) if ":" in item else (item, None) for item in QUIRKS)
+    if name in known:
+        if known[name] is None and not argument:
+            return quirk
+        if known[name] == "<seconds>":
+            try:
+                if float(argument) >= 0:
+                    return quirk
+            except ValueError:
+                pass
+    raise ValueError("unknown or malformed lab host quirk %r; known: %s" % (quirk, ", ".join(QUIRKS)))
+
+
+def quirk_value(host_doc, name, default=None):
+    """The argument of quirk ``name`` on the host (the text after ':'), True for a quirk without one, else default."""
+    for quirk in host_doc.get("quirks") or []:
+        quirk_name, sep, argument = str(quirk).partition(":")
+        if quirk_name == name:
+            return argument if sep else True
+    return default
 
 
 def write_json_atomic(path, document):
@@ -193,10 +240,17 @@ class LabLayout:
         return sorted(name for name in os.listdir(self.vms_dir) if os.path.isfile(self.vm_file(name)))
 
 
-def host_document(name, era="2022", cluster=None, csvs=None, hardware_vss_provider=False):
-    """A fresh host.json for a host of ``era``."""
+def host_document(name, era="2022", cluster=None, csvs=None, hardware_vss_provider=False, locale="en-US",
+                  clock_offset_seconds=0, quirks=None):
+    """A fresh host.json for a host of ``era``.
+
+    ``locale`` is the host's language (what it localises, see lab_locale); ``clock_offset_seconds`` skews the
+    host's clock against real time (lab_files.host_now); ``quirks`` see QUIRKS.
+    """
     if era not in ERAS:
         raise ValueError("unknown lab host era %r; choose one of %s" % (era, ", ".join(sorted(ERAS))))
+    if locale not in LOCALES:
+        raise ValueError("unknown lab host locale %r; choose one of %s" % (locale, ", ".join(LOCALES)))
     services = dict((key, dict(value)) for key, value in SERVICE_DEFAULTS.items())
     return {
         "format": STATE_FORMAT,
@@ -207,6 +261,9 @@ def host_document(name, era="2022", cluster=None, csvs=None, hardware_vss_provid
         "hardware_vss_provider": bool(hardware_vss_provider),
         "services": services,
         "faults": [],
+        "locale": locale,
+        "clock_offset_seconds": clock_offset_seconds,
+        "quirks": [validate_quirk(item) for item in quirks or []],
         "vms": {},
         "created": utc_now(),
     }

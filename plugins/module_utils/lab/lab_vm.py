@@ -32,6 +32,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.recovery_poin
 VSS_SERVICE = "VSS"
 SNAPSHOTS_DIR = "Snapshots"
 CONFIG_FILE = "config.json"
+VIRTUAL_MACHINES_DIR = "Virtual Machines"
 
 
 def is_ours(name):
@@ -170,8 +171,28 @@ def configuration_document(vm):
                       for disk in vm["disks"]]}
 
 
+def configuration_extension(vm):
+    """Where Hyper-V keeps the configuration: .xml up to version 5.0 (2008 R2 .. 2012 R2), .vmcx from 6.x on."""
+    version = vm.get("configuration_version") or "5.0"
+    return ".xml" if version_tuple(version) <= (5, 0) else ".vmcx"
+
+
+def configuration_file(vm):
+    """The configuration file relative to the VM folder, as Windows names it: Virtual Machines\\<GUID>.vmcx|.xml."""
+    return os.path.join(VIRTUAL_MACHINES_DIR, vm["id"].upper() + configuration_extension(vm))
+
+
 def save_configuration(layout, vm):
-    write_json_atomic(os.path.join(layout.vm_dir(vm["id"]), CONFIG_FILE), configuration_document(vm))
+    """Write config.json and, with the same (lab, JSON) content, the file under the name Windows gives it."""
+    document = configuration_document(vm)
+    write_json_atomic(os.path.join(layout.vm_dir(vm["id"]), CONFIG_FILE), document)
+    folder = os.path.join(layout.vm_dir(vm["id"]), VIRTUAL_MACHINES_DIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    write_json_atomic(os.path.join(layout.vm_dir(vm["id"]), configuration_file(vm)), document)
+    for extension in (".xml", ".vmcx"):   # a raised configuration version changes the format
+        stale = os.path.join(folder, vm["id"].upper() + extension)
+        if extension != configuration_extension(vm) and os.path.exists(stale):
+            os.unlink(stale)
 
 
 def config_version_supported(host_doc, version):
@@ -206,7 +227,7 @@ def freeze(layout, vm, name, cp_type, method=None, consistency=None):
             cp["disks"][disk["disk_id"]] = {"frozen": frozen, "child": child, "freeze_seq": seq}
         snapshots = os.path.join(layout.vm_dir(vm["id"]), SNAPSHOTS_DIR)
         os.makedirs(snapshots, mode=0o700, exist_ok=True)
-        cp["configuration_file"] = os.path.join(snapshots, "%s.json" % cp_id.upper())
+        cp["configuration_file"] = os.path.join(snapshots, cp_id.upper() + configuration_extension(vm))
         cp["configuration"] = configuration_document(vm)
         write_json_atomic(cp["configuration_file"], cp["configuration"])
     except BaseException:

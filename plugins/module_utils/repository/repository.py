@@ -335,6 +335,19 @@ class Repository:
             raise RepositoryError("Backup %s: the manifest of disk %r is damaged: %s." % (backup_id, disk_key, err),
                                   hint="The backup cannot be restored; run verify and use another backup.", backup_id=backup_id)
 
+    def read_attachment(self, backup_id, name):
+        """The bytes a backup stored with ``BackupSession.attach`` (e.g. the VM configuration), or None if it has none."""
+        check_backup_id(backup_id, self.location)
+        _check_attachment_name(name)
+        try:
+            return self._get_sealed(KIND_MANIFEST, attachment_key(backup_id, name))
+        except KeyError:
+            return None
+        except ValueError as err:
+            raise RepositoryError("Backup %s: its %s is damaged: %s." % (backup_id, name, err),
+                                  hint="Run verify; restore the disks from this backup and register the VM by hand.",
+                                  backup_id=backup_id)
+
     def open_disk_reader(self, backup_id, disk_key):
         record = self.get_backup(backup_id)
         return DiskReader(self, record, self.load_disk_manifest(backup_id, disk_key, record))
@@ -748,6 +761,16 @@ class BackupSession:
         self.disks.append(disk)
         return disk
 
+    def attach(self, name, data):
+        """Store a small per-backup object (KB to a few MB, e.g. the VM configuration files) beside the manifests.
+
+        It is sealed like a manifest (compressed, encrypted), kept as long as the backup (same prefix, same Object
+        Lock retention), deleted with it by prune, and removed by GC if the backup is never committed.
+        """
+        _check_attachment_name(name)
+        self.repo._put_sealed(KIND_MANIFEST, attachment_key(self.backup_id, name), bytes(data), self.retain_until)
+        return attachment_key(self.backup_id, name)
+
     def _store_chunk(self, data):
         """Return (chunk id, stored compressed bytes or 0 if it was already there)."""
         repo = self.repo
@@ -844,6 +867,18 @@ class BackupSession:
 
 def manifest_key(backup_id, ordinal):
     return "manifests/%s/%d" % (backup_id, ordinal)
+
+
+ATTACHMENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")     # never a number: those are the disk manifests
+
+
+def attachment_key(backup_id, name):
+    return "manifests/%s/%s" % (backup_id, name)
+
+
+def _check_attachment_name(name):
+    if not isinstance(name, str) or not ATTACHMENT_NAME.match(name):
+        raise RepositoryError("%r is not a backup attachment name." % (name,))
 
 
 class DiskWriter:

@@ -112,7 +112,9 @@ class FakeHostSession:
     def _convert_to_reference_point(self, vm_id, id):  # pylint: disable=redefined-builtin
         point = [p for p in self.points[vm_id] if p["id"] == id][0]
         self._remove_recovery_point(vm_id, id)
+        # ours/type/recovery_point_id as hyperv/reference_points.py reports them (the ownership marker on the host)
         reference = {"id": self._next("ref"), "vm_id": vm_id, "created": point["created"], "consistency": point["consistency"],
+                     "ours": True, "type": "RCT", "recovery_point_id": id, "repositories": [],
                      "rct_ids": dict((d["disk_id"], "rct:%s:%d" % (d["disk_id"], self._counter)) for d in point["disks"])}
         self.references[vm_id].append(reference)
         return copy.deepcopy(reference)

@@ -9,6 +9,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import ChunkCopier, CopyOptions, run_backup
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
@@ -51,7 +52,8 @@ def test_check_mode_estimates_and_creates_nothing(lab):
 def test_full_then_rct_incremental_reads_only_changed_chunks(lab):
     full = backup(lab)
     assert full["type"] == "full" and full["bytes_read"] == full["bytes_estimated"]
-    with open_disk(vm_facts(lab)["disks"][0]["path"]) as disk:
+    # The host reports the disk's Windows path; the lab file behind it is what the backup read.
+    with open_disk(LabTransport(lab[0], "h19").local(vm_facts(lab)["disks"][0]["path"])) as disk:
         allocated = sum(n for _o, n in disk.allocated_ranges())
     assert full["bytes_read"] == allocated
     lab_admin.churn(LabLayout(lab[0], "h19"), "rctvm", seed=5, write_size=4096, offsets=[0, 2 * MiB + 8192])

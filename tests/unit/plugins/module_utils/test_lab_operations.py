@@ -55,8 +55,9 @@ def test_host_info_by_era(tmp_path, era, version, build):
     assert info["csvs"] == [{"name": "Cluster Disk 1", "path": "C:\\ClusterStorage\\Volume1"}]
     assert [p["type"] for p in info["vss_providers"]] == ["software", "hardware"]
     assert info["vss_providers"][0]["id"] == "{b5946137-7b9f-4925-af80-51abd60b20d5}"
+    # state_number: the writer is judged by its state number, never by the localised text (issue 11 point 6)
     assert info["hyperv_vss_writer"] == {"name": "Microsoft Hyper-V VSS Writer", "id": "{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}",
-                                         "state": "[1] Stable", "last_error": "No error"}
+                                         "state": "[1] Stable", "state_number": 1, "last_error": "No error"}
 
 
 def test_cluster_functional_level_follows_era_unless_given(tmp_path):
@@ -72,13 +73,18 @@ def test_vm_disk_and_checkpoint_shapes(lab):
     assert [vm["name"] for vm in vms] == ["db01", "web01"]
     vm = vms[1]
     assert_documented(vm, ops.VM_SHAPE)
-    assert set(shape_keys(ops.VM_SHAPE.split("disks:", maxsplit=1)[0])) - {"name", "enabled", "operational_status"} <= set(vm)
+    # "or" is prose of the state text ("(or, while the VM changes state, ...)"), not a key
+    assert set(shape_keys(ops.VM_SHAPE.split("disks:", maxsplit=1)[0])) - {"name", "enabled", "operational_status", "or"} <= set(vm)
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", vm["id"])
-    assert {s["name"] for s in vm["integration_services"]} >= {
-        "VSS", "Shutdown", "Heartbeat", "Time Synchronization", "Key-Value Pair Exchange", "Guest Service Interface"}
+    # Only the backup integration component is listed (the schema details Msvm_VssComponent alone), known by its id.
+    assert vm["integration_services"] == [{"name": "VSS", "id": "5CED1297-4598-4915-A5FC-AD21BB4D02A4", "enabled": True,
+                                           "operational_status": "OK"}]
     disk = vm["disks"][0]
-    assert set(disk) == shape_keys(ops.DISK_SHAPE) | {"windows_path"}
-    assert os.path.isfile(disk["path"]) and disk["windows_path"].startswith("C:\\")
+    # a readable disk has every key but 'problem' (the text after "problem:" is prose)
+    assert set(disk) == shape_keys(ops.DISK_SHAPE.split("problem:", maxsplit=1)[0]) | {"windows_path"}
+    # Paths are Windows paths; the lab file behind one is found through the host's path map.
+    assert disk["path"] == disk["windows_path"] and disk["windows_path"].startswith("C:\\")
+    assert os.path.isfile(transport.local(disk["path"]))
     assert (disk["format"], disk["type"], disk["parent_chain"]) == ("vhdx", "dynamic", [])
 
     point = transport.run("create_recovery_point", {"vm_id": ids["web01"], "method": "rct", "consistency": "application", "tag": TAG})
@@ -92,7 +98,10 @@ def test_vm_disk_and_checkpoint_shapes(lab):
     assert listed["disks"][0]["parent_chain"] == [point["disks"][0]["path"]]
 
     reference = transport.run("convert_to_reference_point", {"vm_id": ids["web01"], "id": point["id"]})
-    assert set(reference) == {"id", "vm_id", "created", "consistency", "rct_ids"}
+    assert set(reference) == shape_keys(ops.OPERATIONS["convert_to_reference_point"].returns) - {"disk_id", "rct_id"}
+    assert (reference["type"], reference["ours"], reference["recovery_point_id"], reference["run_id"]) == (
+        "RCT", True, point["id"], "test-run")
+    assert reference["created"] == point["created"] and reference["repositories"] == [] and reference["problem"] is None
     assert list(reference["rct_ids"]) == [disk["disk_id"]]
     assert transport.run("get_reference_points", {"vm_id": ids["web01"]}) == [reference]
     assert transport.run("get_vms", {"ids": [ids["web01"]]})[0]["reference_points"] == [dict(reference, type="RCT")]
@@ -157,7 +166,8 @@ def test_application_consistency_needs_the_backup_integration_service(lab, fault
     layout, transport, ids = lab
     lab_admin.ensure_vm(layout, {"name": "web01", "faults": [fault]})
     vss = [s for s in transport.run("get_vms", {"names": ["web01"]})[0]["integration_services"] if s["name"] == "VSS"]
-    assert vss == ([] if fault == "integration_missing" else [{"name": "VSS", "enabled": True, "operational_status": "NoContact"}])
+    assert vss == ([] if fault == "integration_missing" else [{"name": "VSS", "id": "5CED1297-4598-4915-A5FC-AD21BB4D02A4",
+                                                               "enabled": True, "operational_status": "NoContact"}])
     error = category_of(transport, "create_recovery_point", {"vm_id": ids["web01"], "method": "rct",
                                                              "consistency": "application", "tag": TAG})
     assert error.category == "integration" and "web01" in str(error)

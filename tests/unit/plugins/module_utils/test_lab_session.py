@@ -2,6 +2,7 @@
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import locks
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
@@ -14,14 +15,15 @@ def lab_session(lab_dir, host="hv01"):
 
 
 def test_full_then_incremental_through_the_session(tmp_path):
-    layout, _transport, ids = build_host(tmp_path, disks=2)
+    layout, transport, ids = build_host(tmp_path, disks=2)
     session = lab_session(tmp_path)
     vm = session.run("get_vms", names=["web01"])[0]
     model = GuestModel(SMALL_DISK).apply(lab_admin.churn(layout, "web01", seed=1, writes=10))
 
     full = rp.create_recovery_point(session, vm, "rct", "application", rp.new_run_id(), local_paths=True)
     assert [d["previous_rct_id"] for d in full["disks"]] == [None, None]
-    assert read_all(full["disks"][0]["path"]) == bytes(model.data)
+    # The host reports Windows paths; the lab file behind one is what a proxy would read.
+    assert read_all(transport.local(full["disks"][0]["path"])) == bytes(model.data)
     converted = rp.convert_to_reference_point(session, ids["web01"], full["id"])
     assert converted["changed"] and set(converted["reference_point"]["rct_ids"]) == {d["disk_id"] for d in full["disks"]}
 
@@ -35,7 +37,7 @@ def test_full_then_incremental_through_the_session(tmp_path):
     assert [list(r) for r in by_disk[churned["disk_id"]]["ranges"]] == [list(r) for r in granule_ranges(churned["writes"])]
     other = [d for d in incremental["disks"] if d["disk_id"] != churned["disk_id"]][0]
     assert by_disk[other["disk_id"]]["ranges"] == []
-    assert read_all(incremental["disks"][0]["path"]) == bytes(model.data)
+    assert read_all(transport.local(incremental["disks"][0]["path"])) == bytes(model.data)
 
     second = rp.convert_to_reference_point(session, ids["web01"], incremental["id"], keep_reference_points=1)
     assert second["removed_reference_points"] == [converted["reference_point"]["id"]]
@@ -43,10 +45,17 @@ def test_full_then_incremental_through_the_session(tmp_path):
 
 
 def test_stale_points_of_a_failed_run_are_found_and_cleaned(tmp_path):
-    _layout, _transport, ids = build_host(tmp_path)
+    layout, _transport, ids = build_host(tmp_path)
     session = lab_session(tmp_path)
     vm = session.run("get_vms", names=["web01"])[0]
     left = rp.create_recovery_point(session, vm, "rct", "application", "failed-run")
+    # While the run's VM lease is live its point is not stale, and nobody else may start on the VM.
+    assert rp.find_stale(session, ids["web01"]) == []
+    with pytest.raises(HostOperationError) as busy:
+        session.run("create_recovery_point", vm_id=ids["web01"], method="rct", consistency="application", tag="someone else")
+    assert busy.value.category == "busy"
+    # The run died: nobody renews its lease, and the host's clock passes its expiry.
+    lab_admin.ensure_host(layout, clock_offset_seconds=locks.VM_LEASE_SECONDS + 60)
     session.run("create_recovery_point", vm_id=ids["web01"], method="rct", consistency="application", tag="someone else")
     assert [p["id"] for p in rp.find_stale(session, ids["web01"])] == [left["id"]]
     assert [p["removed"] for p in rp.clean_stale(session, ids["web01"])] == [True]
@@ -62,6 +71,7 @@ def test_resized_disk_makes_the_session_fall_back_to_full(tmp_path):
     point = rp.create_recovery_point(session, vm, "rct", "application", "r2")
     changes = rp.changes_since_reference(session, ids["web01"], point["id"])
     assert changes["changes_valid"] is False
+    # The host's job fails with ErrorCode 32768; its description carries the HRESULT (ERROR_CTLOG_VHD_CHANGED_OFFLINE).
     assert changes["disks"][0]["windows_error"] == "0xC03A0022"
 
 

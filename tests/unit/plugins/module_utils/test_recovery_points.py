@@ -139,10 +139,10 @@ def test_convert_keeps_newest_reference_points():
 def test_convert_check_mode_changes_nothing_but_reports_retention():
     session = session_with()
     vm = vm_of(session)
-    session.references["id-web01"] = [{"id": "ref-a", "rct_ids": {}}]
+    session.references["id-web01"] = [{"id": "ref-a", "rct_ids": {}, "ours": True, "type": "RCT"}]
     point = rp.create_recovery_point(session, vm, "rct", "application", "r")
     result = rp.convert_to_reference_point(session, vm["id"], point["id"], keep_reference_points=1, check_mode=True)
-    assert result == {"reference_point": None, "removed_reference_points": ["ref-a"], "changed": True}
+    assert result == {"reference_point": None, "removed_reference_points": ["ref-a"], "kept_reference_points": [], "changed": True}
     assert len(session.points["id-web01"]) == 1 and len(session.references["id-web01"]) == 1
 
 

@@ -9,6 +9,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.backup import restore_engine
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import run_backup
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
@@ -38,7 +39,9 @@ def backed_up(tmp_path):
         for seed in (7, 8):
             lab_admin.churn(layout, "vm", seed=seed, writes=3, write_size=8192)
             ids.append(run_backup(session, repo, params)["backup_id"])
-            states.append(flat(session.run("get_vms", names=["vm"])[0]["disks"][0]["path"]))
+            # The host reports Windows paths; the lab's path map gives the file behind one.
+            windows_path = session.run("get_vms", names=["vm"])[0]["disks"][0]["path"]
+            states.append(flat(map_path(windows_path, session.path_map())))
     return repo, ids, states, tmp_path
 
 

@@ -1,4 +1,5 @@
-"""The psrp transport at the pypsrp boundary: what is sent, how output and failures come back."""
+"""PsrpBridge at the pypsrp boundary: which script and parameters are sent, how output and failures come back."""
+import base64
 import json
 import logging
 
@@ -6,13 +7,15 @@ import pytest
 import requests
 from pypsrp.exceptions import AuthenticationError, WinRMTransportError
 
-from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_psrp
-from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_psrp
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import NAMESPACE_V2, Bridge, BridgeError, Embedded, Ref
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import ConnectionSettings
+from ansible_collections.hyperv.backup.plugins.module_utils.host.script_bridge import decode_records
 
 PASSWORD = "pa$$-W0rd-xyz"
-NASTY_NAME = "web'01\"; $(Remove-Item C:\\ -Recurse); `n"
+NASTY = "web'01\"; $(Remove-Item C:\\ -Recurse); `n\\ \u00e4\u20ac"
 
 
 class FakeStreams(object):
@@ -84,79 +87,176 @@ def world(monkeypatch):
     return make
 
 
-def session(**overrides):
-    p = dict((name, None) for name in connection_argument_spec())
-    p.update(host="hv01", username="admin", password=PASSWORD, transport="psrp")
-    p.update(overrides)
-    return HostSession.from_module_params(p)
+def bridge(**overrides):
+    options = dict(host="hv01", username="admin", password=PASSWORD, transport="psrp")
+    options.update(overrides)
+    return transport_psrp.PsrpBridge(ConnectionSettings(**options))
 
 
-def test_script_and_parameters_are_sent_separately(world):
-    w = world(output=[json.dumps([{"id": "a", "name": NASTY_NAME}])])
-    with session(operation_timeout=120) as s:
-        result = s.run("get_vms", names=[NASTY_NAME])
-    assert result == [{"id": "a", "name": NASTY_NAME}]
-    assert w.scripts == [SCRIPTS["get_vms"].text]
-    assert NASTY_NAME not in w.scripts[0]
-    assert w.parameters == [{"Names": [NASTY_NAME], "HvTimeoutSeconds": 120}]
+def result(value):
+    return [json.dumps({"result": value})]
+
+
+def test_psrp_bridge_is_a_bridge():
+    assert isinstance(bridge(), Bridge)
+
+
+def test_query_sends_the_fixed_script_and_values_only_as_parameters(world):
+    instance = {"__CLASS": "Msvm_ComputerSystem", "__PATH": "p", "ElementName": NASTY, "OnTimeInMilliseconds": 18446744073709551615}
+    w = world(output=result([instance]))
+    b = bridge(operation_timeout=120)
+    got = b.query(NAMESPACE_V2, "Msvm_ComputerSystem", where={"ElementName": NASTY, "EnabledState": 2, "X": None},
+                  properties=["ElementName"])
+    b.close()
+    assert got == [instance]                                  # uint64 exact
+    assert w.scripts == [SCRIPTS["query"].text]
+    assert NASTY not in w.scripts[0]
+    sent = w.parameters[0]
+    assert sent["Namespace"] == NAMESPACE_V2 and sent["ClassName"] == "Msvm_ComputerSystem" and sent["Properties"] == ["ElementName"]
+    assert sorted(decode_records(sent["Where"])) == sorted([
+        ("V", "w", "ElementName", [("s", NASTY)]), ("V", "w", "EnabledState", [("i", "2")]), ("V", "w", "X", [("n", "")])])
+    assert set(sent) == set(SCRIPTS["query"].parameters)
     assert w.pools_opened == 1 and w.pools_closed == 1
 
 
+def test_invoke_encodes_refs_embedded_instances_and_arrays(world):
+    w = world(output=result({"ReturnValue": 4096, "out": {}, "job": {"JobState": 7, "ErrorCode": 0, "errors": []}, "affected": []}))
+    nested = Embedded("Msvm_Inner", {"Values": [1, 2]}, based_on="\\\\hv\\root:Msvm_Inner.InstanceID=\"a\"")
+    settings = Embedded("Msvm_VirtualSystemSnapshotSettingData", {"ConsistencyLevel": 1, "IgnoreNonSnapshottableDisks": True,
+                                                                  "Inner": nested, "ElementName": NASTY})
+    answer = bridge(operation_timeout=900).invoke(NAMESPACE_V2, "svc-path", "CreateSnapshot", {
+        "AffectedSystem": Ref("vm-path"), "SnapshotSettings": settings, "SnapshotType": 32768, "Many": [Ref("a"), Ref("b")], "Empty": []})
+    assert answer["ReturnValue"] == 4096 and answer["job"]["JobState"] == 7
+    sent = w.parameters[0]
+    assert sent["HvTimeoutSeconds"] == 900 and sent["Method"] == "CreateSnapshot" and sent["Path"] == "svc-path"
+    records = decode_records(sent["Arguments"])
+    defined = [r for r in records if r[0] == "E"]
+    assert defined == [("E", "0", "Msvm_Inner", "\\\\hv\\root:Msvm_Inner.InstanceID=\"a\""),
+                       ("E", "1", "Msvm_VirtualSystemSnapshotSettingData", "")]    # nested first
+    assert ("A", "e0", "Values", [("i", "1"), ("i", "2")]) in records
+    assert ("V", "e1", "Inner", [("e", "0")]) in records and ("V", "e1", "ElementName", [("s", NASTY)]) in records
+    assert ("V", "e1", "IgnoreNonSnapshottableDisks", [("b", "1")]) in records
+    assert ("V", "a", "SnapshotSettings", [("e", "1")]) in records and ("V", "a", "AffectedSystem", [("r", "vm-path")]) in records
+    assert ("A", "a", "Many", [("r", "a"), ("r", "b")]) in records and ("A", "a", "Empty", []) in records
+    assert records.index(defined[1]) < records.index(("V", "a", "SnapshotSettings", [("e", "1")]))
+    assert NASTY not in w.scripts[0]
+
+
+@pytest.mark.parametrize("bad", ["a b", "x;y", "1abc", "", "Name'"])
+def test_names_are_checked_before_anything_is_sent(world, bad):
+    w = world(output=result([]))
+    b = bridge()
+    for call in (lambda: b.query(NAMESPACE_V2, bad), lambda: b.query(NAMESPACE_V2, "C", where={bad: 1}),
+                 lambda: b.query(NAMESPACE_V2, "C", properties=[bad]), lambda: b.invoke(NAMESPACE_V2, "p", bad),
+                 lambda: b.invoke(NAMESPACE_V2, "p", "M", {"A": Embedded(bad)}), lambda: b.associators(NAMESPACE_V2, "p", bad)):
+        with pytest.raises(BridgeError) as err:
+            call()
+        assert err.value.code == 0x80041017
+    assert w.scripts == []
+
+
+@pytest.mark.parametrize("namespace", ["root\\virtualization\\v2:Msvm_X", "\\\\evil\\root", "root\\", "", None, "root/v2"])
+def test_namespaces_are_checked_before_anything_is_sent(world, namespace):
+    w = world(output=result([]))
+    with pytest.raises(BridgeError) as err:
+        bridge().query(namespace, "Msvm_ComputerSystem")
+    assert err.value.code == 0x8004100E and w.scripts == []
+
+
+def test_where_refuses_lists(world):
+    world(output=result([]))
+    with pytest.raises(BridgeError):
+        bridge().query(NAMESPACE_V2, "C", where={"A": [1, 2]})
+
+
+def test_error_document_becomes_bridge_error_with_the_hresult(world):
+    doc = {"error": {"code": 0x80041010, "message": "Invalid class %s" % PASSWORD, "category": "failed", "type": "ManagementException",
+                     "line": 12}}
+    world(output=[json.dumps(doc)])
+    with pytest.raises(BridgeError) as err:
+        bridge().query(NAMESPACE_V2, "Msvm_Nope")
+    assert err.value.code == 0x80041010 and err.value.category == "failed"
+    assert "Invalid class" in str(err.value) and "hv01" in str(err.value) and PASSWORD not in str(err.value)
+
+
+def test_word_codes_and_categories_pass_through(world):
+    world(output=[json.dumps({"error": {"code": "exists", "message": "file exists", "category": "failed"}})])
+    with pytest.raises(BridgeError) as err:
+        bridge().write_file("C:\\ProgramData\\hyperv.backup\\locks\\x.lock", b"{}", exclusive=True)
+    assert err.value.code == "exists"
+    world(output=[json.dumps({"error": {"code": 2147943458, "message": "disabled", "category": "service"}})])
+    with pytest.raises(BridgeError) as err:
+        bridge().service("vss", start=True)
+    assert err.value.category == "service" and err.value.code == 0x80070422
+
+
+def test_file_calls_encode_and_decode_bytes(world):
+    data = bytes(range(256))
+    w = world(output=result({"exists": True, "data": base64.b64encode(data).decode(), "length": 256}))
+    b = bridge()
+    assert b.read_file("C:\\x.bin", 1000) == data
+    assert w.parameters[-1] == {"Path": "C:\\x.bin", "MaxBytes": 1000}
+    w.output = result({"exists": False, "data": None, "length": 0})
+    assert b.read_file("C:\\missing", 10) is None
+    w.output = result({"modified": "20261202073512.000000+000", "now": "20261202073513.000000+000"})
+    assert b.write_file("C:\\y.json", data, exclusive=True)["modified"].endswith("+000")
+    assert base64.b64decode(w.parameters[-1]["Data"]) == data and w.parameters[-1]["Exclusive"] is True
+    w.output = result(False)
+    assert b.remove_file("C:\\gone") is False
+
+
+def test_service_and_processes_get_the_timeout(world):
+    w = world(output=result({"exit_code": 0, "output": "ok"}))
+    b = bridge(operation_timeout=77)
+    b.diskshadow("set context persistent\r\n")
+    b.vss_writers()
+    assert w.parameters[0] == {"Script": "set context persistent\r\n", "HvTimeoutSeconds": 77}
+    assert w.parameters[1] == {"HvTimeoutSeconds": 77}
+    assert w.scripts == [SCRIPTS["diskshadow"].text, SCRIPTS["vss_writers"].text]
+
+
 def test_wsman_options(world):
-    w = world(output=['{"name": "vss"}'])
-    s = session(protocol="http", cert_validation="validate", ca_cert="/etc/ca.pem", read_timeout=10,
-                configuration_name="JEA.Backup", auth="ntlm")
-    s.run("get_service", name="vss")
+    w = world(output=result({"ps_version": "2.0"}))
+    bridge(protocol="http", cert_validation="validate", ca_cert="/etc/ca.pem", read_timeout=10,
+           configuration_name="JEA.Backup", auth="ntlm").host_environment()
     assert w.wsman_kwargs["server"] == "hv01" and w.wsman_kwargs["port"] == 5985 and w.wsman_kwargs["ssl"] is False
     assert w.wsman_kwargs["cert_validation"] == "/etc/ca.pem"
     assert w.wsman_kwargs["operation_timeout"] < w.wsman_kwargs["read_timeout"] == 10
     assert w.wsman_kwargs["auth"] == "ntlm" and w.wsman_kwargs["password"] == PASSWORD
     assert w.pool_kwargs == {"configuration_name": "JEA.Backup"}
-    s = session(cert_validation="ignore", auth="certificate", certificate_pem="/c.pem", certificate_key_pem="/k.pem",
-                username=None, password=None)
-    s.run("get_service", name="vss")
+    bridge(cert_validation="ignore", auth="certificate", certificate_pem="/c.pem", certificate_key_pem="/k.pem",
+           username=None, password=None).host_environment()
     assert w.wsman_kwargs["cert_validation"] is False
     assert w.wsman_kwargs["certificate_key_pem"] == "/k.pem" and "password" not in w.wsman_kwargs
 
 
-def test_one_pool_for_many_operations(world):
-    w = world(output=['{"name": "vss"}'])
-    s = session()
-    s.run("get_service", name="vss")
-    s.run("get_service", name="vss")
+def test_one_pool_for_many_calls_and_close_twice(world):
+    w = world(output=result([]))
+    b = bridge()
+    b.associators(NAMESPACE_V2, "p", "Msvm_SettingsDefineState")
+    b.associators(NAMESPACE_V2, "p", "Msvm_SettingsDefineState", "Msvm_VirtualSystemSettingData")
     assert w.pools_opened == 1 and len(w.scripts) == 2
-    s.close()
+    assert w.parameters[0]["ResultClass"] == "" and w.parameters[1]["ResultClass"] == "Msvm_VirtualSystemSettingData"
+    b.close()
+    b.close()
     assert w.pools_closed == 1
-
-
-def test_error_document_becomes_host_operation_error(world):
-    doc = {"error": {"category": "change_tracking", "message": "GetVirtualDiskChanges job failed: invalid id",
-                     "windows_error": "0xC03A0029", "hint": "Run a full backup."}}
-    world(output=[json.dumps(doc)])
-    with pytest.raises(HostOperationError) as err:
-        session().run("get_disk_changes", path="C:\\d.avhdx", limit_id="rct:1", byte_offset=0, byte_length=10)
-    e = err.value
-    assert (e.host, e.operation, e.category, e.windows_error) == ("hv01", "get_disk_changes", "change_tracking", "0xC03A0029")
-    assert "invalid id" in str(e) and "Run a full backup." in str(e) and "hv01" in str(e)
-
-
-def test_unknown_category_becomes_failed(world):
-    world(output=['{"error": {"category": "weird", "message": "boom"}}'])
-    with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
-    assert err.value.category == "failed"
 
 
 @pytest.mark.parametrize("output,errors,needle", [
     (["WARNING: not json"], [], "not json"),
-    ([], ["Get-CimInstance : Access denied"], "Access denied"),
-    (['{"name": "vss"}'], ["something went wrong"], "something went wrong"),
+    ([], ["Get-WmiObject : Access denied"], "Access denied"),
+    (['{"neither": 1}'], [], "unexpected"),
 ])
-def test_bad_output_or_error_stream_is_failed(world, output, errors, needle):
+def test_bad_output_is_a_failed_host_operation_error(world, output, errors, needle):
     world(output=output, errors=errors)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_service", name="vss")
+        bridge().vss_writers()
     assert err.value.category == "failed" and needle in str(err.value) and err.value.hint
+
+
+def test_a_result_wins_over_stray_error_records(world):
+    world(output=result({"exit_code": 0, "output": ""}), errors=["a non-terminating warning"])
+    assert bridge().vss_writers() == {"exit_code": 0, "output": ""}
 
 
 @pytest.mark.parametrize("exc,category,hint_word", [
@@ -170,19 +270,18 @@ def test_bad_output_or_error_stream_is_failed(world, output, errors, needle):
 def test_transport_exceptions_map_to_categories(world, exc, category, hint_word):
     world(open_error=exc)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
-    assert err.value.category == category
-    assert hint_word in err.value.hint
+        bridge().host_environment()
+    assert err.value.category == category and hint_word in err.value.hint
+    assert err.value.operation == "host_environment"
 
 
 def test_secrets_never_leak(world, caplog):
-    # A library that puts the password in its message must not leak it through us.
     world(invoke_error=AuthenticationError("bad password %s for admin" % PASSWORD))
-    s = session()
+    b = bridge()
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(HostOperationError) as err:
-            s.run("get_host_info")
-    for text in (str(err.value), repr(err.value.details()), repr(s), caplog.text):
+            b.host_environment()
+    for text in (str(err.value), repr(err.value.details()), caplog.text):
         assert PASSWORD not in text
     assert "********" in str(err.value)
 
@@ -190,5 +289,5 @@ def test_secrets_never_leak(world, caplog):
 def test_missing_pypsrp_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(transport_psrp, "HAS_PYPSRP", False)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
+        bridge().host_environment()
     assert "pypsrp" in str(err.value) and "pip install pypsrp" in err.value.hint

@@ -1,4 +1,4 @@
-"""The winrm transport at the pywinrm boundary: bootstrap, stdin payload, output, failures."""
+"""WinrmBridge at the pywinrm boundary: the fixed bootstrap, the PowerShell 2.0-safe stdin payload, output, failures."""
 import base64
 import json
 
@@ -6,14 +6,16 @@ import pytest
 import requests
 from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError
 
-from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_winrm
-from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_result import clixml_errors
-from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_scripts import SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host import transport_winrm
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import NAMESPACE_V1, BridgeError, Embedded, Ref
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts import BOOTSTRAP, SCRIPTS
+from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import ConnectionSettings
+from ansible_collections.hyperv.backup.plugins.module_utils.host.powershell_syntax import check_powershell2
+from ansible_collections.hyperv.backup.plugins.module_utils.host.script_bridge import clixml_errors
 
 PASSWORD = "W1nRM-secret!"
-NASTY_TAG = "hyperv.backup:run'1\"; $(Stop-Computer) ; & calc"
+NASTY_TAG = "hyperv.backup:run'1\"; $(Stop-Computer) ; & calc\r\n\u00fc"
 
 
 class FakeProtocol(object):
@@ -68,41 +70,72 @@ def protocol(monkeypatch):
     return reply
 
 
-def session(**overrides):
-    p = dict((name, None) for name in connection_argument_spec())
-    p.update(host="hv02", username="admin", password=PASSWORD, transport="winrm")
-    p.update(overrides)
-    return HostSession.from_module_params(p)
+def bridge(**overrides):
+    options = dict(host="hv02", username="admin", password=PASSWORD, transport="winrm")
+    options.update(overrides)
+    return transport_winrm.WinrmBridge(ConnectionSettings(**options))
 
 
 def decode_payload(stdin_input):
+    """{"script", "parameters"} of a stdin payload: the bridge's record format, or the legacy base64 JSON line."""
+    if stdin_input.startswith("S "):
+        script, parameters = transport_winrm.decode_request(stdin_input)
+        return {"script": script, "parameters": parameters}
     return json.loads(base64.b64decode(stdin_input.strip()).decode("utf-8"))
 
 
-def test_script_travels_on_stdin_with_parameters(protocol):
-    instances = protocol(stdout=json.dumps({"id": "rp1", "consistency_fallback": False}).encode() + b"\r\n")
-    vm_id = "5f0e0b7c-0000-4000-8000-000000000001"
-    result = session(operation_timeout=900).run(
-        "create_recovery_point", vm_id=vm_id, method="rct", consistency="application", tag=NASTY_TAG)
-    assert result == {"id": "rp1", "consistency_fallback": False}
+def ok(value):
+    return (json.dumps({"result": value}) + "\r\n").encode()
+
+
+def test_script_travels_on_stdin_as_records_and_the_command_is_fixed(protocol):
+    instances = protocol(stdout=ok({"ReturnValue": 0, "out": {}, "job": None, "affected": []}))
+    b = bridge(operation_timeout=900)
+    answer = b.invoke(NAMESPACE_V1, "\\\\hv\\root\\virtualization:Msvm_VirtualSystemManagementService.Name=\"vmms\"",
+                      "ModifyVirtualSystem", {"ComputerSystem": Ref("vm"),
+                                              "SystemSettingData": Embedded("Msvm_VirtualSystemGlobalSettingData", {"ElementName": NASTY_TAG},
+                                                                            based_on="gsd")})
+    assert answer["ReturnValue"] == 0
+    b.query(NAMESPACE_V1, "Msvm_ComputerSystem", where={"ElementName": NASTY_TAG})
     client = instances[0]
-    (shell_id, command, arguments), = client.commands
-    assert command == "powershell.exe"
-    assert arguments[-2] == "-EncodedCommand"
-    assert base64.b64decode(arguments[-1]).decode("utf-16-le") == transport_winrm.BOOTSTRAP
-    (_s, _c, stdin_input, end), = client.inputs
-    assert end is True
-    request = decode_payload(stdin_input)
-    assert request["script"] == SCRIPTS["create_recovery_point"].text
-    assert request["parameters"] == {"VmId": vm_id, "Method": "rct", "Consistency": "application", "Tag": NASTY_TAG,
-                                     "HvTimeoutSeconds": 900}
-    assert NASTY_TAG not in request["script"] and NASTY_TAG not in " ".join(arguments)
-    assert client.cleaned == ["cmd-1"] and client.closed == ["shell-1"] and client.codepage == 65001
+    command_lines = set((command, tuple(arguments)) for _shell, command, arguments in client.commands)
+    assert len(command_lines) == 1                              # one fixed command line whatever the call and values
+    (command, arguments), = command_lines
+    assert command == "powershell.exe" and arguments[-2] == "-EncodedCommand"
+    assert base64.b64decode(arguments[-1]).decode("utf-16-le") == BOOTSTRAP == transport_winrm.BOOTSTRAP
+    first = decode_payload(client.inputs[0][2])
+    assert first["script"] == SCRIPTS["invoke"].text and NASTY_TAG not in first["script"]
+    assert first["parameters"]["HvTimeoutSeconds"] == 900 and first["parameters"]["Method"] == "ModifyVirtualSystem"
+    assert any(line.startswith("E 0 ") for line in first["parameters"]["Arguments"])
+    second = decode_payload(client.inputs[1][2])
+    assert second["script"] == SCRIPTS["query"].text and second["parameters"]["Properties"] == []
+    where, = second["parameters"]["Where"]
+    kind_value = where.split(" ")[4]
+    assert base64.b64decode(kind_value).decode("utf-8") == NASTY_TAG
+    assert all(end is True for _s, _c, _i, end in client.inputs)
+    assert client.cleaned == ["cmd-1", "cmd-1"] and client.closed == ["shell-1", "shell-1"] and client.codepage == 65001
+
+
+def test_payload_round_trip_of_every_parameter_kind():
+    parameters = {"Path": NASTY_TAG, "Empty": "", "MaxBytes": 2 ** 40, "Exclusive": True, "Start": False, "ResultClass": None,
+                  "Lines": ["V w A s " + "x" * 10, ""], "NoLines": []}
+    payload = transport_winrm.request_payload("param($Path)\n'x'", parameters)
+    assert NASTY_TAG not in payload and "param(" not in payload
+    assert all(set(line) <= set("SPLVA abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=:.") for line in payload.split("\r\n"))
+    assert transport_winrm.decode_request(payload) == ("param($Path)\n'x'", parameters)
+    with pytest.raises(TypeError):
+        transport_winrm.request_payload("x", {"A": 1.5})
+
+
+def test_bootstrap_is_powershell_2_and_short_enough_for_a_command_line():
+    assert check_powershell2(BOOTSTRAP) == []
+    assert "ConvertFrom-Json" not in BOOTSTRAP
+    assert len(transport_winrm.encoded_command(BOOTSTRAP)) < 8000
 
 
 def test_protocol_options(protocol):
-    instances = protocol(stdout=b'{"name": "vss"}')
-    session(auth="negotiate", protocol="https", ca_cert="/ca.pem", read_timeout=60).run("get_service", name="vss")
+    instances = protocol(stdout=ok({"ps_version": "2.0"}))
+    bridge(auth="negotiate", protocol="https", ca_cert="/ca.pem", read_timeout=60).host_environment()
     kwargs = instances[0].kwargs
     assert kwargs["endpoint"] == "https://hv02:5986/wsman"
     assert kwargs["transport"] == "ntlm" and kwargs["password"] == PASSWORD
@@ -113,12 +146,11 @@ def test_protocol_options(protocol):
 def test_clixml_stderr_becomes_failed_with_the_error_text(protocol):
     stderr = (b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
               b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T></TN></Obj>'
-              b'<S S="Error">ConvertFrom-Json : Invalid JSON primitive_x000D__x000A_</S></Objs>')
+              b'<S S="Error">Exception calling "Create" : parse error_x000D__x000A_</S></Objs>')
     protocol(stdout=b"", stderr=stderr, status=1)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
-    assert err.value.category == "failed"
-    assert "ConvertFrom-Json : Invalid JSON primitive" in str(err.value)
+        bridge().host_environment()
+    assert err.value.category == "failed" and 'Exception calling "Create" : parse error' in str(err.value)
     assert "progress" not in str(err.value)
 
 
@@ -131,15 +163,20 @@ def test_progress_only_stderr_is_ignored():
 def test_exit_code_without_output_is_failed(protocol):
     protocol(stdout=b"", stderr=b"", status=5)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
+        bridge().host_environment()
     assert err.value.category == "failed" and "exited with code 5" in str(err.value)
 
 
-def test_error_document(protocol):
-    protocol(stdout=b'{"error": {"category": "not_found", "message": "no VM named web01", "windows_error": null, "hint": "Check"}}')
-    with pytest.raises(HostOperationError) as err:
-        session().run("get_vms", names=["web01"])
-    assert err.value.category == "not_found" and err.value.windows_error is None and "web01" in str(err.value)
+def test_error_document_becomes_bridge_error(protocol):
+    protocol(stdout=b'{"error": {"code": 2147749902, "message": "Invalid namespace", "category": "failed", "type": "x", "line": 3}}\r\n')
+    with pytest.raises(BridgeError) as err:
+        bridge().query("root\\nope", "Msvm_ComputerSystem")
+    assert err.value.code == 0x8004100E and "Invalid namespace" in str(err.value)
+
+
+def test_console_lines_before_the_document_are_skipped(protocol):
+    protocol(stdout=b"some banner\r\n" + ok(True))
+    assert bridge().remove_file("C:\\x") is True
 
 
 @pytest.mark.parametrize("exc,category", [
@@ -149,19 +186,29 @@ def test_error_document(protocol):
     (requests.exceptions.ReadTimeout("read timed out"), "unreachable"),
     (WinRMOperationTimeoutError(), "unreachable"),
     (requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"), "unreachable"),
-    (RuntimeError("surprise"), "failed"),
+    (RuntimeError("surprise %s" % PASSWORD), "failed"),
 ])
 def test_exceptions_map_to_categories(protocol, exc, category):
     protocol(error=exc)
-    s = session()
     with pytest.raises(HostOperationError) as err:
-        s.run("get_host_info")
-    assert err.value.category == category and err.value.hint
-    assert PASSWORD not in str(err.value) and PASSWORD not in repr(s)
+        bridge().list_directory("C:\\ProgramData\\hyperv.backup\\locks")
+    assert err.value.category == category and err.value.hint and err.value.operation == "list_directory"
+    assert PASSWORD not in str(err.value)
 
 
 def test_missing_pywinrm_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(transport_winrm, "HAS_WINRM", False)
     with pytest.raises(HostOperationError) as err:
-        session().run("get_host_info")
+        bridge().host_environment()
     assert "pywinrm" in str(err.value) and "pip install pywinrm" in err.value.hint
+
+
+def test_large_requests_go_to_stdin_in_pieces_below_the_envelope_size(protocol):
+    instances = protocol(stdout=ok({"modified": "20261202073512.000000+000", "now": "20261202073512.000000+000"}))
+    data = bytes(range(256)) * 800                                         # 200 KB: several WinRM messages
+    bridge().write_file("C:\\ProgramData\\hyperv.backup\\big.bin", data)
+    inputs = instances[0].inputs
+    assert len(inputs) > 2 and all(len(text) <= transport_winrm.STDIN_CHUNK for _s, _c, text, _e in inputs)
+    assert [end for _s, _c, _t, end in inputs] == [False] * (len(inputs) - 1) + [True]
+    request = decode_payload("".join(text for _s, _c, text, _e in inputs))
+    assert request["script"] == SCRIPTS["write_file"].text and base64.b64decode(request["parameters"]["Data"]) == data
