@@ -395,7 +395,9 @@ host:
     vss_providers: [{name: Microsoft Software Shadow Copy provider 1.0, id: '{b5946137-7b9f-4925-af80-51abd60b20d5}', type: software}]
     hyperv_vss_writer: {name: Microsoft Hyper-V VSS Writer, id: '{66841cd4-6ded-4f4b-8f17-fd23f8ddc3de}', state: '[1] Stable', last_error: No error}
 vms:
-  description: Every VM of the host as C(get_vms) returns them (disks with real local C(path) and a C(windows_path)).
+  description:
+    - Every VM of the host as C(get_vms) returns them (disk C(path) and C(windows_path) are Windows paths, as a real
+      host reports them), plus per disk C(local_path), the lab file behind it on this machine.
   returned: when state is present and the host exists
   type: list
   elements: dict
@@ -406,8 +408,9 @@ vms:
       configuration_version: '10.0'
       state: Running
       disks:
-        - path: /srv/lab/hv01/vms/5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b/Virtual Hard Disks/web01_disk0.vhdx
-          windows_path: C:\Hyper-V\web01\Virtual Hard Disks\web01_disk0.vhdx
+        - path: C:\Hyper-V\5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b\Virtual Hard Disks\web01_disk0.vhdx
+          windows_path: C:\Hyper-V\5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b\Virtual Hard Disks\web01_disk0.vhdx
+          local_path: /srv/lab/hv01/vms/5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b/Virtual Hard Disks/web01_disk0.vhdx
           format: vhdx
           virtual_size: 2147483648
 churned:

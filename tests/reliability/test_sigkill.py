@@ -227,3 +227,78 @@ def test_repeated_sigkill_during_prune_and_gc(tmp_path, fault_ledger):
     assert [r.backup_id for r in repo.list_backups()] == [newest] and repo.verify()["ok"]
     assert repo.gc(grace_seconds=0)["chunks_removed"] == 0       # the last prune's GC already took every orphan
     assert kills >= 1
+
+
+# A process that took a VM lease and then died: the lease names the process (hyperv/locks.py), so on this proxy it
+# stops counting at once; the point of a hyperv_recovery_point task (handed back by a later task) must not.
+HOLD_LEASE = """
+import sys, time
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+point = LabTransport(sys.argv[1], "hv1").run("create_recovery_point", {"vm_id": sys.argv[2], "method": sys.argv[3],
+    "consistency": "application_or_crash", "tag": "hyperv.backup:killed-holder"})
+print(point["id"], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("method", ["rct", "vss"])
+def test_lease_of_a_killed_process_does_not_block_recovery(tmp_path, method, fault_ledger):
+    lab = tmp_path / "lab"
+    layout = LabLayout(str(lab), "hv1")
+    ensure_host(layout, services={"vss": "Running"})
+    _changed, vm = ensure_vm(layout, {"name": "web01", "disks": [{"size": 4 * MiB}]})
+    host = LabTransport(str(lab), "hv1")
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(lab), vm["id"], method], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        point_id = proc.stdout.readline().decode().strip()
+        assert point_id, "the holder created no recovery point"
+        # while the holder lives, its point is held and the VM is busy for anyone else
+        held = [p for p in host.run("get_recovery_points", {"vm_id": vm["id"]}) if p["id"] == point_id]
+        assert held and held[0]["held_by_live_run"] is True
+        with pytest.raises(Exception) as busy:
+            host.run("create_recovery_point", {"vm_id": vm["id"], "method": method, "consistency": "application_or_crash",
+                                               "tag": "hyperv.backup:second"})
+        assert getattr(busy.value, "category", None) == "busy", busy.value
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # the holder is gone: its point is stale at once (not after the lease's hours), cleanup removes it, a new run works
+    points = [p for p in host.run("get_recovery_points", {"vm_id": vm["id"]}) if p["id"] == point_id]
+    assert points and points[0]["held_by_live_run"] is False
+    clean_file = tmp_path / "clean.json"
+    clean_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"transport": "lab", "lab_directory": str(lab), "host": "hv1",
+                                                              "vm": "web01", "state": "cleaned"}}))
+    _k, rc, cleaned, _s = run_module(clean_file, module="hyperv_recovery_point")
+    assert rc == 0 and [p["id"] for p in cleaned["stale_removed"]] == [point_id], cleaned
+    again = host.run("create_recovery_point", {"vm_id": vm["id"], "method": method, "consistency": "application_or_crash",
+                                               "tag": "hyperv.backup:after-kill"})
+    host.run("remove_recovery_point", {"vm_id": vm["id"], "id": again["id"]})
+    assert our_recovery_points(tmp_path, "hv1", vm["id"]) == []
+    fault_ledger.record("SIGKILL of a process holding a VM lease (%s point)" % method,
+                        "lease not live once its process is gone; cleanup removed the point; next create ok", data_lost=0)
+
+
+def test_point_of_a_recovery_point_task_stays_held_after_the_task(tmp_path):
+    """hyperv_recovery_point state=present ends its process, but its point is handed back by a later task: the lease
+    outlives the process (expiry only), so another run's cleanup keeps the point and the VM stays busy."""
+    lab = tmp_path / "lab"
+    layout = LabLayout(str(lab), "hv1")
+    ensure_host(layout, services={"vss": "Running"})
+    _changed, vm = ensure_vm(layout, {"name": "web01", "disks": [{"size": 4 * MiB}]})
+    connection = {"transport": "lab", "lab_directory": str(lab), "host": "hv1", "vm": "web01"}
+    present = tmp_path / "present.json"
+    present.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(connection, state="present", run_id="task-run")}))
+    _k, rc, created, _s = run_module(present, module="hyperv_recovery_point")
+    assert rc == 0 and not created.get("failed"), created
+    point_id = created["recovery_point"]["id"]
+    clean_file = tmp_path / "clean.json"
+    clean_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(connection, state="cleaned", run_id="other-run")}))
+    _k, rc, cleaned, _s = run_module(clean_file, module="hyperv_recovery_point")
+    assert rc == 0 and cleaned["stale_removed"] == [], cleaned
+    assert [p["id"] for p in our_recovery_points(tmp_path, "hv1", vm["id"])] == [point_id]
+    absent = tmp_path / "absent.json"
+    absent.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(connection, state="absent", id=point_id)}))
+    _k, rc, removed, _s = run_module(absent, module="hyperv_recovery_point")
+    assert rc == 0 and not removed.get("failed"), removed
+    assert our_recovery_points(tmp_path, "hv1", vm["id"]) == []

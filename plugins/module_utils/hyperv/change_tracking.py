@@ -25,6 +25,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import disks as vm_disks
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.checkpoints import RCT_MIN_BUILD
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.points_common import call, fail, namespace, os_build, the_service
 
@@ -88,6 +89,8 @@ def get_disk_changes(bridge, path, limit_id, byte_offset, byte_length):
             last = err
             if err.category != "change_tracking" or INVALID_PARAMETER not in _codes(err):
                 raise
+            if index == 0:
+                _refuse_past_the_end(bridge, ns, path, byte_offset, byte_length, err)
     if result is None:
         other = None if state["target"] == "" else ""
         try:
@@ -100,6 +103,19 @@ def get_disk_changes(bridge, path, limit_id, byte_offset, byte_length):
     lengths_out = [int(v) for v in out.get("ChangedByteLengths") or []]
     return {"processed_byte_length": int(out.get("ProcessedByteLength") or 0), "changed_byte_offsets": offsets,
             "changed_byte_lengths": lengths_out}
+
+
+def _refuse_past_the_end(bridge, ns, path, byte_offset, byte_length, err):
+    """A page that reaches past the disk's end is the caller's mistake ('failed'), not the ByteLength reading of
+    point 12: shrinking it would hide the bug (and wrongly remember the strict reading). Asked only after 32773."""
+    try:
+        size = vm_disks.file_facts(bridge, ns, path, OPERATION).get("virtual_size")
+    except HostOperationError:
+        return              # cannot tell: the shorter lengths decide
+    if size and int(byte_offset) + int(byte_length) > int(size):
+        fail(bridge, OPERATION, "failed", "byte_offset %d + byte_length %d reaches past the end of %s (virtual size %d): %s"
+             % (int(byte_offset), int(byte_length), path, int(size), err.message),
+             hint="Page with byte_offset += processed_byte_length and byte_length = virtual size - byte_offset.")
 
 
 def _codes(err):

@@ -269,6 +269,18 @@ def create_recovery_point(bridge, vm_id, method, consistency, tag, serialization
 
 # --- removing --------------------------------------------------------------------------------------
 
+def _refuse_other_snapshot(bridge, ns, vm, snapshot_id):
+    """An id that names one of the VM's other (standard) checkpoints is refused, never destroyed: a backup
+    removes only recovery checkpoints; a wrong id must say so rather than look like an already-removed point."""
+    others = [s for s in bridge.associators(ns, vm["__PATH"], "Msvm_SnapshotOfVirtualSystem", "Msvm_VirtualSystemSettingData")
+              if s.get("InstanceID") == snapshot_id]
+    if others:
+        fail(bridge, "remove_recovery_point", "recovery_point", "checkpoint %s (%r) of VM %s is a %s checkpoint, not a recovery "
+             "checkpoint; backups never remove it" % (snapshot_id, others[0].get("ElementName"), vm.get("ElementName"),
+                                                       others[0].get("VirtualSystemType")),
+             hint="Pass the id of a recovery point (get_recovery_points); remove standard checkpoints in Hyper-V Manager.")
+
+
 def remove_recovery_point(bridge, vm_id, id):  # pylint: disable=redefined-builtin
     """DestroySnapshot (or the VSS set and marker); releases the lease of the run the point belonged to."""
     if str(id).startswith(vss_points.ID_PREFIX):
@@ -282,6 +294,7 @@ def remove_recovery_point(bridge, vm_id, id):  # pylint: disable=redefined-built
     vm = find_vm(bridge, ns, vm_id, "remove_recovery_point")
     found = [s for s in recovery_snapshots(bridge, ns, vm) if s.get("InstanceID") == id]
     if not found:
+        _refuse_other_snapshot(bridge, ns, vm, id)
         return {"id": id, "removed": False}
     destroy_snapshot(bridge, ns, found[0], "remove_recovery_point")
     owner = run_id_of(found[0].get("ElementName"))

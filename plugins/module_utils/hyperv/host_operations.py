@@ -84,7 +84,7 @@ OPERATIONS = dict((op.name, op) for op in [
     _op("get_host_info", {}, (
         "{computer_name, os_name, os_version, os_build, cluster: {name, functional_level}|null, "
         "csvs: [{name, path}], vss_providers: [{name, id, type: 'software'|'hardware'}], "
-        "hyperv_vss_writer: {name, id, state, last_error}}"),
+        "hyperv_vss_writer: {name, id, state ('[1] Stable' as vssadmin prints it), state_number, last_error}}"),
         "Host version and build, cluster and CSVs, VSS providers and the Hyper-V VSS writer."),
     _op("get_service", {"name": (str, True)},
         "{name, display_name, status: 'Running'|'Stopped'|..., start_type}",
@@ -130,9 +130,13 @@ OPERATIONS = dict((op.name, op) for op in [
         "One page of the RCT change list of a frozen disk since limit_id (GetVirtualDiskChanges); "
         "an invalid or unknown limit_id raises category 'change_tracking'."),
     _op("get_vm_configuration", {"vm_id": (str, True), "recovery_point_id": (str, False)},
-        "{vm_id, name, generation, configuration_version, memory_bytes, processor_count, files: [paths], "
-        "document: {...}}",
-        "The VM's configuration as captured with a recovery point (the .vmcx and its siblings)."),
+        "{vm_id, name, generation, configuration_version, memory_bytes: null, processor_count: null, "
+        "files: [{name, path, content (base64), length}], skipped_files: [{name, length, reason}], "
+        "document: {id, name, generation, configuration_version, configuration_path, captured_from: "
+        "'recovery_checkpoint'|'vss'|'live', format, disks: [{path, file_name, disk_id, controller_type, "
+        "controller_number, controller_location}], ...}}",
+        "The VM's configuration as captured with a recovery point: the files' content, read while the point exists "
+        "(a recovery checkpoint's .vmcx/.xml and siblings, or the files in a host-VSS shadow copy)."),
     _op("import_vm", {"configuration": (dict, True), "disk_paths": (list, True), "new_name": (str, False),
                       "generate_new_id": (bool, False)},
         "{vm_id, name, state}",

@@ -220,6 +220,38 @@ def _map_switches(bridge, namespace, vsms, planned_vssd, switch_map):
     return out
 
 
+# Highest VM configuration version each release runs, by its first build (hyperv_wmi_schema.json
+# vm_configuration_versions.supported_by_host, from Microsoft's configuration-version page). Builds before 2012 R2
+# are not listed there (2008 R2 imports by hand anyway); builds after 2025 are not judged here (Windows decides).
+HIGHEST_CONFIGURATION_VERSION = ((26100, None), (20348, "10.0"), (17763, "9.0"), (14393, "8.0"), (9600, "5.0"))
+
+
+def _version_tuple(text):
+    try:
+        return tuple(int(part) for part in str(text).strip().split("."))
+    except ValueError:
+        return None
+
+
+def _newer_than_host(bridge, configuration, err):
+    """ImportSystemDefinition failed (a generic job error, 32768): when the captured configuration version is newer
+    than the host runs, say so with category 'unsupported' (Windows' own error text is kept); else return."""
+    document = configuration.get("document") or {}
+    wanted = _version_tuple(configuration.get("configuration_version") or document.get("configuration_version") or "")
+    if not wanted:
+        return
+    try:
+        build = wmi.build(bridge, OPERATION)
+    except HostOperationError:
+        return
+    highest = next((version for first, version in HIGHEST_CONFIGURATION_VERSION if build >= first), None)
+    if highest and wanted > _version_tuple(highest):
+        raise _error(bridge, "unsupported", "the VM's configuration version %s is newer than this host (build %d) runs (up to "
+                     "%s): %s" % (".".join(str(part) for part in wanted), build, highest, err.message),
+                     hint="Register it on a host of a newer Windows Server release, or restore the disks only.",
+                     windows_error=err.windows_error)
+
+
 def import_vm(bridge, configuration, disk_paths, new_name=None, generate_new_id=False, folder=None, switch_map=None):
     """Register a VM (see the module docstring). Returns {vm_id, name, state, configuration_path, disks, network_adapters}.
 
@@ -254,8 +286,9 @@ def import_vm(bridge, configuration, disk_paths, new_name=None, generate_new_id=
         result = call(bridge, namespace, vsms, "ImportSystemDefinition",
                       {"SystemDefinitionFile": definition, "SnapshotFolder": ntpath.join(folder, "Snapshots"),
                        "GenerateNewSystemIdentifier": bool(generate_new_id)}, definition)
-    except HostOperationError:
+    except HostOperationError as err:
         _remove(bridge, written)
+        _newer_than_host(bridge, configuration, err)
         raise
     planned = _affected(result, "Msvm_PlannedComputerSystem") or _instance_from(
         bridge, namespace, "Msvm_PlannedComputerSystem", (result.get("out") or {}).get("ImportedSystem"))

@@ -49,6 +49,9 @@ TAG_PREFIX = "hyperv.backup:"
 HYPERV_WRITER_ID = "66841cd4-6ded-4f4b-8f17-fd23f8ddc3de"
 VSS_E_SNAPSHOT_SET_IN_PROGRESS = 0x80042316
 SNAPSHOT_SET_IN_PROGRESS = ("80042316", "VSS_E_SNAPSHOT_SET_IN_PROGRESS")
+# HRESULT_FROM_WIN32 of the service control manager's refusals when COM demand-starts vss: 1053 no response,
+# 1058 disabled, 1060 does not exist (language-neutral, unlike diskshadow's text).
+SERVICE_HRESULTS = ("0x8007041D", "0x80070422", "0x80070424")
 MAX_ATTEMPTS = 6                      # diskshadow runs when another requestor holds the host's creation slot
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 60.0
@@ -204,6 +207,32 @@ def _find_set(bridge, mounts):
     return sorted(set(m["set_id"] for m in mounts if m["set_id"]))
 
 
+def _hresult_of(run):
+    """diskshadow's exit code as the HRESULT text ('0x800423F3') when it is one (negative / high bit set), else None."""
+    code = run.get("exit_code")
+    if isinstance(code, int) and (code & 0x80000000):
+        return "0x%08X" % (code & 0xFFFFFFFF)
+    return None
+
+
+def _holders_text(bridge, volumes, own_work_id):
+    """Which of our host-VSS points hold shadow copies of these volumes (e.g. a 2008 R2 CSV that is in backup for
+    another VM): ' (our recovery point of VM 'a' holds C:\ClusterStorage\Volume1\)', or '' when none does."""
+    try:
+        found = markers(bridge)
+    except (BridgeError, HostOperationError):
+        return ""
+    held = []
+    for marker in found:
+        if marker.get("work_id") == own_work_id:
+            continue
+        for mount in marker.get("mounts") or []:
+            volume = [v for v in volumes if _same_folder(mount.get("volume"), v)]
+            if volume:
+                held.append("our recovery point of VM '%s' holds %s" % (marker.get("vm_name"), volume[0]))
+    return " (%s)" % "; ".join(sorted(set(held))) if held else ""
+
+
 def _run_diskshadow(bridge, text):
     try:
         return bridge.diskshadow(text)
@@ -282,9 +311,19 @@ def create(bridge, vm_id, consistency, tag):
             _remove_work(bridge, marker, folder, set_ids[0] if set_ids else None)
         except HostOperationError as err:
             tail += " (cleanup failed: %s)" % err.message
-        fail(bridge, OPERATION, "busy" if _in_progress(run) else "recovery_point",
-             "diskshadow did not create the shadow copies of VM %s (exit %s): %s" % (vm.get("ElementName"), run.get("exit_code"), tail),
-             hint="Check vssadmin list writers (Microsoft Hyper-V VSS Writer state) and the Application event log on the host.")
+        busy = _in_progress(run)
+        hresult = _hresult_of(run)
+        if hresult in SERVICE_HRESULTS:
+            # COM could not demand-start the Volume Shadow Copy service (disabled, hanging, missing): a service fault.
+            fail(bridge, OPERATION, "service", "diskshadow could not start the Volume Shadow Copy service (vss) for VM %s "
+                 "(exit %s): %s" % (vm.get("ElementName"), run.get("exit_code"), tail),
+                 hint="Set the vss service's start type to Manual or Automatic and check it starts (Start-Service vss); "
+                      "see the System event log.", windows_error=hresult)
+        fail(bridge, OPERATION, "busy" if busy else "recovery_point",
+             "diskshadow did not create the shadow copies of VM %s (exit %s)%s: %s"
+             % (vm.get("ElementName"), run.get("exit_code"), _holders_text(bridge, volumes, work_id) if busy else "", tail),
+             hint="Check vssadmin list writers (Microsoft Hyper-V VSS Writer state) and the Application event log on the host.",
+             windows_error=hresult)
     marker["set_id"] = set_ids[0]
     fallback = False
     achieved = "application"

@@ -184,7 +184,7 @@ def _add_disk_from_spec(layout, host_doc, vm, disk_spec, index):
         extension = os.path.splitext(source)[1].lower()
         if extension not in (".vhdx", ".vhd"):
             _refuse("from_file %s must be a .vhdx or .vhd file" % source)
-        path = os.path.join(disks_dir, "%s_disk%d%s" % (vm["name"], index, extension))
+        path = os.path.join(disks_dir, "%s_disk%d%s" % (lab_disks.disk_file_stem(vm["name"]), index, extension))
         try:
             lab_disks.copy_in(source, path)
         except ValueError as exc:

@@ -55,9 +55,19 @@ def plan_writes(seed, writes, write_size, virtual_size, offsets=None):
     return planned
 
 
+# Characters no Windows file name may hold (a VM name may): Hyper-V Manager / New-VHD would refuse such a disk name,
+# and the lab's host files refuse them too (lab_files), so disk files are named with them replaced.
+_NOT_IN_WINDOWS_FILE_NAMES = set('<>:"|?*/\\') | set(chr(code) for code in range(32))
+
+
+def disk_file_stem(vm_name):
+    """The VM name as it can appear in a Windows file name: invalid characters become '_'."""
+    return "".join("_" if c in _NOT_IN_WINDOWS_FILE_NAMES else c for c in str(vm_name))
+
+
 def base_disk_path(disks_dir, vm_name, index, disk_format):
     """Where the lab creates the VM's ``index``-th disk in ``disk_format`` ('vhdx' or 'vhd')."""
-    return os.path.join(disks_dir, "%s_disk%d%s" % (vm_name, index, BASE_EXTENSIONS[disk_format]))
+    return os.path.join(disks_dir, "%s_disk%d%s" % (disk_file_stem(vm_name), index, BASE_EXTENSIONS[disk_format]))
 
 
 def child_disk_path(base_path, parent_path, checkpoint_id):

@@ -175,8 +175,24 @@ def read_json(path):
 
 
 def make_private_dir(path):
-    """Create ``path`` (and parents) owner-only; an existing directory keeps its mode."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """Create ``path`` (and parents) owner-only; an existing directory keeps its mode.
+
+    Each missing parent is created 0o700 too: os.makedirs applies ``mode`` to the last directory only
+    (Python 3.7+), which left e.g. the host's ``drives`` folder world-readable."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
 
 
 @contextlib.contextmanager

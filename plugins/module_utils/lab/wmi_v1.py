@@ -79,7 +79,10 @@ def global_settings(world):
         rows.append({"InstanceID": "Microsoft:%s\\Global" % vm_guid(vm), "SystemName": vm_guid(vm), "ElementName": vm["name"],
                      "VirtualSystemType": VIRTUAL_SYSTEM_TYPE, "SettingType": 32768, "CreationTime": dmtf(vm.get("created")),
                      "ExternalDataRoot": vm_dir, "SnapshotDataRoot": vm_dir, "AutomaticStartupAction": 1,
-                     "AutomaticShutdownAction": 1, "AutomaticRecoveryAction": 1})
+                     "AutomaticShutdownAction": 1, "AutomaticRecoveryAction": 1,
+                     # Version (listed by the v1 class page): the lab VM's configuration version ("5.0" on 2008 R2 in the
+                     # lab; what a real 2008 R2 host puts here is UNCONFIRMED, and inventory reports an empty one as null).
+                     "Version": vm.get("configuration_version")})
     return rows
 
 

@@ -1,4 +1,5 @@
 """Lab host disks: checkpoints freeze real files, merges keep the guest's data, RCT lists what the guest wrote."""
+import ntpath
 import os
 import shutil
 import subprocess
@@ -31,20 +32,20 @@ def test_recovery_point_freezes_the_disk_and_merge_keeps_every_write(tmp_path):
     frozen = point["disks"][0]["path"]
     assert frozen == base and point["disks"][0]["type"] == "dynamic"
     child = current_path(transport, vm_id)
-    assert child.endswith(".avhdx") and os.path.dirname(child) == os.path.dirname(base)
+    assert child.endswith(".avhdx") and ntpath.dirname(child) == ntpath.dirname(base)
     at_point = model.copy()
     after = lab_admin.churn(layout, "web01", seed=2, writes=20)
-    assert after["path"] == child
+    assert after["path"] == transport.local(child)        # churn reports the lab file
     model.apply(after)
 
-    assert read_all(frozen) == bytes(at_point.data)            # the point in time does not move
-    assert read_all(child) == bytes(model.data)                 # the guest sees all of its writes
+    assert read_all(frozen, transport) == bytes(at_point.data)            # the point in time does not move
+    assert read_all(child, transport) == bytes(model.data)                 # the guest sees all of its writes
     assert transport.run("remove_recovery_point", {"vm_id": vm_id, "id": point["id"]}) == {"id": point["id"], "removed": True}
-    assert not os.path.exists(child)
+    assert not os.path.exists(transport.local(child))
     assert current_path(transport, vm_id) == base
-    assert read_all(base) == bytes(model.data)
+    assert read_all(base, transport) == bytes(model.data)
     assert transport.run("get_vms", {"ids": [vm_id]})[0]["checkpoints"] == []
-    assert not os.path.exists(point["configuration"]["files"][0])
+    assert not os.path.exists(transport.local(point["configuration"]["files"][0]))
 
 
 def test_nested_checkpoints_merge_in_any_order_without_losing_data(tmp_path):
@@ -57,7 +58,7 @@ def test_nested_checkpoints_merge_in_any_order_without_losing_data(tmp_path):
     assert point["disks"][0]["path"].endswith(".avhdx") and len(point["disks"][0]["parent_chain"]) == 1
     at_point = model.copy()
     model.apply(lab_admin.churn(layout, "web01", seed=3, writes=10))
-    assert read_all(point["disks"][0]["path"]) == bytes(at_point.data)
+    assert read_all(point["disks"][0]["path"], transport) == bytes(at_point.data)
 
     standard = [cp for cp in transport.run("get_vms", {"ids": [vm_id]})[0]["checkpoints"] if cp["type"] == "Standard"]
     assert [cp["name"] for cp in standard] == ["before upgrade"]
@@ -67,12 +68,12 @@ def test_nested_checkpoints_merge_in_any_order_without_losing_data(tmp_path):
     # The older checkpoint goes first: its child cannot merge yet (the recovery point sits on it).
     assert lab_admin.remove_standard_checkpoint(layout, "web01", "before upgrade") is True
     assert lab_admin.remove_standard_checkpoint(layout, "web01", "before upgrade") is False
-    assert read_all(current_path(transport, vm_id)) == bytes(model.data)
+    assert read_all(current_path(transport, vm_id), transport) == bytes(model.data)
     transport.run("remove_recovery_point", {"vm_id": vm_id, "id": point["id"]})
     vm = transport.run("get_vms", {"ids": [vm_id]})[0]
     assert vm["disks"][0]["parent_chain"] == [] and vm["disks"][0]["path"].endswith("_disk0.vhdx")
-    assert read_all(vm["disks"][0]["path"]) == bytes(model.data)
-    assert [name for name in os.listdir(os.path.dirname(vm["disks"][0]["path"])) if name.endswith(".avhdx")] == []
+    assert read_all(vm["disks"][0]["path"], transport) == bytes(model.data)
+    assert [name for name in os.listdir(os.path.dirname(transport.local(vm["disks"][0]["path"]))) if name.endswith(".avhdx")] == []
 
 
 def test_rct_change_list_equals_the_guest_writes(tmp_path):
@@ -148,12 +149,12 @@ def test_resize_invalidates_rct_ids(tmp_path):
     _reference_point, rct_id = _reference(transport, layout, ids["web01"])
     with pytest.raises(HyperVBackupError):
         lab_admin.resize_disk(layout, "web01", size=SMALL_DISK // 2)
-    data_before = read_all(current_path(transport, ids["web01"]))
+    data_before = read_all(current_path(transport, ids["web01"]), transport)
     assert lab_admin.resize_disk(layout, "web01", size=2 * SMALL_DISK) is True
     assert lab_admin.resize_disk(layout, "web01", size=2 * SMALL_DISK) is False
     vm = transport.run("get_vms", {"ids": [ids["web01"]]})[0]
     assert vm["disks"][0]["virtual_size"] == 2 * SMALL_DISK
-    grown = read_all(vm["disks"][0]["path"])
+    grown = read_all(vm["disks"][0]["path"], transport)
     assert grown[:SMALL_DISK] == data_before and grown[SMALL_DISK:] == bytes(SMALL_DISK)
     error = _changes_error(transport, vm["disks"][0]["path"], rct_id, 2 * SMALL_DISK)
     assert (error.category, error.windows_error) == ("change_tracking", "0xC03A0022") and "resized" in str(error)
@@ -187,8 +188,9 @@ def test_migration_to_a_host_without_rct_invalidates_ids(tmp_path):
     assert lab_admin.migrate_vm(layout, "web01", "old") is False
     assert [vm["name"] for vm in transport.run("get_vms", {})] == ["v9"]
     moved = old.run("get_vms", {})[0]
-    assert moved["id"] == ids["web01"] and moved["path"].startswith(old_layout.host_dir) and moved["clustered"] is True
-    assert read_all(moved["disks"][0]["path"]) == bytes(model.data)
+    assert moved["id"] == ids["web01"] and old.local(moved["path"]).startswith(old_layout.host_dir) and moved["clustered"] is True
+    assert moved["path"] == "%s\\%s" % (csv, ids["web01"])       # the same Windows path on the new node
+    assert read_all(moved["disks"][0]["path"], old) == bytes(model.data)
     assert old_layout.read_host()["vms"] == {ids["web01"]: "web01"} and ids["web01"] not in layout.read_host()["vms"]
     assert _changes_error(old, moved["disks"][0]["path"], rct_id).category == "change_tracking"
     lab_admin.ensure_host(old_layout, cluster={"name": "CL", "functional_level": 9})
@@ -207,17 +209,17 @@ def test_vm_from_an_existing_vhdx(tmp_path):
     layout, transport, ids = build_host(tmp_path / "lab", vms=({"name": "mine", "disks": [{"from_file": image}]},))
     disk = transport.run("get_vms", {"ids": [ids["mine"]]})[0]["disks"][0]
     assert disk["path"] != image and disk["virtual_size"] == 16 * MiB and disk["block_size"] == MiB
-    assert read_all(disk["path"])[MiB:MiB + 4096] == b"\x5a" * 4096
-    assert os.stat(disk["path"]).st_mode & 0o077 == 0
+    assert read_all(disk["path"], transport)[MiB:MiB + 4096] == b"\x5a" * 4096
+    assert os.stat(transport.local(disk["path"])).st_mode & 0o077 == 0
     with pytest.raises(HyperVBackupError):
         build_host(tmp_path / "lab", vms=({"name": "bad", "disks": [{"from_file": str(tmp_path / "missing.vhdx")}]},))
-    assert lab_admin.churn(layout, "mine", seed=1, writes=2)["path"] == disk["path"]
+    assert lab_admin.churn(layout, "mine", seed=1, writes=2)["path"] == transport.local(disk["path"])
 
 
 def test_fill_is_deterministic_and_real(tmp_path):
     filled = [{"size": SMALL_DISK, "fill": {"seed": 4, "percent": 25}}]
     layout, transport, ids = build_host(tmp_path, vms=({"name": "a", "disks": filled}, {"name": "b", "disks": filled}))
-    a, b = (read_all(current_path(transport, ids[name])) for name in ("a", "b"))
+    a, b = (read_all(current_path(transport, ids[name]), transport) for name in ("a", "b"))
     assert a == b
     assert sum(1 for index in range(0, SMALL_DISK, MiB) if a[index:index + MiB] != bytes(MiB)) == 16
     assert layout.read_host()["vms"] == dict((vm_id, name) for name, vm_id in ids.items())
@@ -238,20 +240,26 @@ def test_vm_from_an_existing_vhd_takes_guest_writes_and_checkpoints(tmp_path):
     model = GuestModel(disk["virtual_size"])
     model.data[:MiB] = b"\x11" * MiB
     model.apply(lab_admin.churn(layout, "old", seed=1, writes=6, write_size=8192))
-    assert read_all(disk["path"]) == bytes(model.data)
+    assert read_all(disk["path"], transport) == bytes(model.data)
+    # Host VSS (2008 R2 has no recovery checkpoints): a shadow copy; the VM keeps writing to its own .vhd.
     point = transport.run("create_recovery_point", {"vm_id": ids["old"], "method": "vss", "consistency": "application", "tag": TAG})
     frozen = point["disks"][0]
-    assert frozen["path"] == disk["path"] and frozen["format"] == "vhd"
-    child = current_path(transport, ids["old"])
-    assert child.endswith(".avhd") and os.path.dirname(child) == os.path.dirname(disk["path"])
+    assert frozen["live_path"] == disk["path"] and frozen["format"] == "vhd" and current_path(transport, ids["old"]) == disk["path"]
     before = bytes(model.data)
     model.apply(lab_admin.churn(layout, "old", seed=2, writes=6, write_size=4096))
-    assert read_all(frozen["path"]) == before and read_all(child) == bytes(model.data)
+    assert read_all(frozen["path"], transport) == before and read_all(disk["path"], transport) == bytes(model.data)
     transport.run("remove_recovery_point", {"vm_id": ids["old"], "id": point["id"]})
-    assert not os.path.exists(child) and current_path(transport, ids["old"]) == disk["path"]
-    assert read_all(disk["path"]) == bytes(model.data)
+    # A checkpoint: an .avhd child beside the .vhd, merged back when removed.
+    lab_admin.ensure_vm(layout, {"name": "old", "checkpoints": ["user"]})
+    child = current_path(transport, ids["old"])
+    assert child.endswith(".avhd") and ntpath.dirname(child) == ntpath.dirname(disk["path"])
+    model.apply(lab_admin.churn(layout, "old", seed=3, writes=6, write_size=4096))
+    assert read_all(child, transport) == bytes(model.data)
+    assert lab_admin.remove_standard_checkpoint(layout, "old", "user") is True
+    assert not os.path.exists(transport.local(child)) and current_path(transport, ids["old"]) == disk["path"]
+    assert read_all(disk["path"], transport) == bytes(model.data)
     back = tmp_path / "back.raw"                          # qemu still reads the merged file as we do
-    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", disk["path"], str(back)], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", transport.local(disk["path"]), str(back)], check=True)
     assert back.read_bytes() == bytes(model.data)
 
 
@@ -259,9 +267,10 @@ def test_restore_over_the_vm_gives_new_disks_whose_old_rct_ids_do_not_match(tmp_
     layout, transport, ids = build_host(tmp_path)
     _reference_point, rct_id = _reference(transport, layout, ids["web01"])
     config = transport.run("get_vm_configuration", {"vm_id": ids["web01"]})
-    restored = str(tmp_path / "restored.vhdx")
-    with open_disk(current_path(transport, ids["web01"])) as source:
-        write_vhdx_from(restored, source, source.virtual_size)
+    restored = "C:\\Restore\\web01\\restored.vhdx"          # a path on the host, where a restore writes
+    os.makedirs(os.path.dirname(transport.local(restored)), mode=0o700)
+    with open_disk(transport.local(current_path(transport, ids["web01"]))) as source:
+        write_vhdx_from(transport.local(restored), source, source.virtual_size)
     assert lab_admin.remove_vm(layout, "web01") is True
     imported = transport.run("import_vm", {"configuration": config, "disk_paths": [restored]})
     assert imported["vm_id"] == ids["web01"]            # Import-VM -Copy keeps the id

@@ -64,7 +64,7 @@ def test_parallel_forks_keep_host_and_vm_state_consistent(tmp_path):
         model = GuestModel(SMALL_DISK)
         for churned in churns:
             model.apply(churned)
-        assert read_all(vm["disks"][0]["path"]) == bytes(model.data)
+        assert read_all(vm["disks"][0]["path"], transport) == bytes(model.data)
     assert ids and layout.exists()
     leftovers = [name for _root, _dirs, files in os.walk(tmp_path) for name in files if name.startswith(".tmp-")]
     assert leftovers == []

@@ -41,7 +41,10 @@ class GuestModel:
         return twin
 
 
-def read_all(path):
+def read_all(path, transport=None):
+    """Every byte of a disk; with ``transport``, ``path`` is a Windows path the lab host reported (mapped to its file)."""
+    if transport is not None:
+        path = transport.local(path)
     with open_disk(path) as disk:
         return disk.read(0, disk.virtual_size)
 

@@ -52,7 +52,7 @@ def test_one_task_builds_a_host_and_is_idempotent(tmp_path, monkeypatch):
     assert first["host"]["os_build"] == 17763 and first["host"]["cluster"] == {"name": "CL1", "functional_level": 10}
     web, db = sorted(first["vms"], key=lambda vm: vm["name"], reverse=True)
     assert web["clustered"] is True and web["csv_path"] == "C:\\ClusterStorage\\Volume1"
-    assert web["windows_path"] == "C:\\ClusterStorage\\Volume1\\web01"
+    assert web["windows_path"] == "C:\\ClusterStorage\\Volume1\\" + web["id"]      # lab VM folders are named by VM id
     assert [d["controller_type"] for d in db["disks"]] == ["IDE", "IDE"] and db["configuration_version"] == "8.0"
     assert [s["operational_status"] for s in db["integration_services"] if s["name"] == "VSS"] == ["NoContact"]
     again = run_module(monkeypatch, args)

@@ -1,10 +1,14 @@
 """Lab host: every operation answers with the contract's shapes; services; faults map to the real categories."""
+import base64
+import ntpath
 import os
 import re
 
 import pytest
 
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import checkpoints
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import host_operations as ops
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import vss_points
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabFleet, LabTransport, operation_names
@@ -203,11 +207,17 @@ def test_recovery_point_fault_and_vss_writer_fault(lab):
 
 
 def test_vss_method_needs_the_vss_service(tmp_path):
-    _layout, transport, ids = build_host(tmp_path, vss="Stopped")
+    layout, transport, ids = build_host(tmp_path, vss="Stopped")
+    lab_admin.ensure_host(layout, services={"vss": {"start_type": "Disabled"}})
     params = {"vm_id": ids["web01"], "method": "vss", "consistency": "application", "tag": TAG}
-    assert category_of(transport, "create_recovery_point", params).category == "service"
-    transport.run("start_service", {"name": "vss"})
+    error = category_of(transport, "create_recovery_point", params)
+    assert error.category == "service" and error.windows_error == "0x80070422"
+    assert transport.run("get_recovery_points", {"vm_id": ids["web01"]}) == []
+    # A stopped (Manual) vss is demand-started by diskshadow's COM activation, as on Windows.
+    lab_admin.ensure_host(layout, services={"vss": {"start_type": "Manual"}})
+    assert transport.run("get_service", {"name": "vss"})["status"] == "Stopped"
     assert transport.run("create_recovery_point", params)["method"] == "vss"
+    assert transport.run("get_service", {"name": "vss"})["status"] == "Running"
 
 
 @pytest.mark.parametrize("era,vm,cluster,reason", [
@@ -225,14 +235,15 @@ def test_rct_needs_a_capable_host_and_vm(tmp_path, era, vm, cluster, reason):
                                                    "consistency": "application", "tag": TAG})["method"] == "vss"
 
 
-def test_one_vss_backup_per_csv_on_2008r2_with_the_software_provider(tmp_path):
+def test_one_vss_backup_per_csv_on_2008r2_with_the_software_provider(tmp_path, monkeypatch):
+    monkeypatch.setattr(vss_points, "SLEEP", lambda _seconds: None)   # VSS busy is retried with backoff: no real waits
     csv = "C:\\ClusterStorage\\Volume1"
     layout, transport, ids = build_host(tmp_path, era="2008r2", cluster={"name": "OLD"}, csvs=[csv],
                                         vms=({"name": "a", "csv": csv}, {"name": "b", "csv": csv}, {"name": "c"}))
     params = {"method": "vss", "consistency": "application", "tag": TAG}
     first = transport.run("create_recovery_point", dict(params, vm_id=ids["a"]))
     error = category_of(transport, "create_recovery_point", dict(params, vm_id=ids["b"]))
-    assert error.category == "busy" and csv in str(error) and "'a'" in str(error)
+    assert error.category == "busy" and csv in str(error) and "'a'" in str(error) and error.windows_error == "0x80042316"
     assert transport.run("create_recovery_point", dict(params, vm_id=ids["c"]))["vm_name"] == "c"   # not on the CSV
     transport.run("remove_recovery_point", {"vm_id": ids["a"], "id": first["id"]})
     assert transport.run("create_recovery_point", dict(params, vm_id=ids["b"]))["vm_name"] == "b"
@@ -243,8 +254,11 @@ def test_one_vss_backup_per_csv_on_2008r2_with_the_software_provider(tmp_path):
 def test_leftover_recovery_points_stay_listed_with_ours(lab):
     _layout, transport, ids = lab
     ours = transport.run("create_recovery_point", {"vm_id": ids["web01"], "method": "rct", "consistency": "application", "tag": TAG})
-    theirs = transport.run("create_recovery_point", {"vm_id": ids["web01"], "method": "rct", "consistency": "application",
-                                                     "tag": "Veeam job 12"})
+    # Another product's recovery checkpoint: the same CreateSnapshot + ModifySystemSettings, without our run's lease
+    # (a second create_recovery_point on the VM while our point exists is 'busy' by design).
+    assert category_of(transport, "create_recovery_point", {"vm_id": ids["web01"], "method": "rct", "consistency": "application",
+                                                            "tag": "hyperv.backup:other-run"}).category == "busy"
+    theirs = checkpoints._create_rct(transport.bridge, ids["web01"], "application", "Veeam job 12")
     listed = transport.run("get_recovery_points", {"vm_id": ids["web01"]})
     assert [(p["id"], p["ours"]) for p in listed] == [(ours["id"], True), (theirs["id"], False)]
     assert transport.run("remove_recovery_point", {"vm_id": ids["web01"], "id": "no-such"}) == {"id": "no-such", "removed": False}
@@ -254,12 +268,21 @@ def test_configuration_capture_and_import(tmp_path, lab):
     _layout, transport, ids = lab
     point = transport.run("create_recovery_point", {"vm_id": ids["db01"], "method": "rct", "consistency": "application", "tag": TAG})
     config = transport.run("get_vm_configuration", {"vm_id": ids["db01"], "recovery_point_id": point["id"]})
-    assert {"vm_id", "name", "generation", "configuration_version", "memory_bytes", "processor_count", "files", "document"} == set(config)
-    assert config["files"] == point["configuration"]["files"] and all(os.path.isfile(f) for f in config["files"])
+    assert {"vm_id", "name", "generation", "configuration_version", "memory_bytes", "processor_count", "files", "skipped_files",
+            "document"} == set(config)
+    # The files' content is captured (the recovery checkpoint's files go away with it): {name, path, content, length}.
+    assert [f["path"] for f in config["files"]] == point["configuration"]["files"] and config["skipped_files"] == []
+    for captured in config["files"]:
+        with open(transport.local(captured["path"]), "rb") as handle:
+            data = handle.read()
+        assert base64.b64decode(captured["content"]) == data and captured["length"] == len(data)
+        assert captured["name"] == ntpath.basename(captured["path"])
     assert config["name"] == "db01" and len(config["document"]["disks"]) == 1
-    disk_path = str(tmp_path / "restored.vhdx")      # what a restore writes: a new file with the frozen data
-    with open_disk(point["disks"][0]["path"]) as frozen:
-        write_vhdx_from(disk_path, frozen, frozen.virtual_size)
+    # What a restore writes: a new file with the frozen data, at a path on the host (Windows path).
+    disk_path = "C:\\Restore\\db01\\restored.vhdx"
+    os.makedirs(os.path.dirname(transport.local(disk_path)), mode=0o700)
+    with open_disk(transport.local(point["disks"][0]["path"])) as frozen:
+        write_vhdx_from(transport.local(disk_path), frozen, frozen.virtual_size)
     error = category_of(transport, "import_vm", {"configuration": config, "disk_paths": [disk_path]})
     assert error.category == "failed" and "already exists" in str(error)
     imported = transport.run("import_vm", {"configuration": config, "disk_paths": [disk_path], "new_name": "db01-restored",
@@ -275,8 +298,13 @@ def test_import_refuses_a_configuration_newer_than_the_host(tmp_path, lab):
     config = transport.run("get_vm_configuration", {"vm_id": ids["web01"]})
     assert config["configuration_version"] == "10.0"
     _old_layout, old, _ids = build_host(tmp_path, host="old", era="2016", vms=())
-    error = category_of(old, "import_vm", {"configuration": config, "disk_paths": [], "generate_new_id": True})
-    assert error.category == "unsupported"
+    restored = "C:\\Restore\\web01\\restored.vhdx"        # the restored disk is on the old host
+    os.makedirs(os.path.dirname(old.local(restored)), mode=0o700)
+    with open_disk(transport.local(transport.run("get_vms", {"ids": [ids["web01"]]})[0]["disks"][0]["path"])) as source:
+        write_vhdx_from(old.local(restored), source, source.virtual_size)
+    error = category_of(old, "import_vm", {"configuration": config, "disk_paths": [restored], "generate_new_id": True})
+    assert error.category == "unsupported" and "10.0" in str(error)
+    assert old.run("get_vms", {}) == []
 
 
 def test_fleet_lists_hosts(tmp_path):

@@ -129,13 +129,20 @@ def test_create_expose_delete_gives_a_frozen_sparse_copy_while_the_guest_keeps_w
             states.append(read_all(disk))
             seed += 1
 
+    def wait_for_states(count):
+        # Progress of the guest, not wall time: a loaded machine must not turn this into a race.
+        deadline = time.monotonic() + 60
+        while len(states) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     writer = threading.Thread(target=guest)
     writer.start()
     try:
-        time.sleep(0.2)
+        wait_for_states(3)
         prepare_mounts(layout, "w1")
         run = lab_vss.diskshadow(layout, create_script("w1"))
-        time.sleep(0.2)
+        written_before = len(states)
+        wait_for_states(written_before + 2)
     finally:
         stop.set()
         writer.join()
