@@ -75,6 +75,10 @@ def vss_writer_check(writer):
     # vssadmin's words are localised; its "[N]" state number is not, so only the number is judged.
     number = writer_state_number(writer)
     ok = number in HEALTHY_WRITER_STATE_NUMBERS
+    if writer.get("not_read"):
+        # The vss_service check already blocks; a writer not read yet is no second failure.
+        return _check("vss_writer", None, False, "Hyper-V VSS writer not read: %s (hyperv_vss_ensure starts the service)"
+                      % writer["not_read"], blocking=False)
     if ok:
         message = "Hyper-V VSS writer is %s" % state + (" (last error: %s)" % last_error if last_error else "")
     elif not state:

@@ -70,10 +70,12 @@ def _optional(operation, **params):
 
 def decide_method(host_facts, vm, requested="auto", previous_method=None):
     """(Eligibility, MethodDecision) for the next recovery point of ``vm``; VSS counts as available
-    when the host lists the Hyper-V VSS writer."""
+    when the host lists the Hyper-V VSS writer (or would, once its demand-start VSS service runs)."""
     eligibility = rct_eligibility(host_facts, vm)
     writer = host_facts.get("hyperv_vss_writer") or {}
-    return eligibility, choose_method(eligibility, requested, previous_method, vss_available=bool(writer.get("state")))
+    # A writer not read because VSS is stopped is still available: VSS starts on demand unless it is Disabled.
+    available = bool(writer.get("state")) or bool(writer.get("not_read") and writer.get("startable"))
+    return eligibility, choose_method(eligibility, requested, previous_method, vss_available=available)
 
 
 def check_serialization(session, host_facts, vm, all_vms):

@@ -68,13 +68,23 @@ def parse_writer(output, writer_id=HYPERV_VSS_WRITER_ID):
 
 
 def hyperv_vss_writer(bridge):
-    """The hyperv_vss_writer fact of get_host_info: {name, id, state, state_number, last_error}.
+    """The hyperv_vss_writer fact of get_host_info: {name, id, state, state_number, last_error[, not_read]}.
 
-    A host whose VSS service is stopped lists no writers (vssadmin fails): state None, and the
-    pre-flight check says to start VSS.
+    ``vssadmin list writers`` starts a stopped (demand-start) VSS service, so it is run only while VSS
+    runs: reading facts (hyperv_host_info, check mode) must change nothing on the host. Otherwise the
+    writer is reported unread, with ``not_read`` saying why and ``startable`` whether VSS can start
+    (it is not Disabled); hyperv_vss_ensure starts the service and then reads the writer.
     """
     out = {"name": HYPERV_VSS_WRITER_NAME, "id": "{%s}" % HYPERV_VSS_WRITER_ID, "state": None, "state_number": None,
            "last_error": None}
+    try:
+        service = bridge.service("vss")
+    except BridgeError:
+        service = None
+    if service is not None and service.get("status") != "Running":
+        out.update(not_read="the Volume Shadow Copy service is %s; the writer is read once it runs" % service.get("status"),
+                   startable=service.get("start_type") != "Disabled")
+        return out
     try:
         listed = bridge.vss_writers()
     except BridgeError:

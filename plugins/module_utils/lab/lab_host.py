@@ -47,20 +47,12 @@ class LabTransport:
         return map_path(windows_path, self.path_map())
 
     def facts(self):
-        """(host facts, VMs) as get_host_info / get_vms report them; when the host refuses (a fault such as
-        'unreachable' or a stopped vmms), what the lab's files say, with the refusal in ``error``.
-
-        Reading the facts lists the VSS writers (vssadmin), which demand-starts a stopped VSS as on Windows;
-        the lab's own report of a host it just built must not do that, so services it started are put back."""
-        before = self._service_statuses()
+        """(host facts, VMs) as get_host_info / get_vms report them, each disk with the lab file behind its Windows
+        path (``local_path``); when the host refuses (a fault such as 'unreachable' or a stopped vmms), what the
+        lab's files say, with the refusal in ``error``. Reading facts changes nothing on the host (the VSS writers
+        are not listed while VSS is stopped: hyperv/vss_writer.py)."""
         try:
             host, vms = self.run("get_host_info"), self.run("get_vms")
-            # Disk paths are Windows paths, as on a real host; the lab's report adds the file behind each.
-            for vm in vms:
-                for disk in vm.get("disks") or []:
-                    if disk.get("path"):
-                        disk["local_path"] = self.local(disk["path"])
-            return host, vms
         except HostOperationError as err:
             doc = self.layout.read_host()
             host = {"computer_name": self.host.upper(), "era": doc.get("era"), "faults": list(doc.get("faults") or []),
@@ -73,30 +65,11 @@ class LabTransport:
                     continue
                 vms.append({"id": vm["id"], "name": vm["name"], "state": vm.get("state")})
             return host, vms
-        finally:
-            self._restore_service_statuses(before)
-
-    def _service_statuses(self):
-        try:
-            return dict((name, service.get("status")) for name, service in (self.layout.read_host().get("services") or {}).items())
-        except (OSError, ValueError):   # no host yet
-            return None
-
-    def _restore_service_statuses(self, before):
-        if not before:
-            return
-        with self.layout.host_lock():
-            try:
-                doc = self.layout.read_host()
-            except (OSError, ValueError):
-                return
-            changed = False
-            for name, service in (doc.get("services") or {}).items():
-                if name in before and service.get("status") != before[name]:
-                    service["status"] = before[name]
-                    changed = True
-            if changed:
-                self.layout.write_host(doc)
+        for vm in vms:
+            for disk in vm.get("disks") or []:
+                if disk.get("path"):
+                    disk["local_path"] = self.local(disk["path"])
+        return host, vms
 
     def close(self):
         self.bridge.close()

@@ -284,6 +284,13 @@ def test_host_info_on_a_german_2022_host_without_cluster():
                ID="{b5946137-7b9f-4925-af80-51abd60b20d5}", Type=1)
     bridge.add("root\\cimv2", "Win32_ShadowProvider", "p2", Name="Array provider", ID="{781c006a}", Type=3)
     bridge.writers = {"exit_code": 0, "output": GERMAN_WRITERS % (1, "Stabil", "Kein Fehler")}
+    # With VSS stopped the writer is not read: vssadmin would start the demand-start service, and reading facts
+    # must change nothing on the host.
+    stopped = run_operation(bridge, "get_host_info", {})["hyperv_vss_writer"]
+    assert stopped["state"] is None and "Stopped" in stopped["not_read"] and stopped["startable"] is True
+    assert ("vss_writers",) not in bridge.calls and bridge.services["vss"]["status"] == "Stopped"
+    assert not host_checks.vss_writer_check(stopped)["blocking"]
+    bridge.services["vss"]["status"] = "Running"
     info = run_operation(bridge, "get_host_info", {})
     assert info["computer_name"] == "HV01" and info["os_version"] == "10.0.20348" and info["os_build"] == 20348
     assert info["os_name"] == "Microsoft Windows Server 2022 Datacenter"
