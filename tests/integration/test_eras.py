@@ -6,6 +6,8 @@ the second backup onto the host and registers it. Checks:
 * every first backup is full, every second one incremental;
 * 2016 and later use RCT (the second backup reads a change list, far less than the disk); older
   eras use host VSS;
+* another product's standard checkpoint, Hyper-V Replica's log-based reference point and another backup
+  product's RCT reference point on the 2016+ VMs survive both runs, beside our own reference point;
 * the German hosts (localised integration service names, service names and vssadmin text) behave
   exactly like the English ones;
 * the registered copy is a VM of the host, its disks at the host path the restore wrote them to;
@@ -18,7 +20,9 @@ import os
 import pytest
 import yaml
 
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 from workflow_helpers import PLAYBOOKS, load_json, run_playbook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,6 +32,7 @@ LOCALES = ("en-US", "de-DE")
 RCT_ERAS = ("2016", "2019", "2022", "2025")
 MIB = 1024 * 1024
 DISK = {"size": 64 * MIB, "fill": {"seed": 5, "percent": 20}}
+OTHER_CHECKPOINT = "before-patch-tuesday"
 
 
 def _hosts():
@@ -57,10 +62,28 @@ def _play(base, name, tasks):
 def _build_lab(base):
     tasks = []
     for host, (era, locale) in _hosts().items():
+        vm = {"name": "vm-" + host, "disks": [DISK]}
+        if era in RCT_ERAS:
+            vm["checkpoints"] = [OTHER_CHECKPOINT]   # another product's (or the admin's) standard checkpoint
         tasks.append({"name": "Lab host %s" % host, "hyperv.backup.hyperv_lab": {
             "lab_directory": str(base / "lab"), "host": host, "era": era, "locale": locale,
-            "services": {"vss": "Running"}, "vms": [{"name": "vm-" + host, "disks": [DISK]}]}})
+            "services": {"vss": "Running"}, "vms": [vm]}})
     _play(base, "lab", tasks)
+    for host, (era, _locale) in _hosts().items():
+        if era in RCT_ERAS:
+            # Hyper-V Replica's log-based point and another backup product's RCT point on the same VM.
+            for kind in (1, 2):
+                lab_admin.add_foreign_reference_point(LabLayout(str(base / "lab"), host), "vm-" + host, reference_point_type=kind)
+
+
+def _assert_foreign_points_survive(base, host):
+    transport = LabTransport(str(base / "lab"), host)
+    vm = transport.run("get_vms", {"names": ["vm-" + host]})[0]
+    assert OTHER_CHECKPOINT in [cp["name"] for cp in vm["checkpoints"] if cp["type"] == "Standard"], vm["checkpoints"]
+    points = transport.run("get_reference_points", {"vm_id": vm["id"]})
+    foreign = sorted(p["type"] for p in points if not p["ours"])
+    assert foreign == ["Log", "RCT"], points
+    assert [p for p in points if p["ours"]], "our own reference point of the last backup is missing: %s" % points
 
 
 def _churn(base):
@@ -95,6 +118,7 @@ def test_every_era_and_locale_backs_up_incrementally_and_registers_a_restore(tmp
         if want_method == "rct":
             # a change list: 8 writes of 64 KiB touch at most 8 chunks of 1 MiB, not the 64 MiB disk
             assert run2[vm]["bytes_read"] <= 8 * MIB, run2[vm]
+            _assert_foreign_points_survive(tmp_path, host)
 
     for host, (era, _locale) in _hosts().items():
         _restore_and_register(tmp_path, inventory, host, era)
