@@ -33,9 +33,11 @@ The leases in use (later work, e.g. parallel VMs per host or async role tasks, r
 (b) ``vss-snapshot-set.lock``: VSS creates one shadow copy set per host at a time (StartSnapshotSet ..
     DoSnapshotSet); held only while ``vss_points`` creates a set. Many sets may exist at once, so
     copies overlap freely.
-(c) ``serial-<sha1 of key>.lease``: the Windows Server 2008 / 2008 R2 rule (one VM at a time per CSV,
-    or per host, without a hardware VSS provider), keyed by ``method_choice.parallel_safety``'s
-    serialization key; taken with the VM lease and released with it. RCT VMs have no key and run at once.
+(c) ``serial-<sha1 of key>.lease``: the Windows Server 2008 / 2008 R2 rule (one VM at a time per CSV
+    across the cluster, or per host, without a hardware VSS provider), keyed by
+    ``method_choice.parallel_safety``'s serialization key; taken with the VM lease and released with it.
+    A CSV queue's lease lives on the CSV (``<CSV>\\hyperv.backup\\locks``), which every node sees, so two
+    nodes never snapshot one CSV at once; a host queue's lives on the host. RCT VMs have no key and run at once.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -71,6 +73,21 @@ def vm_lease_name(vm_id):
 
 def serial_lease_name(serialization_key):
     return "serial-%s.lease" % hashlib.sha1(str(serialization_key).encode("utf-8")).hexdigest()[:20]
+
+
+def serial_lease_directory(bridge, serialization_key):
+    """Where the queue lease of a serialization key lives: a CSV queue ('<cluster>:csv:<path>') on the CSV
+    itself, which every node of the cluster sees, so VMs of one CSV are backed up one at a time across the
+    cluster; a host queue ('<host>:host') on the host."""
+    scope, _sep, csv_path = str(serialization_key).partition(":csv:")
+    if csv_path and scope:
+        return win_join(csv_path.rstrip("\\"), "hyperv.backup", LOCK_DIR)
+    return lock_directory(bridge)
+
+
+def serial_lease(bridge, serialization_key, owner, seconds=VM_LEASE_SECONDS, operation="lock"):
+    return Lease(bridge, serial_lease_name(serialization_key), owner, seconds, operation=operation,
+                 directory=serial_lease_directory(bridge, serialization_key))
 
 
 def default_proxy():
@@ -133,8 +150,11 @@ def process_gone(process, proxy):
 class Lease:
     """One lease file on the host: ``acquire`` / ``renew`` / ``release`` / ``status``."""
 
-    def __init__(self, bridge, name, owner, seconds=VM_LEASE_SECONDS, proxy=None, operation="lock", bound=True):
+    def __init__(self, bridge, name, owner, seconds=VM_LEASE_SECONDS, proxy=None, operation="lock", bound=True, directory=None):
+        if "\\" in name:          # a hold names the lease by its full path (a CSV queue lives on the CSV)
+            directory, name = name.rsplit("\\", 1)
         self.bridge = bridge
+        self.directory = directory or lock_directory(bridge)
         self.name = name
         self.owner = str(owner)
         self.seconds = int(seconds)
@@ -142,13 +162,13 @@ class Lease:
         self.operation = operation
         self.holds = []
         self.bound = bound          # written with this process's identity: not live once the process is gone
-        self.path = win_join(lock_directory(bridge), name)
+        self.path = win_join(self.directory, name)
 
     # -- state ------------------------------------------------------------------------------
     def status(self):
         """{exists, owner, proxy, live, owner_gone, age_seconds, remaining_seconds, holds, modified}: expiry judged by the
         host's clock; ``owner_gone`` (then not live) when the writing process ran on this proxy and has ended."""
-        listing = self.bridge.list_directory(lock_directory(self.bridge))
+        listing = self.bridge.list_directory(self.directory)
         entry = [e for e in listing.get("entries") or [] if e.get("name", "").lower() == self.name.lower()]
         if not entry:
             return {"exists": False, "live": False, "owner": None}
@@ -294,7 +314,7 @@ def take_run_leases(bridge, vm_id, owner, serialization_key=None, seconds=VM_LEA
                                  hint="Wait for that run to finish; if it died, its lease expires after %d s." % seconds,
                                  holder=state.get("owner"))
     if serialization_key:
-        queue = Lease(bridge, serial_lease_name(serialization_key), owner, seconds, operation=operation)
+        queue = serial_lease(bridge, serialization_key, owner, seconds, operation=operation)
         if not queue.try_acquire():
             state = queue.status()
             lease.release()
@@ -303,7 +323,7 @@ def take_run_leases(bridge, vm_id, owner, serialization_key=None, seconds=VM_LEA
                                      % (state.get("owner"), serialization_key),
                                      hint="Back up these VMs one after the other (serial: 1, or throttle by serialization_key).",
                                      serialization_key=serialization_key, holder=state.get("owner"))
-        lease.holds = [queue.name]
+        lease.holds = [queue.path]
         lease.renew()
     return lease
 
@@ -351,4 +371,4 @@ def vm_lease_holder(bridge, vm_id):
 
 
 def serial_lease_holder(bridge, serialization_key):
-    return Lease(bridge, serial_lease_name(serialization_key), owner="?").status()
+    return serial_lease(bridge, serialization_key, owner="?").status()

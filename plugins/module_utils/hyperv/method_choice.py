@@ -180,10 +180,12 @@ def parallel_safety(host_facts, vms):
     """For each VM: the key of the queue its backups must share, or None when parallel is safe.
 
     Returns ``{vm_id: {vm_id, vm_name, serialization_key, reason}}``. Only Windows Server 2008 and
-    2008 R2 hosts without a hardware VSS provider serialise: per CSV ('<host>:csv:<path>') for VMs on
-    a CSV, per host ('<host>:host') for the others.
+    2008 R2 hosts without a hardware VSS provider serialise: per CSV across the cluster
+    ('<cluster>:csv:<path>': every node's VMs on that CSV share one queue) for VMs on a CSV, per host
+    ('<host>:host') for the others.
     """
     host = host_facts.get("computer_name") or "host"
+    cluster = (host_facts.get("cluster") or {}).get("name") or host
     build = int(host_facts.get("os_build") or 0)
     has_hardware_provider = any(p.get("type") == "hardware" for p in host_facts.get("vss_providers") or [])
     result = {}
@@ -193,7 +195,7 @@ def parallel_safety(host_facts, vms):
             if has_hardware_provider:
                 reason = "%s host with a hardware VSS provider: parallel recovery points are safe" % release_name(build)
             elif vm.get("csv_path"):
-                key = "%s:csv:%s" % (host, vm["csv_path"])
+                key = "%s:csv:%s" % (cluster, vm["csv_path"])
                 reason = ("VM is on CSV %s of a %s host without a hardware VSS provider: VMs on one CSV are backed up "
                           "one at a time (the CSV is in redirected access during the snapshot)" % (vm["csv_path"], release_name(build)))
             else:

@@ -39,6 +39,7 @@ __metaclass__ = type
 import contextlib
 import datetime
 import errno
+import hashlib
 import json
 import ntpath
 import os
@@ -131,6 +132,24 @@ def vm_windows_dir(vm):
     return ntpath.join(VM_ROOT, vm["id"])
 
 
+def cluster_storage(layout, host_doc=None):
+    """{<CSV>\\hyperv.backup: local directory} shared by every lab host of the same cluster: a CSV is one volume that
+    all nodes see, so what one node writes there (a queue lease) the others read. Unclustered hosts: {}."""
+    try:
+        doc = host_doc or layout.read_host()
+    except (OSError, ValueError):
+        return {}
+    cluster = (doc.get("cluster") or {}).get("name")
+    if not cluster:
+        return {}
+    out = {}
+    for csv in doc.get("csvs") or []:
+        digest = hashlib.sha1(("%s|%s" % (cluster.lower(), str(csv).rstrip("\\").lower())).encode("utf-8")).hexdigest()[:16]
+        out[ntpath.join(str(csv).rstrip("\\"), "hyperv.backup")] = os.path.join(
+            layout.lab_directory, ".clusters", "csv-" + digest, "hyperv.backup")
+    return out
+
+
 def path_map(layout):
     """{Windows prefix: local directory} for everything the lab host has; read fresh on every call."""
     mapping = {SYSTEM_DRIVE + "\\": drive_dir(layout)}
@@ -140,6 +159,8 @@ def path_map(layout):
         except (OSError, ValueError):   # removed or migrated while listing
             continue
         mapping[vm_windows_dir(vm)] = layout.vm_dir(vm_id)
+    for csv, local in cluster_storage(layout).items():
+        mapping[csv] = local
     for record in read_shadows(layout)["shadows"]:
         local = shadow_dir(layout, record["id"])
         mapping[record["device_object"]] = local

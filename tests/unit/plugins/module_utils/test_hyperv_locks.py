@@ -7,9 +7,11 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOp
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import locks
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_bridge import LabBridge
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 
 VM = "0f2d3c4b-5a69-4788-9a0b-1c2d3e4f5a6b"
+CSV = "C:\\ClusterStorage\\Volume1"
 
 
 @pytest.fixture()
@@ -99,7 +101,8 @@ def test_run_leases_hold_the_2008r2_queue_and_release_together(host):
     _layout, bridge = host
     key = "hv1:csv:C:\\ClusterStorage\\Volume1"
     lease = locks.take_run_leases(bridge, VM, "run-a", serialization_key=key, seconds=600)
-    assert lease.holds == [locks.serial_lease_name(key)]
+    # A CSV queue's lease lives on the CSV itself, where every node of a cluster sees it.
+    assert lease.holds == ["C:\\ClusterStorage\\Volume1\\hyperv.backup\\locks\\" + locks.serial_lease_name(key)]
     assert locks.serial_lease_holder(bridge, key)["owner"] == "run-a"
     other_vm = "1f2d3c4b-5a69-4788-9a0b-1c2d3e4f5a6b"
     with pytest.raises(HostOperationError) as caught:        # another VM on the same CSV queue
@@ -110,3 +113,44 @@ def test_run_leases_hold_the_2008r2_queue_and_release_together(host):
     assert locks.release_run_leases(bridge, VM, "run-a") is True
     assert locks.serial_lease_holder(bridge, key)["exists"] is False
     locks.take_run_leases(bridge, other_vm, "run-c", serialization_key=key)
+
+
+def _csv_node(tmp_path, name, hardware=False):
+    layout = LabLayout(str(tmp_path), name)
+    lab_admin.ensure_host(layout, era="2008r2", cluster={"name": "OLDCLUSTER"}, csvs=[CSV],
+                          services={"vss": "Running"}, hardware_vss_provider=hardware)
+    lab_admin.ensure_vm(layout, {"name": "vm-" + name, "csv": CSV, "disks": [{"size": 8 * 1024 * 1024}]})
+    return LabTransport(str(tmp_path), name)
+
+
+def _create_on(transport, name):
+    from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import parallel_safety
+    host = transport.run("get_host_info")
+    vm = transport.run("get_vms", {"names": ["vm-" + name]})[0]
+    key = parallel_safety(host, [vm])[vm["id"]]["serialization_key"]
+    point = transport.run("create_recovery_point", {"vm_id": vm["id"], "method": "vss", "consistency": "application_or_crash",
+                                                    "tag": "hyperv.backup:run-" + name, "serialization_key": key})
+    return vm, key, point
+
+
+
+def test_2008r2_csv_vms_are_backed_up_one_at_a_time_across_the_cluster(tmp_path):
+    # Two nodes of one 2008 R2 cluster, each with a VM on the same CSV: the queue lease lives on the CSV, which
+    # both nodes see, so the second node's VM waits for the first (the CSV is redirected during a snapshot).
+    node_a, node_b = _csv_node(tmp_path, "node-a"), _csv_node(tmp_path, "node-b")
+    vm_a, key, point_a = _create_on(node_a, "node-a")
+    assert key == "OLDCLUSTER:csv:" + CSV
+    assert locks.serial_lease_holder(node_b.bridge, key)["owner"] == "run-node-a"   # seen from the other node
+    with pytest.raises(HostOperationError) as busy:
+        _create_on(node_b, "node-b")
+    assert busy.value.category == "busy" and "queue" in busy.value.problem
+    node_a.run("remove_recovery_point", {"vm_id": vm_a["id"], "id": point_a["id"]})
+    vm_b, _key, point_b = _create_on(node_b, "node-b")
+    node_b.run("remove_recovery_point", {"vm_id": vm_b["id"], "id": point_b["id"]})
+
+
+def test_a_hardware_provider_lifts_the_2008r2_csv_queue(tmp_path):
+    node_a, node_b = _csv_node(tmp_path, "node-a", hardware=True), _csv_node(tmp_path, "node-b", hardware=True)
+    _vm_a, key_a, _point_a = _create_on(node_a, "node-a")
+    _vm_b, key_b, _point_b = _create_on(node_b, "node-b")
+    assert key_a is None and key_b is None
