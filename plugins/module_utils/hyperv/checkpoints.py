@@ -277,7 +277,7 @@ def _refuse_other_snapshot(bridge, ns, vm, snapshot_id):
     if others:
         fail(bridge, "remove_recovery_point", "recovery_point", "checkpoint %s (%r) of VM %s is a %s checkpoint, not a recovery "
              "checkpoint; backups never remove it" % (snapshot_id, others[0].get("ElementName"), vm.get("ElementName"),
-                                                       others[0].get("VirtualSystemType")),
+                                                      others[0].get("VirtualSystemType")),
              hint="Pass the id of a recovery point (get_recovery_points); remove standard checkpoints in Hyper-V Manager.")
 
 

@@ -217,7 +217,7 @@ def _hresult_of(run):
 
 def _holders_text(bridge, volumes, own_work_id):
     """Which of our host-VSS points hold shadow copies of these volumes (e.g. a 2008 R2 CSV that is in backup for
-    another VM): ' (our recovery point of VM 'a' holds C:\ClusterStorage\Volume1\)', or '' when none does."""
+    another VM): ' (our recovery point of VM 'a' holds C:\\ClusterStorage\\Volume1\\)', or '' when none does."""
     try:
         found = markers(bridge)
     except (BridgeError, HostOperationError):

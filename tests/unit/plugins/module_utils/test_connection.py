@@ -228,7 +228,7 @@ def test_dispatch_to_network_transports(kind, module_name, class_name, monkeypat
     assert session.run("get_service", name="vmms") == {"name": "vmms"}
     assert session.run("get_service", name="vss") == {"name": "vmms"}
     assert len(made) == 1 and made[0].settings is session.settings
-    assert [(b, n, p) for b, n, p in recorded_operations] == [
+    assert list(recorded_operations) == [
         (made[0], "get_service", {"name": "vmms"}), (made[0], "get_service", {"name": "vss"})]
     session.close()
     assert made[0].closed == 1

@@ -133,7 +133,6 @@ def _create_on(transport, name):
     return vm, key, point
 
 
-
 def test_2008r2_csv_vms_are_backed_up_one_at_a_time_across_the_cluster(tmp_path):
     # Two nodes of one 2008 R2 cluster, each with a VM on the same CSV: the queue lease lives on the CSV, which
     # both nodes see, so the second node's VM waits for the first (the CSV is redirected during a snapshot).
