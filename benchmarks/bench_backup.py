@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin, lab_disks
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import CopyOptions, run_backup
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
@@ -164,7 +165,7 @@ def trial_engine(ws, work):
     out = {}
     with HostSession.from_module_params(params) as session:
         for vm_disk in session.run("get_vms", names=["benchvm"])[0]["disks"]:
-            warm(vm_disk["path"])
+            warm(map_path(vm_disk["path"], session.path_map()))     # the host reports Windows paths
         start, cpu = time.monotonic(), time.process_time()
         full = run_backup(session, repo, params, options=CopyOptions())
         out["full"], out["full_cpu"] = time.monotonic() - start, time.process_time() - cpu
