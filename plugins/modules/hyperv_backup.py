@@ -25,8 +25,11 @@ description:
   - An RCT incremental reads only the chunks the change list touches; a VSS incremental reads every allocated
     chunk but stores only the chunks that differ from the parent.
   - With check mode only the estimate is returned (from the live disks); no recovery point is created and nothing
-    is written.
+    is written, in the repository not even its catalog cache.
   - A failure at any step leaves no visible backup and removes the recovery point.
+  - A recovery point removed during the copy (by another run, an administrator or another product), or a VSS point
+    whose shadow copy was deleted meanwhile, fails the backup before it is committed, since the data read may mix the
+    point in time with later writes.
   - Runs on the backup proxy that holds (or reaches) the repository and can read the host's disk files (the lab
     host's files directly, a mounted share through O(path_map), or SMB with O(smb_access)).
 author:

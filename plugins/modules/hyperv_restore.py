@@ -88,11 +88,19 @@ options:
     choices: [vhdx, vhd, raw]
     default: vhdx
   force:
-    description: Replace existing files (only after the new file is verified).
+    description:
+      - Replace existing files (only after the new file is verified).
+      - A symbolic link at a target name counts as an existing file; it is replaced by the restored file, never
+        followed.
     type: bool
     default: false
   disk_names:
-    description: File names per disk key (for example C(scsi0-0)); default is the original file name.
+    description:
+      - File names per disk; default is the original file name. The format's extension replaces the name's own.
+      - A key names a disk of the backup as C(exclude_disks) of M(hyperv.backup.hyperv_backup) does, case-insensitively,
+        by its controller slot (C(scsi0-0), C(SCSI 0:0)), its original path or its file name.
+      - A key that names no disk of the backup (or several), a disk named twice, and two disks that would get the same
+        file name (compared without case, as on Windows; default names included) are refused before anything is written.
     type: dict
   verify:
     description: Re-read and compare every restored chunk with the backup before renaming the file into place.

@@ -22,7 +22,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts 
 from ansible_collections.hyperv.backup.plugins.module_utils.host.script_bridge import decode_records
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_bridge import LabBridge
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import run_restore
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import TEMP_SUFFIX, run_restore
 
 from test_repository import CHUNK, FAST_KDF, write_backup
 from test_transport_psrp import FakeWorld
@@ -441,12 +441,17 @@ def test_restore_does_not_follow_a_symlink_named_like_the_disk(one_backup, tmp_p
     destination.mkdir()
     target_outside = tmp_path / "outside.vhdx"
     target_outside.write_bytes(b"precious")
-    os.symlink(str(target_outside), str(destination / "web01_disk0.vhdx"))
-    with pytest.raises(HyperVBackupError, match="escape|exists"):
-        run_restore(repo, {"backup_id": record.backup_id, "destination": str(destination), "force": True,
-                           "disk_names": {record.disks[0]["disk_key"]: "web01_disk0.vhdx"}})
+    link = destination / "web01_disk0.vhdx"
+    os.symlink(str(target_outside), str(link))
+    names = {record.disks[0]["disk_key"]: "web01_disk0.vhdx"}
+    with pytest.raises(HyperVBackupError, match="exists"):          # a link is something at the name: force needed
+        run_restore(repo, {"backup_id": record.backup_id, "destination": str(destination), "disk_names": names})
+    # with force the link itself is replaced by the restored file (issue 12, point 9), never written through
+    run_restore(repo, {"backup_id": record.backup_id, "destination": str(destination), "force": True, "disk_names": names})
     assert target_outside.read_bytes() == b"precious"
-    fault_ledger.record("restore target is a symlink to a file outside", "refused; the outside file untouched", data_lost=0)
+    assert not os.path.islink(str(link)) and os.path.getsize(str(link)) > len(b"precious")
+    fault_ledger.record("restore target is a symlink to a file outside", "refused without force; with force the link is "
+                        "replaced; the outside file untouched", data_lost=0)
 
 
 def test_restore_does_not_follow_a_symlink_at_the_temporary_name(one_backup, tmp_path, fault_ledger):
@@ -456,7 +461,7 @@ def test_restore_does_not_follow_a_symlink_at_the_temporary_name(one_backup, tmp
     outside = tmp_path / "elsewhere" / "stolen.vhdx"
     outside.parent.mkdir()
     disk_key = record.disks[0]["disk_key"]
-    planted = destination / "web01_disk0.vhdx.partial"
+    planted = destination / ("web01_disk0.vhdx" + TEMP_SUFFIX)
     os.symlink(str(outside), str(planted))     # dangling: os.path.exists() says False
     try:
         run_restore(repo, {"backup_id": record.backup_id, "destination": str(destination),

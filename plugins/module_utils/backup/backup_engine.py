@@ -9,7 +9,9 @@ the repository (hash, zero skip, dedup, zstd, write). Each worker thread reads o
 then hashes/compresses it, so with more workers than cores reads overlap the CPU work; blake3 and zstd
 release the GIL. At most ``in_flight`` chunk buffers exist at once, so memory does not grow with the
 disk size. A failure anywhere aborts the repository session (nothing becomes visible) and removes the
-recovery point.
+recovery point. Before the commit the run checks that its recovery point (and a VSS point's shadow copy) is
+still on the host: one removed during the copy fails the backup, since what was read may mix the point in
+time with later writes (issue 12, point 1).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -242,7 +244,8 @@ class BackupRun:
 
     def __init__(self, session, repo, params, check_mode=False, options=None):
         self.session = session
-        self.repo = repo
+        # check mode only reads: even the catalog cache that a listing refreshes must stay as it is (issue 12, point 8)
+        self.repo = repo.read_only_view() if check_mode else repo
         self.params = params
         self.check_mode = check_mode
         self.options = options or CopyOptions()
@@ -361,11 +364,42 @@ class BackupRun:
                 session.attach(CONFIGURATION_ATTACHMENT, configuration_files)
             for disk in self.disks:
                 per_disk.append(self._copy_disk(session, copier, disk))
+            # Every chunk has been read by now: a point still there now was there during every read.
+            self.check_point_still_there()
             record = session.commit()
         duration = max(time.monotonic() - started, 1e-9)
         progress.finish()
         self._report(record, per_disk, copier, duration)
         return record
+
+    def check_point_still_there(self):
+        """Raise unless the host still lists the recovery point the copy read (and a VSS point's shadow copy).
+
+        A point removed while the copy ran (by another run, an administrator, another product) merged or dropped
+        the frozen state under the reader: an RCT checkpoint is merged into the disk the copy reads, so later chunks
+        hold later writes. Such a backup must never be committed as complete (issue 12, point 1)."""
+        point, vm = self.point, self.vm
+        try:
+            listed = [p for p in self.session.run("get_recovery_points", vm_id=vm["id"]) if p.get("id") == point["id"]]
+        except HyperVBackupError as err:
+            # unable to confirm the point is intact: committing could store a torn backup as good
+            raise HyperVBackupError("Backup of VM %s was not committed: after the copy, the recovery points of the VM could not be "
+                                    "listed to check that recovery point %s still exists: %s" % (vm["name"], point["id"], err),
+                                    hint="Nothing was stored. Run the backup again once the host answers.",
+                                    recovery_point_id=point["id"])
+        if not listed:
+            what = "its recovery point %s was removed" % point["id"]
+        elif self.method == "vss" and not listed[0].get("shadow_present"):
+            what = "the shadow copy set %s of its recovery point %s was deleted" % (listed[0].get("shadow_set_id"), point["id"])
+        else:
+            return
+        raise HyperVBackupError(
+            "Backup of VM %s was not committed: %s during the copy (by another backup run, an administrator or another "
+            "product), so the disks read may mix the point in time with later writes." % (vm["name"], what),
+            hint="Nothing was stored and the previous backups are unchanged. Run the backup again, and make sure nothing else "
+                 "removes this collection's recovery points (named %s<run id>) or their shadow copies while a backup runs "
+                 "(another backup product, a checkpoint or vssadmin cleanup script)." % rp.TAG_PREFIX,
+            recovery_point_id=point["id"], category="recovery_point_vanished")
 
     def _copy_disk(self, session, copier, disk):
         key = disk["disk_key"]

@@ -14,6 +14,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
+
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 
 BACKUP_TYPES = ("auto", "full", "incremental")
@@ -27,15 +29,38 @@ def disk_key(disk):
     return str(disk.get("disk_id") or disk["path"])
 
 
-def _exclude_matches(pattern, disk):
-    """``pattern`` is a path (Windows or local, or a file name) or a controller slot (``SCSI 0:1``, ``scsi0-1``)."""
+_SLOT = re.compile(r"^(ide|scsi)\s*(\d+)\s*[:-]\s*(\d+)$", re.IGNORECASE)
+
+
+def parse_slot(text):
+    """The canonical key (``scsi0-1``) of a controller slot however it is spelled: ``SCSI 0:1``, ``scsi0-1``,
+    ``Scsi 0-1`` ...; None if ``text`` is not a slot. The one parser of slot spellings, for every option that
+    names disks (exclude_disks, disk_names), so a spelling that works in one works in all."""
+    match = _SLOT.match(str(text).strip())
+    return "%s%d-%d" % (match.group(1).lower(), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def names_disk(pattern, key, paths=()):
+    """Whether ``pattern`` names the disk whose key is ``key`` and whose file is at one of ``paths``.
+
+    ``pattern`` is the disk's controller slot in any spelling (parse_slot), its key itself (a disk without a
+    slot is keyed by its id or path), or its path (Windows or local) or file name; case never matters, as
+    Windows names are case-insensitive.
+    """
     text = str(pattern).strip()
     low = text.lower().replace("/", "\\")
-    paths = [str(p).lower().replace("/", "\\") for p in (disk.get("windows_path"), disk.get("path")) if p]
-    if low in paths or any(p.rsplit("\\", 1)[-1] == low for p in paths):
+    files = [str(p).lower().replace("/", "\\") for p in paths if p]
+    if low in files or any(f.rsplit("\\", 1)[-1] == low for f in files):
         return True
-    slot = low.replace(" ", "").replace(":", "-")
-    return slot == disk_key(disk)
+    slot = parse_slot(text)
+    if slot:
+        return slot == parse_slot(key)
+    return low == str(key).lower().replace("/", "\\")
+
+
+def _exclude_matches(pattern, disk):
+    """``pattern`` is a path (Windows or local, or a file name) or a controller slot (``SCSI 0:1``, ``scsi0-1``)."""
+    return names_disk(pattern, disk_key(disk), (disk.get("windows_path"), disk.get("path")))
 
 
 def select_disks(disks, exclude_disks=None):

@@ -3,11 +3,13 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Restore a VM's backup to disk files, prove them equal to the backup, optionally register the VM.
 
-``run_restore`` is what hyperv_restore calls. Per disk: pick the output name (never outside the
-destination), write the backup's non-zero chunks (fetched and decompressed ahead on a thread pool) into a new
-dynamic VHDX (vdisk.create_vhdx) or a sparse raw image under a temporary name, re-open what was written and
-re-hash it chunk by chunk with the repository's chunk-id function against the manifest (zero chunks
-must read as zeros), and only then rename it into place. A mismatch removes the file and fails.
+``run_restore`` is what hyperv_restore calls. First every output name is settled (each disk_names key must
+name one disk, two disks never share a file name, no name leaves the destination). Per disk: write the
+backup's non-zero chunks (fetched and decompressed ahead on a thread pool) into a new dynamic VHDX
+(vdisk.create_vhdx) or a sparse raw image under a temporary name, re-open what was written and re-hash it
+chunk by chunk with the repository's chunk-id function against the manifest (zero chunks must read as
+zeros), and only then rename it into place (over a symlink at the name, never through it). A mismatch
+removes the file and fails.
 
 Registering (issue 11, point 9) needs the disks on the HOST: ``host_destination`` is a Windows folder there,
 written through a path map (the host's share mounted here, or the lab host's own map from the session) or,
@@ -28,7 +30,7 @@ import threading
 import time
 
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import load_configuration
-from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import chunk_indexes
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import chunk_indexes, names_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
@@ -66,8 +68,45 @@ def select_backup(repo, vm=None, backup_id=None, point_in_time=None):
 
 # --- where to write ------------------------------------------------------------------------------------
 
+def _disk_files(disk):
+    """The paths a backed-up disk is known by (its source path, its original file name), for names_disk."""
+    return (disk.get("source_path"), (disk.get("metadata") or {}).get("file_name"))
+
+
+def _describe_disks(record):
+    return ", ".join("%s (%s)" % (d["disk_key"], (d.get("metadata") or {}).get("file_name") or d.get("source_path") or "no file name")
+                     for d in record.disks)
+
+
+def resolve_disk_names(record, disk_names):
+    """``disk_names`` as {disk_key: file name}, each key naming exactly one disk of backup ``record``.
+
+    A key is spelled as in hyperv_backup's exclude_disks (backup_planning.names_disk: ``scsi0-1``, ``SCSI 0:1``,
+    the original path or file name). A key that names no disk is refused rather than ignored: a typo would
+    otherwise restore the disk under its default name, possibly over another disk's (issue 12, point 3).
+    """
+    resolved, given_by = {}, {}
+    for pattern, name in (disk_names or {}).items():
+        hits = [d["disk_key"] for d in record.disks if names_disk(pattern, d["disk_key"], _disk_files(d))]
+        if not hits:
+            raise HyperVBackupError("disk_names key %r names no disk of backup %s." % (pattern, record.backup_id),
+                                    hint="The backup's disks: %s. Name a disk by its controller slot (scsi0-1 or 'SCSI 0:1'), "
+                                         "its original path or file name, as in exclude_disks." % _describe_disks(record))
+        if len(hits) > 1:
+            raise HyperVBackupError("disk_names key %r names %d disks of backup %s (%s)." % (
+                pattern, len(hits), record.backup_id, ", ".join(hits)),
+                hint="Name each disk by its controller slot (scsi0-1 or 'SCSI 0:1').")
+        key = hits[0]
+        if key in resolved:
+            raise HyperVBackupError("disk_names names disk %s more than once (%r and %r)." % (key, given_by[key], pattern),
+                                    hint="Give each disk one entry in disk_names.")
+        resolved[key], given_by[key] = name, pattern
+    return resolved
+
+
 def output_name(disk, fmt, vm_name, names=None):
-    """The file name of a restored disk: ``names[disk_key]``, else the original file name, else vm_disk_key."""
+    """The file name of a restored disk: ``names[disk_key]`` (see resolve_disk_names), else the original file
+    name, else vm_disk_key; always with the extension of ``fmt``."""
     key = disk["disk_key"]
     name = (names or {}).get(key) or (disk.get("metadata") or {}).get("file_name") or "%s_%s.vhdx" % (vm_name, key)
     name = str(name)
@@ -75,17 +114,34 @@ def output_name(disk, fmt, vm_name, names=None):
     return stem + "." + fmt
 
 
+def check_distinct_names(record, names):
+    """Refuse two disks restored to one file name (``names``: [(disk_key, name)]) before anything is written.
+
+    Names are compared case-insensitively: the files end up on Windows (or are uploaded there), where
+    VM_DISK1.vhdx and vm_disk1.vhdx are one file, and the second disk would silently replace the first.
+    """
+    seen = {}
+    for key, name in names:
+        other = seen.setdefault(name.lower(), key)
+        if other != key:
+            raise HyperVBackupError("Disks %s and %s of backup %s would be restored to the same file %s (file names are "
+                                    "compared without case, as on Windows)." % (other, key, record.backup_id, name),
+                                    hint="Give each disk its own file name in disk_names; the backup's disks: %s."
+                                    % _describe_disks(record))
+
+
 def safe_target(destination, name):
-    """``destination/name``, refusing anything that would land outside ``destination``."""
+    """``destination/name``, refusing any name that would land outside ``destination``.
+
+    Only the destination is resolved (it may be a symlink the operator made); the file name is not: a symlink
+    at the target name is something the restore replaces (with force) by renaming over it, never a way to
+    another file, inside the destination or out (issue 12, point 9). The name has no separators, so the
+    target is always directly in the resolved destination.
+    """
     if not name or "/" in name or "\\" in name or name in (".", "..") or not _SAFE_NAME.match(name):
         raise HyperVBackupError("The restore file name %r is not allowed (a path, '..', or unusual characters)." % name,
                                 hint="Use plain file names (letters, digits, space, . _ - + ( )) in disk_names.")
-    root = os.path.realpath(destination)
-    target = os.path.realpath(os.path.join(root, name))
-    if os.path.dirname(target) != root:
-        raise HyperVBackupError("The restore target %s would escape the destination %s (a symlink?)." % (target, root),
-                                hint="Restore into a directory without symlinks named like the disks.")
-    return target
+    return os.path.join(os.path.realpath(destination), name)
 
 
 # --- reading the backup in order -----------------------------------------------------------------------
@@ -130,7 +186,9 @@ def _write_raw(path, repo, manifest, progress):
     WRITEBACK_EVERY bytes a background fdatasync pushes what is written so far to storage while the workers go
     on, so the final fsync (restore_disk, during the verify) has only the tail left to wait for.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    # a new file only: O_EXCL (and O_NOFOLLOW) fail on anything planted at the name since it was cleared, a
+    # symlink included, instead of writing through it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o640)
     try:
         os.ftruncate(fd, manifest.virtual_size)
         lock = threading.Lock()
@@ -265,9 +323,9 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     manifest = repo.load_disk_manifest(record.backup_id, disk["disk_key"], record)
     reader = repo.open_disk_reader(record.backup_id, disk["disk_key"])
     temp = target + TEMP_SUFFIX
-    if os.path.exists(temp):
-        os.unlink(temp)         # ours, from an interrupted restore
     try:
+        if os.path.lexists(temp):       # lexists: a dangling symlink there is removed too, never written through
+            os.unlink(temp)             # ours, from an interrupted restore (or planted)
         if fmt in VIRTUAL_DISK_FORMATS:
             meta = disk.get("metadata") or {}
             _write_virtual_disk(temp, fmt, reader, progress, int(meta.get("logical_sector_size") or 512))
@@ -286,16 +344,15 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
                                     % (target, record.backup_id, check["mismatch_count"], check["mismatches"][0]["offset"]),
                                     hint="The file was removed. Run verify on the repository; restore another backup.",
                                     mismatches=check["mismatches"])
+        # rename(2) replaces whatever is at the target name, a symlink itself included, without following it
         os.replace(temp, target)
     except OSError as err:      # destination full, read-only, no permission ...: a message, not a traceback
-        if os.path.exists(temp):
-            os.unlink(temp)
+        _discard(temp)
         raise HyperVBackupError("Writing the restored disk %s failed: %s." % (target, err.strerror or err),
                                 hint="Check the free space and the permissions of %s (the partial file was removed)."
                                 % os.path.dirname(target), errno=err.errno)
     except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        _discard(temp)
         raise
     entry = {"disk_key": disk["disk_key"], "path": target, "format": fmt, "virtual_size": manifest.virtual_size,
              "chunks": len(manifest.chunk_ids), "data_chunks": sum(1 for c in manifest.chunk_ids if c),
@@ -306,6 +363,15 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     else:
         entry["verified"] = False
     return entry
+
+
+def _discard(path):
+    """Remove a temporary file (or a link at its name) after a failure, without hiding the failure itself."""
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass        # e.g. a directory planted at the name: the error being raised says what went wrong
 
 
 def _address(disk):
@@ -430,15 +496,22 @@ def run_restore(repo, params, session=None, check_mode=False, progress_file=None
                                 "with path_map or smb_access.", hint="The VM is registered from Windows paths on the host.")
     if delivery == "smb" and uploader is None:
         uploader = _uploader(session, params)
+    # every name is checked (keys, collisions, escapes) before any file is looked at or written
+    disk_names = resolve_disk_names(record, params.get("disk_names"))
+    names = [(disk, output_name(disk, fmt, record.vm_name, disk_names)) for disk in record.disks]
+    check_distinct_names(record, [(disk["disk_key"], name) for disk, name in names])
     plan = []
-    for disk in record.disks:
-        name = output_name(disk, fmt, record.vm_name, params.get("disk_names"))
+    for disk, name in names:
         target = safe_target(destination, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise HyperVBackupError("%s is a directory; a restored disk cannot replace it." % target,
+                                    hint="Choose another destination or another name in disk_names.", path=target)
         host_path = _windows_join(host_folder, name) if host_folder else None
-        exists = os.path.exists(target) or bool(delivery == "smb" and uploader.exists(host_path))
+        # lexists: a symlink at the name (even a dangling one) is something there, replaced only with force
+        exists = os.path.lexists(target) or bool(delivery == "smb" and uploader.exists(host_path))
         if exists and not params.get("force"):
             raise HyperVBackupError("%s already exists; restore never overwrites a file unless force: true." % (
-                host_path if delivery == "smb" and not os.path.exists(target) else target),
+                host_path if delivery == "smb" and not os.path.lexists(target) else target),
                 hint="Choose another destination, delete the file, or set force: true.", path=target)
         plan.append((disk, target, exists, host_path))
     result = {"backup_id": record.backup_id, "vm": record.vm_name, "vm_id": record.vm_id, "backup_type": record.type,

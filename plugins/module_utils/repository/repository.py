@@ -22,6 +22,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import concurrent.futures
+import copy
 import datetime
 import json
 import os
@@ -187,6 +188,7 @@ class Repository:
         self.workers = workers or default_workers
         self._local = threading.local()
         self._exclusive_held = False
+        self.read_only = False
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -262,6 +264,13 @@ class Repository:
             return cls.init(location, passphrase=passphrase, s3_options=s3_options, **init_options), True
         return cls.open(location, passphrase=passphrase, s3_options=s3_options), False
 
+    def read_only_view(self):
+        """This repository for reading only (check mode): listings work as usual, but nothing is written, not even the
+        catalog cache that a listing refreshes; a write raises RepositoryError (issue 12, point 8)."""
+        view = copy.copy(self)
+        view.read_only = True
+        return view
+
     @property
     def encrypted(self):
         return self.keys.encrypted
@@ -282,6 +291,9 @@ class Repository:
         return comp
 
     def _put_sealed(self, kind, key, data, retain_until=None):
+        if self.read_only:
+            raise RepositoryError("Repository %s is open for reading only (check mode); %s was not written." % (self.location, key),
+                                  hint="Run without check mode to change the repository.")
         self.store.put(key, self.keys.seal(kind, key, data, self.compressor()), retain_until=retain_until)
 
     def _get_sealed(self, kind, key):
@@ -392,7 +404,8 @@ class Repository:
                 values["state"] = "complete" if status.get("ok") else "damaged"
             known[backup_id] = values
             changed = True
-        if changed:
+        # a read-only view keeps the refreshed catalog in memory only: check mode leaves the repository as it was
+        if changed and not self.read_only:
             try:
                 self._put_sealed(KIND_CATALOG, "catalog", _json_bytes(catalog))
             except (RepositoryError, OSError):

@@ -7,6 +7,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup import backup
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import ChunkCopier, CopyOptions, run_backup
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
@@ -100,6 +101,55 @@ def test_a_missing_disk_file_fails_cleanly(lab, monkeypatch):
         backup(lab)
     monkeypatch.setattr(backup_engine, "open_source_disk", real)
     assert lab[1].list_backups(include_in_progress=True) == [] and vm_facts(lab)["checkpoints"] == []
+
+
+class RemovePointMidCopy(ProgressReporter):
+    """Progress of a copy that, after ``after_chunks`` chunks, takes the run's recovery point away through a second
+    session on the host, as another run, an admin or another product would while the copy runs.
+
+    ``how``: 'point' removes the whole point (remove_recovery_point), 'shadow' deletes only a VSS point's shadow copy
+    set (vssadmin / diskshadow by another product), leaving our marker behind."""
+
+    def __init__(self, lab, host, vm, how="point", after_chunks=2):
+        super().__init__()
+        self.params = dict(transport="lab", host=host, lab_directory=lab[0])
+        self.vm, self.how, self.after = vm, how, after_chunks * CHUNK
+        self.seen = 0
+        self.removed = None
+        self.lock = threading.Lock()
+
+    def advance(self, nbytes):
+        super().advance(nbytes)
+        with self.lock:
+            self.seen += nbytes
+            if self.removed is not None or self.seen < self.after:
+                return
+            with HostSession.from_module_params(self.params) as other:
+                vm_id = other.run("get_vms", names=[self.vm])[0]["id"]
+                point = [p for p in other.run("get_recovery_points", vm_id=vm_id) if p.get("ours")][0]
+                if self.how == "shadow":
+                    other.bridge.diskshadow("delete shadows set {%s}\r\n" % point["shadow_set_id"])
+                else:
+                    other.run("remove_recovery_point", vm_id=vm_id, id=point["id"])
+            self.removed = point["id"]
+
+
+@pytest.mark.parametrize("host, vm, how", [("h19", "rctvm", "point"), ("h12", "vssvm", "point"), ("h12", "vssvm", "shadow")])
+def test_a_recovery_point_removed_during_the_copy_fails_the_backup(lab, host, vm, how):
+    full = backup(lab, host=host, vm=vm)
+    # guest writes after the point: the ones a removed RCT point merges into the file the copy reads
+    lab_admin.churn(LabLayout(lab[0], host), vm, seed=8, write_size=4096, offsets=[0, CHUNK, 2 * MiB])
+    remover = RemovePointMidCopy(lab, host, vm, how)
+    # one copy thread and a full copy: the point goes away between two chunk reads, with most of the copy still to come
+    with pytest.raises(HyperVBackupError) as caught:
+        backup(lab, host=host, vm=vm, options=CopyOptions(workers=1, progress=remover), type="full")
+    assert remover.removed and remover.removed in str(caught.value)
+    assert "was not committed" in str(caught.value) and "during the copy" in str(caught.value) and caught.value.hint
+    assert [r.backup_id for r in lab[1].list_backups(include_in_progress=True)] == [full["backup_id"]]
+    with HostSession.from_module_params(dict(transport="lab", host=host, lab_directory=lab[0])) as session:
+        vm_id = session.run("get_vms", names=[vm])[0]["id"]
+        assert [p["id"] for p in session.run("get_recovery_points", vm_id=vm_id)] == []    # a half-gone VSS point too
+    assert backup(lab, host=host, vm=vm)["type"] in ("full", "incremental")     # and the next run works
 
 
 class CountingSource:

@@ -39,6 +39,21 @@ def test_exclude_by_slot_path_or_name(pattern):
     assert [d["controller_location"] for d in excluded] == [1]
 
 
+@pytest.mark.parametrize("text, key", [("SCSI 0:1", "scsi0-1"), ("scsi0-1", "scsi0-1"), (" Scsi 0 - 1 ", "scsi0-1"),
+                                       ("IDE 1:0", "ide1-0"), ("scsi 00:01", "scsi0-1"), ("vm_disk1.vhdx", None),
+                                       ("scsi0", None), ("sata0-1", None)])
+def test_one_parser_of_slot_spellings(text, key):
+    """exclude_disks and hyperv_restore's disk_names both go through parse_slot (issue 12, point 3)."""
+    assert planning.parse_slot(text) == key
+
+
+def test_names_disk_matches_a_key_without_slot_and_ignores_case():
+    assert planning.names_disk("ABC-Id", "abc-id")
+    assert planning.names_disk("SCSI 0:1", "scsi0-1") and not planning.names_disk("SCSI 0:1", "scsi0-2")
+    assert planning.names_disk("VM_DISK1.VHDX", "scsi0-1", ["C:\\vm\\vm_disk1.vhdx"])
+    assert not planning.names_disk("scsi0-1", "abc-id", ["C:\\vm\\vm_disk1.vhdx"])
+
+
 def test_exclude_that_matches_nothing_is_an_error_naming_the_disks():
     with pytest.raises(HyperVBackupError) as err:
         planning.select_disks([disk(0)], ["SCSI 0:5"])

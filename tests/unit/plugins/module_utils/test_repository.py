@@ -303,6 +303,19 @@ def test_list_filters_and_catalog_rebuild(backend):
     assert [v["vm_name"] for v in repo.list_vms()] == ["alpha", "beta"]
 
 
+def test_read_only_view_lists_without_writing_the_catalog(backend):
+    repo = new_repo(backend)
+    a = write_backup(repo, image(12, chunks=2), vm_id="id-a", vm_name="alpha", host="hv1")
+    assert repo.store.stat("catalog") is None          # a commit does not write it; the next listing would
+    view = repo.read_only_view()
+    assert view.latest_backup("id-a").backup_id == a.backup_id and [v["vm_name"] for v in view.list_vms()] == ["alpha"]
+    assert repo.store.stat("catalog") is None           # check mode (issue 12, point 8): not even the cache
+    with pytest.raises(RepositoryError, match="reading only"):
+        view.begin_backup("id-a", "alpha", "hv1", "rct", "full")
+    assert view.in_progress() == [] and not repo.read_only
+    assert [r.backup_id for r in repo.list_backups()] == [a.backup_id] and repo.store.stat("catalog") is not None
+
+
 def test_open_missing_repository_and_existing_init_fail_clearly(backend):
     location, s3_options = backend()
     with pytest.raises(RepositoryError, match="No backup repository"):

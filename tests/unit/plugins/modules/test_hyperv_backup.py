@@ -3,7 +3,9 @@
 The engine itself is tested in tests/unit/plugins/module_utils/test_backup_engine.py and end to end by the
 integration target hyperv_backup; here: what the module does with its arguments.
 """
+import hashlib
 import json
+import os
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -63,3 +65,34 @@ def test_run_id_from_the_awx_job_is_returned_and_stored(lab, capsys, monkeypatch
     assert record.metadata["run_id"] == "awx-job-77"
     failed, result = run(capsys, **dict(lab, run_id="nightly-1"))
     assert not failed and result["run_id"] == "nightly-1" and result["type"] == "incremental"
+
+
+def repository_files(location):
+    """Every folder and file of a local repository, files with size, mtime and content hash (what a write changes)."""
+    out = {}
+    for folder, dirs, names in os.walk(location):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(folder, name), location)] = "folder"
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            stat = os.stat(path)
+            out[os.path.relpath(path, location)] = (stat.st_size, stat.st_mtime_ns, digest)
+    return out
+
+
+def test_check_mode_writes_nothing_to_the_repository(lab, capsys):
+    layout = LabLayout(lab["lab_directory"], "hv01")
+    # after the first backup the repository has no catalog yet; after the second, one that misses the new backup:
+    # a listing writes the catalog in both cases, and check mode must not
+    for seed, kind in ((4, "full"), (5, "incremental")):
+        failed, done = run(capsys, **lab)
+        assert not failed and done["type"] == kind
+        lab_admin.churn(layout, "web01", seed=seed, write_size=4096, offsets=[0])
+        before = repository_files(lab["repository"])
+        failed, result = run(capsys, _ansible_check_mode=True, **lab)
+        assert not failed and result["type"] == "incremental" and result["estimate"]["bytes_to_read"] > 0
+        assert result["previous_backup_id"] == done["backup_id"]        # the listing still sees the newest backup
+        assert repository_files(lab["repository"]) == before
+        assert points(lab)[0] == []
