@@ -3,38 +3,9 @@ import json
 import os
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.hyperv.backup.plugins.modules import hyperv_lab
-
-MiB = 1024 * 1024
-
-
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-def run_module(monkeypatch, args, check_mode=False):
-    def exit_json(_self, **result):
-        raise ExitJson(result)
-
-    def fail_json(_self, **result):
-        raise FailJson(result)
-
-    monkeypatch.setattr(hyperv_lab.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(hyperv_lab.AnsibleModule, "fail_json", fail_json)
-    if check_mode:
-        args = dict(args, _ansible_check_mode=True)
-    with patch_module_args(args):
-        with pytest.raises((ExitJson, FailJson)) as info:
-            hyperv_lab.main()
-    if isinstance(info.value, FailJson):
-        return dict(info.value.args[0], failed=True)
-    return info.value.args[0]
+from test_lab_helpers import MiB
+from test_lab_module import run_module
 
 
 def host_json(tmp_path, host):
