@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / ".build" / "collections"
 _link = COLLECTIONS / "ansible_collections" / "hyperv" / "backup"
@@ -25,3 +27,54 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(COLLECTIONS), os.envi
 _venv_bin = str(Path(sys.executable).parent)
 if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+# --- the frozen guard (tests/frozen_guard.py): markers, and its totals at the end of the run ----------------------
+# The integration and reliability suites check every backup against the disk at its recovery point after each
+# test. Here: the markers it reads, and the run's verdict on the guard itself -- a run whose tests made backups
+# through the lab and of which the guard compared none has checked nothing, and fails.
+
+_GUARD_TOTALS = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "frozen_guard_off(reason): the test damages repositories on purpose; the frozen "
+                                       "guard leaves its repositories alone (say why)")
+    config.addinivalue_line("markers", "frozen_guard(passphrase=None): how the frozen guard opens the test's encrypted repositories")
+
+
+def _add_totals(totals):
+    for name, count in (totals or {}).items():
+        _GUARD_TOTALS[name] = _GUARD_TOTALS.get(name, 0) + int(count)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist: a worker's guard totals (sent in its workeroutput) join the run's."""
+    _add_totals(getattr(node, "workeroutput", {}).get("frozen_guard"))
+
+
+def pytest_sessionfinish(session):
+    guard = sys.modules.get("frozen_guard")
+    totals = guard.process_totals() if guard is not None else None
+    if hasattr(session.config, "workerinput"):          # an xdist worker: the controller judges
+        if totals is not None:
+            session.config.workeroutput["frozen_guard"] = totals
+        return
+    _add_totals(totals)
+    if not _GUARD_TOTALS:
+        return
+    if _GUARD_TOTALS.get("unmatched") and not _GUARD_TOTALS.get("checked"):
+        _GUARD_TOTALS["nothing_checked"] = 1
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _GUARD_TOTALS:
+        return
+    line = ("frozen guard: %(checked)d backup(s), %(disks)d disk(s) equal to the disk at their recovery point; "
+            "%(unmatched)d backup(s) of a recovery point without a frozen copy, %(synthetic)d naming no recovery point"
+            % dict({"checked": 0, "disks": 0, "unmatched": 0, "synthetic": 0}, **_GUARD_TOTALS))
+    if _GUARD_TOTALS.get("nothing_checked"):
+        line += ": the guard checked NOTHING although backups of recovery points were made -- a failure of the guard"
+    terminalreporter.write_line(line, red=bool(_GUARD_TOTALS.get("nothing_checked")))

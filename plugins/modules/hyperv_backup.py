@@ -194,7 +194,21 @@ rct:
   returned: always
   type: dict
 previous_backup_id:
-  description: The VM's latest complete backup in the repository before this one (null for the first).
+  description:
+    - The VM's latest complete backup in the repository before this one (null for the first), latest in the
+      repository's commit order (not by a clock), of this VM's lineage.
+  returned: always
+  type: str
+lineage:
+  description:
+    - Which VM the backup is of in the repository. The VM id; or C(<vm id>@<host>) when another VM with the same id
+      (another host, other virtual disks, such as a copy registered without a new id) was backed up before. A VM that moved
+      (same cluster, or the same virtual disks) keeps its lineage. Retention counts per lineage.
+  returned: always
+  type: str
+  sample: 0b7e5a1c-3f7e-4a8e-9f7e-1d2c3b4a5f60
+lineage_reason:
+  description: Why the backup continues (or starts) that lineage, e.g. C(same host hv01) or C(moved from host hv01 with its disks).
   returned: always
   type: str
 excluded_disks:

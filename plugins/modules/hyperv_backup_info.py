@@ -114,6 +114,17 @@ backups:
     parent_backup_id:
       description: The backup an incremental was based on.
       type: str
+    sequence:
+      description:
+        - The backup's place in the repository's commit order (larger is newer); the list is sorted by it, not by a
+          clock. Backups written before version 1.1 of this collection have none and come first.
+      type: int
+    lineage:
+      description:
+        - Which VM the backup is of. The VM id, or C(<vm id>@<host>) for a second VM that reports an id the repository
+          already knows from another host with other disks (a copy registered without a new id). A VM that moves
+          (live migration, failover, storage migration) keeps its lineage.
+      type: str
     virtual_size:
       description: Sum of the virtual sizes of the disks, in bytes.
       type: int
@@ -125,11 +136,15 @@ backups:
       type: list
       elements: dict
 vms:
-  description: Per VM in the result, its id, name, number of backups and newest backup.
+  description:
+    - Per VM in the result (per lineage, see RV(backups[].lineage)), its id, name, lineage, number of backups, newest
+      backup, the host of the newest backup (C(host)) and every host it was backed up from (C(hosts)).
+    - Two entries with one C(vm_id) are two VMs that report the same id from two hosts.
   returned: always
   type: list
   elements: dict
-  sample: [{"vm_id": "0b7e...", "vm_name": "web01", "backups": 14, "latest_backup_id": "20261125T061911Z-d083c6579554"}]
+  sample: [{"vm_id": "0b7e...", "vm_name": "web01", "lineage": "0b7e...", "backups": 14, "host": "hv01", "hosts": ["hv01"],
+            "latest_backup_id": "20261125T061911Z-d083c6579554"}]
 repository:
   description: Facts about the repository (no secrets).
   returned: always
@@ -156,10 +171,15 @@ def run(params):
                and (not params["vm_id"] or (r.vm_id or "").lower() == params["vm_id"].lower().strip("{}"))
                and (not params["backup_id"] or r.backup_id == params["backup_id"])]
     vms = {}
+    # one entry per VM lineage: two VMs reporting the same id from two hosts are two VMs (issue 12, point 2)
     for record in records:
-        entry = vms.setdefault(record.vm_id, {"vm_id": record.vm_id, "vm_name": record.vm_name, "backups": 0})
+        entry = vms.setdefault(record.lineage, {"vm_id": record.vm_id, "vm_name": record.vm_name, "lineage": record.lineage,
+                                                "backups": 0, "hosts": []})
         entry["backups"] += 1
         entry["latest_backup_id"] = record.backup_id
+        entry["host"] = record.host
+        if record.host and record.host not in entry["hosts"]:
+            entry["hosts"].append(record.host)
     return {"changed": False, "backups": [backup_result(r) for r in records], "vms": list(vms.values()),
             "repository": repo.describe()}
 

@@ -59,9 +59,21 @@ options:
     description: With O(state=pruned), prune only the backups of this VM (name or id); all VMs when unset.
     type: str
   keep_last:
-    description: With O(state=pruned), keep the N newest backups of each VM.
+    description:
+      - With O(state=pruned), keep the N newest backups of each VM.
+      - Newest means last committed to the repository (a sequence number each backup gets), not a clock, so a host or
+        proxy clock stepped back never makes a new backup look older. The day, week, month or year a backup counts
+        for is the time of its recovery point.
+      - Two VMs that report the same VM id from two hosts are kept apart (each keeps its own N); the prune report names each backup's C(lineage).
     type: int
     default: 0
+  protect_backups:
+    description:
+      - With O(state=pruned), backup ids that are kept whatever the policy says.
+      - The M(hyperv.backup.hyperv_backup) role passes the backups its run has just made, so that a run never prunes its own new backups.
+    type: list
+    elements: str
+    default: []
   keep_daily:
     description: With O(state=pruned), keep the newest backup of each of the last N days that have one (UTC).
     type: int
@@ -167,8 +179,11 @@ verify:
            "damaged_backups": ["20261125T061911Z-d083c6579554"], "backups": []}
 prune:
   description:
-    - The prune report; C(kept) (with the retention reasons), C(removed), C(locked) (with C(kept_until)), and
-      C(gc) (chunk counts and bytes freed).
+    - The prune report; C(kept) (with the retention reasons, or C(made by this run) for O(protect_backups)), C(removed),
+      C(locked) (with C(kept_until)), and C(gc) (chunk counts and bytes freed).
+    - Each backup in them has C(backup_id), C(vm_id), C(vm_name), C(host), C(lineage) (which VM, the VM id or
+      C(<vm id>@<host>) for a second VM reporting the same id from another host), C(sequence) (commit order),
+      C(created) and C(type).
   returned: when O(state=pruned)
   type: dict
   sample: {"dry_run": false, "removed": [], "kept": [], "locked": [], "gc": {"chunks_removed": 0, "bytes_removed": 0}}
@@ -221,7 +236,7 @@ def run(module):
     except ValueError as err:
         module.fail_json(msg="Invalid retention policy: %s." % err)
     report = repo.prune(policy, dry_run=module.check_mode, vm=params["vm"], grace_seconds=params["gc_grace_minutes"] * 60,
-                        wait_seconds=params["lock_wait_seconds"])
+                        wait_seconds=params["lock_wait_seconds"], protect=params["protect_backups"])
     gc = report.get("gc") or {}
     # Removing leftovers of crashed backups (markers, manifests never committed) changes the repository too.
     changed = bool(report["removed"] or gc.get("chunks_removed") or gc.get("stale_sessions_removed") or gc.get("orphan_manifests_removed"))
@@ -239,6 +254,7 @@ def main():
         fail_on_damage=dict(type="bool", default=True),
         vm=dict(type="str"),
         keep_last=dict(type="int", default=0),
+        protect_backups=dict(type="list", elements="str", default=[]),
         keep_daily=dict(type="int", default=0),
         keep_weekly=dict(type="int", default=0),
         keep_monthly=dict(type="int", default=0),

@@ -87,6 +87,9 @@ options:
         window open (to rehearse two backups that create shadow copies at once). V(byte_length_strict) makes
         C(GetVirtualDiskChanges) refuse a C(ByteLength) that is not less than the virtual disk's size (the strict
         reading of Microsoft's page), so the change-list paging is rehearsed both ways.
+        V(rct_id_per_reference_point) gives every reference point its own RCT id, also for a disk that did not
+        change, so destroying one point invalidates only its own ids; without it an unchanged disk gets the same
+        id again and destroying any point holding an id invalidates it (what Windows does is undocumented).
       - A new host has none; an existing host keeps its list unless this is set.
     type: list
     elements: str
@@ -267,6 +270,24 @@ options:
         description: New virtual size in bytes (larger than the current one).
         type: int
         required: true
+  apply_checkpoint:
+    description:
+      - Apply a standard checkpoint of a VM, as an administrator does in Hyper-V Manager (WMI C(ApplySnapshot)).
+        Each disk's current differencing file is discarded with what the guest wrote since, and a new one (a new
+        file with its own VirtualDiskId) starts from the checkpoint's state. The VM is C(Off) afterwards.
+      - Change tracking is left as the worst case for a backup, the RCT ids stay valid and the reverted blocks are not
+        reported as changed, so only the backup's disk identity check notices the rollback.
+      - Applied after O(vms) and before O(resize_disk), O(churn) and O(migrate_to). Always changes.
+    type: dict
+    suboptions:
+      vm:
+        description: VM name.
+        type: str
+        required: true
+      checkpoint:
+        description: Name of the standard checkpoint (the newest of that name when several have it).
+        type: str
+        required: true
   migrate_to:
     description:
       - Move a VM to another lab host in the same O(lab_directory). A target without RCT (before 2016, or
@@ -362,6 +383,14 @@ EXAMPLES = r"""
         writes: 32
   register: churned
 
+- name: Roll web01 back to its checkpoint "before-upgrade" (the next backup must notice and be full)
+  hyperv.backup.hyperv_lab:
+    lab_directory: /srv/lab
+    host: hv01
+    apply_checkpoint:
+      vm: web01
+      checkpoint: before-upgrade
+
 - name: Rehearse on your own image, with the backup integration service not answering
   hyperv.backup.hyperv_lab:
     lab_directory: /srv/lab
@@ -425,6 +454,14 @@ churned:
       path: /srv/lab/hv01/vms/5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b/Virtual Hard Disks/web01_disk0.vhdx
       seed: 7
       writes: [{offset: 1048576, length: 65536}]
+applied_checkpoint:
+  description: The checkpoint O(apply_checkpoint) applied and the differencing files that were discarded (lab paths).
+  returned: when apply_checkpoint is given
+  type: dict
+  sample:
+    vm: web01
+    checkpoint: before-upgrade
+    discarded: [/srv/lab/hv01/vms/5f0c6f1e-2b1a-4c55-9a43-0d1c2f3e4a5b/Virtual Hard Disks/web01_disk0_0C1D2E3F-4A5B-6C7D-8E9F-0A1B2C3D4E5F.avhdx]
 """
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
@@ -470,6 +507,7 @@ def argument_spec():
         churn=dict(type="list", elements="dict", options=churn),
         resize_disk=dict(type="dict", options=dict(vm=dict(type="str", required=True), disk=dict(type="int", default=0),
                                                    size=dict(type="int", required=True))),
+        apply_checkpoint=dict(type="dict", options=dict(vm=dict(type="str", required=True), checkpoint=dict(type="str", required=True))),
         migrate_to=dict(type="dict", options=dict(vm=dict(type="str", required=True), host=dict(type="str", required=True))),
     )
 
@@ -492,6 +530,11 @@ def apply(params, check_mode):
     for spec in params["vms"] or []:
         vm_changed, _vm = lab_admin.ensure_vm(layout, spec, check_mode=check_mode)
         changed = changed or vm_changed
+    if params["apply_checkpoint"]:
+        item = params["apply_checkpoint"]
+        discarded = lab_admin.apply_checkpoint(layout, item["vm"], item["checkpoint"], check_mode=check_mode)
+        result["applied_checkpoint"] = {"vm": item["vm"], "checkpoint": item["checkpoint"], "discarded": discarded}
+        changed = True
     if params["resize_disk"]:
         item = params["resize_disk"]
         changed = lab_admin.resize_disk(layout, item["vm"], disk=item["disk"], size=item["size"], check_mode=check_mode) or changed

@@ -293,6 +293,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 
 
@@ -309,13 +310,18 @@ def _find_vm(session, params, vms):
     return wanted[0]
 
 
-def previous_method_of(params, vm):
-    """(method, source): the option when given, else the method of the VM's latest backup in the repository."""
+def previous_method_of(params, vm, host, host_facts=None):
+    """(method, source): the option when given, else the method of the latest backup of this VM (its lineage: another
+    host's VM reporting the same id is another VM) in the repository."""
     if params["previous_method"]:
         return params["previous_method"], "previous_method option"
     if not params["repository"]:
         return None, "no previous_method and no repository given: treated as the VM's first backup"
-    record = open_repository(params).latest_backup(vm["id"])
+    # read only: the catalog cache is not rewritten by a listing here (check mode writes nothing)
+    repo = open_repository(params).read_only_view()
+    known = [r for r in repo.list_backups(vm=vm["id"]) if r.vm_id == vm["id"] and r.state == "complete"]
+    cluster = (host_facts or {}).get("cluster")
+    record = vm_lineage.choose_lineage(known, vm, host, cluster.get("name") if isinstance(cluster, dict) else None).latest
     if record is None:
         return None, "the repository has no complete backup of VM %s" % vm["name"]
     return record.method, "latest backup %s in the repository" % record.backup_id
@@ -331,7 +337,7 @@ def present(module, session):
     if params["cleanup_stale"]:
         stale = [dict(p, vm=vm["name"]) for p in rp.clean_stale(session, vm["id"], keep_run_id=run_id, check_mode=module.check_mode)]
         vms = session.run("get_vms")
-    previous_method, previous_source = previous_method_of(params, vm)
+    previous_method, previous_source = previous_method_of(params, vm, session.host, host_facts)
     eligibility, decision = rp.decide_method(host_facts, vm, params["method"], previous_method)
     queue = rp.check_serialization(session, host_facts, _find_vm(session, params, vms), vms)
     result = dict(changed=True, run_id=run_id, method=decision.method, method_reason=decision.reason,

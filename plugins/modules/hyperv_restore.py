@@ -49,7 +49,15 @@ options:
     description: Restore this backup.
     type: str
   point_in_time:
-    description: Restore the latest backup created at or before this time (ISO 8601).
+    description:
+      - Restore the latest backup whose recovery point was taken at or before this time (ISO 8601).
+      - Latest is the repository's commit order, not a clock.
+    type: str
+  source_host:
+    description:
+      - With O(vm), the host the VM was backed up from.
+      - Needed only when O(vm) names more than one VM in the repository (two hosts report the same VM id with
+        different disks, or two VMs share a name); the restore refuses such a O(vm) without it rather than pick one.
     type: str
   destination:
     description:
@@ -261,6 +269,7 @@ def main():
         vm=dict(type="str"),
         backup_id=dict(type="str"),
         point_in_time=dict(type="str"),
+        source_host=dict(type="str"),
         destination=dict(type="path"),
         host_destination=dict(type="str"),
         path_map=dict(type="dict"),

@@ -5,6 +5,11 @@ playbook that runs on localhost with the venv's Python, gives every hyperv.backu
 ``transport: lab`` and the test's own ``lab_directory`` through module_defaults, and fails the test
 with the play's output when the play fails. Every run has its own directories (lab, repository,
 ANSIBLE_HOME, local temp), so pytest-xdist can run targets in parallel.
+
+The frozen guard (tests/frozen_guard.py) runs after every test: the lab keeps each recovery point's frozen disks
+(HYPERV_LAB_KEEP_FROZEN, set for each test module) and every backup committed in the session's temporary
+directory is restored and compared with them. A test that damages repositories on purpose opts out with
+``@pytest.mark.frozen_guard_off(reason)``.
 """
 import json
 import os
@@ -13,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import frozen_guard
 
 TARGETS_DIR = Path(__file__).resolve().parent / "targets"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -85,3 +92,18 @@ def ansible_playbook(tmp_path):
     def run(tasks, extra_vars=None):
         return run_play(play_for({"tasks": tasks}, tmp_path, extra_vars), tmp_path)
     return run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_frozen_copies():
+    """Every lab process of the module's tests (and of its module-scoped fixtures) keeps frozen copies."""
+    patch = pytest.MonkeyPatch()
+    frozen_guard.keep_frozen_environment(patch)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def check_backups_against_frozen_copies(request, tmp_path_factory):
+    """After the test: every new backup in the session's temporary directory equals the disk at its recovery point."""
+    yield from frozen_guard.check_after_test(request, tmp_path_factory.getbasetemp())

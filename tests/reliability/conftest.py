@@ -4,6 +4,10 @@ Every test that injects a fault records it in the ledger (``fault_ledger.record(
 At the end of the session each pytest process (one per xdist worker) writes its counts to
 ``tests/output/reliability/<run>--<worker>.json``; ``python tests/reliability/fault_table.py`` merges them
 into the table of docs/reliability.md.
+
+The frozen guard (tests/frozen_guard.py) runs after every test as in the integration suite: every backup committed
+in the session's temporary directory must equal the disk at its recovery point (HYPERV_LAB_KEEP_FROZEN is set for
+each test module). Tests that damage repositories on purpose opt out with ``@pytest.mark.frozen_guard_off(reason)``.
 """
 import importlib.util
 import json
@@ -23,6 +27,8 @@ UNIT_HELPERS = ROOT / "tests" / "unit" / "plugins" / "module_utils"
 for _path in (str(UNIT_HELPERS), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+import frozen_guard  # noqa: E402  tests/frozen_guard.py (tests/ is on sys.path through tests/conftest.py)
 
 
 def load_integration_harness():
@@ -65,6 +71,21 @@ def fault_ledger():
 
 
 _RUN_ID = "%s-%d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime()), os.getpid())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_frozen_copies():
+    """Every lab process of the module's tests (and of its module-scoped fixtures) keeps frozen copies."""
+    patch = pytest.MonkeyPatch()
+    frozen_guard.keep_frozen_environment(patch)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def check_backups_against_frozen_copies(request, tmp_path_factory):
+    """After the test: every new backup in the session's temporary directory equals the disk at its recovery point."""
+    yield from frozen_guard.check_after_test(request, tmp_path_factory.getbasetemp())
 
 
 def pytest_sessionfinish(session):

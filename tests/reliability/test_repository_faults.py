@@ -17,7 +17,9 @@ from fault_helpers import FlakyProxy, injected_enospc, is_clear_repository_error
 from s3_server import S3Server
 from test_repository import CHUNK, image, read_all, write_backup
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability,
+              # fills, write-protects and breaks repositories on purpose (and writes backups straight into them)
+              pytest.mark.frozen_guard_off("injects storage faults into repositories on purpose (full disk, read-only, failing S3)")]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ def leaks_in(data, secrets):
     return sorted(s for s in secrets if any(form in data for form in encodings(s)))
 
 
+@pytest.mark.frozen_guard(passphrase=PASSPHRASE)      # the guard restores the backup of the encrypted repository
 def test_no_secret_in_any_output_of_a_verbose_run(tmp_path, monkeypatch, fault_ledger):
     monkeypatch.setenv("ANSIBLE_VERBOSITY", "3")                     # same as -vvv
     monkeypatch.setenv("ANSIBLE_LOG_PATH", str(tmp_path / "ansible.log"))

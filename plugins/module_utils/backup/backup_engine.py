@@ -31,6 +31,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recove
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import RateLimiter, locate_disk, open_source_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
 
 MiB = 1024 * 1024
 MAX_IN_FLIGHT_BYTES = 128 * MiB       # chunk buffers alive at once (reading, hashing, compressing)
@@ -264,7 +265,15 @@ class BackupRun:
         host_facts = session.run("get_host_info")
         vms = session.run("get_vms")
         self.vm = find_vm(session, vms, params.get("vm"), params.get("vm_id"))
-        self.parent = self.repo.latest_backup(self.vm["id"])
+        # Which VM's chain this backup continues: two hosts may report the same VM id (issue 12, point 2)
+        cluster = (host_facts.get("cluster") or {}).get("name") if isinstance(host_facts.get("cluster"), dict) else None
+        self.host_cluster = cluster or None
+        known = [r for r in self.repo.list_backups(vm=self.vm["id"]) if r.vm_id == self.vm["id"] and r.state == "complete"]
+        self.lineage = vm_lineage.choose_lineage(known, self.vm, session.host, cluster)
+        self.parent = self.lineage.latest
+        self.result.update(lineage=self.lineage.name, lineage_reason=self.lineage.reason)
+        if self.lineage.warning:
+            self.result["warnings"].append(self.lineage.warning)
         previous_method = self.parent.method if self.parent is not None else None
         eligibility, self.decision = rp.decide_method(host_facts, self.vm, params.get("method") or "auto", previous_method)
         self.result.update(vm=self.vm["name"], vm_id=self.vm["id"], method=self.decision.method,
@@ -318,6 +327,7 @@ class BackupRun:
         params = self.params
         if params.get("recovery_point_id"):
             self.point = _given_point(self.session, self.vm, params["recovery_point_id"])
+            self.refuse_older_point()      # before the point counts as this run's: a refused point is left as it is
             if self.point.get("method") and self.point["method"] != self.decision.method:
                 self.result["method_reason"] = "the recovery point %s given by id is a %s point" % (self.point["id"], self.point["method"])
                 self.result["method"] = self.point["method"]
@@ -338,6 +348,25 @@ class BackupRun:
         self.result.update(recovery_point_id=self.point["id"], consistency=self.point.get("consistency"),
                            consistency_fallback=bool(self.point.get("consistency_fallback")))
 
+    def refuse_older_point(self):
+        """Refuse a recovery point given by id that was taken before the point of the VM's latest backup (issue 12,
+        point 5): backed up now it would become the VM's newest backup with an older state, and as an RCT incremental
+        (a change list since a later reference point) it would even hold the later contents. Order is told by the
+        disk files (backup_planning.point_older_than_parent), not by the host clock."""
+        parent, point = self.parent, self.point
+        if parent is None or point.get("method") != parent.method:
+            return
+        older = planning.point_older_than_parent(parent, point.get("disks") or [], self.vm.get("disks") or [])
+        if older:
+            raise HyperVBackupError(
+                "Recovery point %s of VM %s is older than the recovery point of the VM's latest backup %s in this repository "
+                "(%s); backing it up now would store an older state as the VM's newest backup." % (
+                    point["id"], self.vm["name"], parent.backup_id, older),
+                hint="Nothing was stored and the recovery point was left as it is. Back up a new recovery point (leave "
+                     "recovery_point_id unset), or back this one up into another repository; remove it with "
+                     "hyperv_recovery_point state: absent when it is no longer needed.",
+                category="recovery_point_older", recovery_point_id=point["id"], latest_backup_id=parent.backup_id)
+
     # step 5: copy and commit
     def copy(self):
         repo, vm, point = self.repo, self.vm, self.point
@@ -356,9 +385,10 @@ class BackupRun:
         copier = ChunkCopier(repo, self.options)
         started = time.monotonic()
         per_disk = []
+        metadata["host_cluster"] = self.host_cluster
         session = repo.begin_backup(vm["id"], vm["name"], self.session.host, self.method, self.type.type,
                                     parent_backup_id=self.result["parent_backup_id"], consistency=point.get("consistency"),
-                                    metadata=metadata)
+                                    metadata=metadata, lineage=self.lineage.name)
         with session:
             if configuration_files is not None:
                 session.attach(CONFIGURATION_ATTACHMENT, configuration_files)
@@ -405,13 +435,14 @@ class BackupRun:
         key = disk["disk_key"]
         source, location = self.sources[key]
         estimate = self.estimates[key]
+        metadata = {"disk_id": disk.get("disk_id"), "controller_type": disk.get("controller_type"),
+                    "controller_number": disk.get("controller_number"), "controller_location": disk.get("controller_location"),
+                    "logical_sector_size": disk.get("logical_sector_size"), "format": disk.get("format"),
+                    "block_size": disk.get("block_size"), "file_name": location.windows_path.replace("/", "\\").rsplit("\\", 1)[-1]}
+        # the files read (own VirtualDiskId, chain top to base): the next backup compares them (issue 12, point 4)
+        metadata.update(planning.identity_metadata(disk))
         writer = session.add_disk(key, disk["virtual_size"], source_path=location.windows_path, rct_id=disk.get("rct_id"),
-                                  metadata={"disk_id": disk.get("disk_id"), "controller_type": disk.get("controller_type"),
-                                            "controller_number": disk.get("controller_number"),
-                                            "controller_location": disk.get("controller_location"),
-                                            "logical_sector_size": disk.get("logical_sector_size"), "format": disk.get("format"),
-                                            "block_size": disk.get("block_size"), "file_name": location.windows_path.replace(
-                                                "/", "\\").rsplit("\\", 1)[-1]})
+                                  metadata=metadata)
         before = (copier.read_bytes, copier.reused_after_compare)
         started = time.monotonic()
         compare = None

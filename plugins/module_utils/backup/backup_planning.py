@@ -8,12 +8,22 @@ one is incremental unless there is no usable parent, the parent's RCT reference 
 tracking id) is gone or invalid, the disk set or a disk's size changed, or the method changed. The
 estimate counts the chunks the copy will read: from the allocated ranges (BAT) for a full or a VSS
 incremental, from the RCT change list for an RCT incremental.
+
+Rolled-back disks (issue 12, point 4): an RCT change list lists the blocks written since the parent's reference
+point, on the files of the disk's chain now. A disk rolled back since (a checkpoint applied: its differencing
+file is discarded; the file restored in place by an operator) has blocks that differ from the parent backup but
+were never written, and the change tracking ids may stay valid. So every backup records each disk's files (the
+frozen file's and its parents' VirtualDiskIds and paths, ``identity_metadata``) and an RCT incremental needs the
+file its parent read to be still in the disk's chain (``identity_problem``); otherwise the backup is full and
+says why. A recovery point given by id that is provably older than the parent's is refused
+(``point_older_than_parent``, point 5).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import operator
 import re
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
@@ -138,6 +148,113 @@ def reference_rct_ids(parent, reference_points):
                   % parent.backup_id)
 
 
+# --- disk identity: was the disk rolled back since the parent backup? (issue 12, points 4 and 5) ---------
+
+def _norm_path(path):
+    return str(path or "").replace("/", "\\").lower()
+
+
+def disk_identity(disk):
+    """[(path, VirtualDiskId)] of a disk's files, top (the file read) to base; None when not known.
+
+    ``disk`` is a host DISK (path, parent_chain, chain_disk_ids: recovery_points / get_vms) or the metadata a
+    backup recorded for one (chain_paths, chain_disk_ids: ``identity_metadata``). Where paths are compared, they
+    are compared as Windows compares them (case-insensitive, either slash).
+    """
+    ids = disk.get("chain_disk_ids")
+    if not ids:
+        return None
+    paths = disk.get("chain_paths")
+    if paths is None:
+        paths = [disk.get("windows_path") or disk.get("path")] + list(disk.get("parent_chain") or [])
+    if len(paths) != len(ids) or not all(ids):
+        return None
+    return [(str(path), str(disk_id).lower()) for path, disk_id in zip(paths, ids)]
+
+
+def identity_metadata(disk):
+    """What a backup records of the files it read ({} when the host reports no identity)."""
+    if disk_identity(disk) is None:
+        return {}
+    return {"file_disk_id": disk.get("file_disk_id") or disk["chain_disk_ids"][0], "chain_disk_ids": list(disk["chain_disk_ids"]),
+            "chain_paths": [disk.get("windows_path") or disk.get("path")] + list(disk.get("parent_chain") or [])}
+
+
+def _file_key(*chains):
+    """How files are matched: by VirtualDiskId, which survives a storage migration (another path); by path and id
+    when a chain repeats an id (a host whose differencing files copy their parent's id, UNCONFIRMED for Windows:
+    the lab gives each file its own), as an id alone would then not tell an applied checkpoint's new file apart."""
+    repeated = any(len(set(disk_id for _path, disk_id in chain)) < len(chain) for chain in chains)
+    return _whole if repeated else operator.itemgetter(1)
+
+
+def _whole(item):
+    return _norm_path(item[0]), item[1]
+
+
+def _recorded(parent):
+    return dict((d["disk_key"], disk_identity(d.get("metadata") or {})) for d in parent.disks)
+
+
+def identity_problem(parent, disks):
+    """Why the recovery point's ``disks`` are not a continuation of what ``parent`` read (-> a full backup), or None.
+
+    A disk continues the parent when the file the parent read is still in its chain: unchanged on top, or frozen
+    under a checkpoint taken since (a new user checkpoint or our own recovery checkpoint: the file only became
+    read-only; RCT lists every write since the parent's point, before the freeze into that file, after it into the
+    new child). Not so when that file is gone from the chain (a checkpoint applied: the differencing file is
+    discarded and a new one starts from an older state; a checkpoint deleted: its file merged into its parent,
+    which cannot be told apart from an applied one by ids) or the base is another disk (restored in place). Those
+    revert blocks that RCT does not report as changed. A parent that recorded no identity (made by an older
+    version) cannot rule a rollback out either. When the host reports no identity for the point's disks there is
+    nothing to compare (None).
+    """
+    now = dict((d["disk_key"], disk_identity(d)) for d in disks)
+    if not now or any(chain is None for chain in now.values()):
+        return None
+    recorded = _recorded(parent)
+    for key in sorted(now):
+        chain, then = now[key], recorded.get(key)
+        if then is None:
+            return ("backup %s recorded no identity of disk %s (it was made by an older version of this collection), so a "
+                    "rollback of the disk since then (a checkpoint applied, the disk restored in place) cannot be ruled out; "
+                    "this backup records it" % (parent.backup_id, key))
+        file_key = _file_key(chain, then)
+        if then[-1][1] != chain[-1][1]:
+            return ("disk %s is not the virtual disk that backup %s read: its base file %s had VirtualDiskId %s and has %s now "
+                    "(the disk was replaced or restored in place)" % (key, parent.backup_id, chain[-1][0], then[-1][1], chain[-1][1]))
+        if file_key(then[0]) not in [file_key(item) for item in chain]:
+            return ("disk %s was rolled back or replaced since backup %s: the file that backup read (%s, VirtualDiskId %s) is no "
+                    "longer in the disk's chain (a checkpoint was applied or deleted, or the disk restored in place), so RCT "
+                    "cannot list every block that differs from that backup" % (key, parent.backup_id, then[0][0], then[0][1]))
+    return None
+
+
+def point_older_than_parent(parent, point_disks, live_disks):
+    """Why the recovery point (``point_disks``, its frozen DISKs) is older than the point ``parent`` read, or None.
+
+    Not decided by creation times (host clock, which may be stepped back): by the disk files. The VM's live chain
+    grows only on top; a checkpoint freezes the file then on top. When the file the parent read is in the live
+    chain and the point's frozen file is strictly below it, the point froze that file before the parent's file
+    existed, so the point is the older one. A point taken after a rollback is not caught here (the parent's file is
+    no longer live); identity_problem makes its backup full, which is right for a newer point.
+    """
+    live = dict((disk_key(d), disk_identity(d)) for d in live_disks if d.get("path"))
+    recorded = _recorded(parent)
+    for disk in sorted(point_disks, key=disk_key):
+        key = disk_key(disk)
+        frozen, then, now = disk_identity(disk), recorded.get(key), live.get(key)
+        if not (frozen and then and now):
+            continue
+        file_key = _file_key(frozen, then, now)
+        order = [file_key(item) for item in now]
+        read, point = file_key(then[0]), file_key(frozen[0])
+        if read in order and point in order and order.index(point) > order.index(read):
+            return ("disk %s: the recovery point froze %s, which is below %s (the file backup %s read) in the disk's chain, so "
+                    "the point was taken before that backup's point" % (key, frozen[0][0], then[0][0], parent.backup_id))
+    return None
+
+
 def decide_type(requested, method, method_reason, parent, disks, change_lists=None, rct_problem=None):
     """Decide full or incremental for the disks ``disks`` (the recovery point's, each with ``disk_key``).
 
@@ -175,6 +292,9 @@ def _decide(requested, method, method_reason, parent, disks, change_lists, rct_p
     if method == "rct":
         if rct_problem:
             return TypeDecision("full", rct_problem)
+        rolled_back = identity_problem(parent, disks)
+        if rolled_back:
+            return TypeDecision("full", rolled_back)
         for disk in disks:
             change_list = (change_lists or {}).get(disk["disk_id"])
             if change_list is None or not change_list.valid:

@@ -236,7 +236,7 @@ def history_from_catalog(backups):
                                             "bytes_read": 0, "vms": set(), "failed": 0})
         run["bytes_stored"] += _as_int(_first((record, stats, metadata), "bytes_stored", "stored_bytes"), "bytes_stored") or 0
         run["bytes_read"] += _as_int(_first((record, stats, metadata), "bytes_read", "read_bytes"), "bytes_read") or 0
-        run["vms"].add(record.get("vm_id") or record.get("vm_name") or record.get("backup_id"))
+        run["vms"].add(record.get("lineage") or record.get("vm_id") or record.get("vm_name") or record.get("backup_id"))
         duration = _as_seconds(_first((record, stats, metadata), "duration_seconds"), "duration_seconds") or 0
         completed = parse_time(record.get("completed"), "catalogue record completed")
         if created:

@@ -34,7 +34,8 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planni
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import ZERO_ID, parse_time
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import ZERO_ID, iso, parse_time
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx, open_disk
 
 FORMATS = ("vhdx", "vhd", "raw")
@@ -46,8 +47,13 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
 
 # --- which backup --------------------------------------------------------------------------------------
 
-def select_backup(repo, vm=None, backup_id=None, point_in_time=None):
-    """The backup to restore: by id, else the VM's latest complete one at or before ``point_in_time`` (or latest)."""
+def select_backup(repo, vm=None, backup_id=None, point_in_time=None, source_host=None):
+    """The backup to restore: by id, else the VM's latest complete one whose data is from ``point_in_time`` or before.
+
+    "Latest" is the repository's commit order (not a clock); ``point_in_time`` is compared with each backup's recovery
+    point time. ``vm`` must name one VM: a name or id two VMs share (two hosts reporting the same id, or two VMs
+    named alike) is refused unless ``source_host`` says which (issue 12, point 2).
+    """
     if backup_id:
         record = repo.get_backup(backup_id)
         if vm and vm not in (record.vm_id, record.vm_name):
@@ -57,12 +63,16 @@ def select_backup(repo, vm=None, backup_id=None, point_in_time=None):
     if not vm:
         raise HyperVBackupError("Say which backup to restore: vm (latest or point_in_time) or backup_id.")
     until = parse_time(point_in_time) if point_in_time else None
-    candidates = [r for r in repo.list_backups(vm=vm, until=until) if r.state == "complete"]
+    everything = [r for r in repo.list_backups(vm=vm) if r.state == "complete"]
+    if source_host and not any((r.host or "").lower() == source_host.lower() for r in everything):
+        raise RepositoryError("The repository has no backup of VM %s from host %s." % (vm, source_host),
+                              hint="Its backups come from: %s." % (", ".join(sorted(set(r.host or "?" for r in everything))) or "none"))
+    records = vm_lineage.pick_one_lineage(everything, vm, source_host)
+    candidates = [r for r in records if until is None or r.point_time <= until]
     if not candidates:
-        everything = repo.list_backups(vm=vm)
         raise RepositoryError("The repository has no complete backup of VM %s%s." % (
             vm, " at or before %s" % point_in_time if point_in_time else ""),
-            hint="Its backups: %s." % (", ".join("%s (%s)" % (r.backup_id, r.created) for r in everything) or "none"))
+            hint="Its backups: %s." % (", ".join("%s (%s)" % (r.backup_id, iso(r.point_time)) for r in records) or "none"))
     return candidates[-1]
 
 
@@ -484,7 +494,7 @@ def run_restore(repo, params, session=None, check_mode=False, progress_file=None
     fmt = params.get("format") or "vhdx"
     if fmt not in FORMATS:
         raise HyperVBackupError("format %r is not one of %s." % (fmt, ", ".join(FORMATS)))
-    record = select_backup(repo, params.get("vm"), params.get("backup_id"), params.get("point_in_time"))
+    record = select_backup(repo, params.get("vm"), params.get("backup_id"), params.get("point_in_time"), params.get("source_host"))
     if params.get("register") and session is None:
         raise HyperVBackupError("register: true needs the host connection options (host, transport, ...).")
     if params.get("register") and fmt not in VIRTUAL_DISK_FORMATS:

@@ -68,6 +68,9 @@ def stable_disk_id(bridge, ns, disk, operation):
     chain = disk.get("parent_chain") or []
     if not chain:
         return disk.get("disk_id")
+    ids = disk.get("chain_disk_ids") or []
+    if len(ids) == len(chain) + 1:
+        return ids[-1]          # describe_file read the base's facts already
     try:
         facts = vm_disks.file_facts(bridge, ns, chain[-1], operation)
     except HostOperationError:
@@ -76,7 +79,13 @@ def stable_disk_id(bridge, ns, disk, operation):
 
 
 def frozen_disks(bridge, ns, snapshot, operation):
-    """The snapshot's virtual hard disks (its SASDs name the files it froze); pass-through disks are left out."""
+    """The snapshot's virtual hard disks (its SASDs name the files it froze); pass-through disks are left out.
+
+    Each disk's ``disk_id`` is the stable base id (stable_disk_id); ``file_disk_id`` is the frozen file's own
+    VirtualDiskId and ``chain_disk_ids`` the ids of the frozen file and its parents, top to base (from
+    GetVirtualHardDiskSettingData per file; before 2012 R2, which reports none, wmi.substitute_disk_id of each
+    file). A backup records them so that the next one can tell that the disk was rolled back in the meantime
+    (a checkpoint applied, the file restored in place) and must be full (issue 12, point 4)."""
     parts = vm_disks.settings_components(bridge, ns, snapshot, operation)
     out = []
     for disk in vm_disks.disks_of(bridge, ns, parts, operation):

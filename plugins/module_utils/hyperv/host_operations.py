@@ -63,6 +63,7 @@ DISK_SHAPE = (
     "{path, format: 'vhdx'|'vhd', type: 'fixed'|'dynamic'|'differencing', virtual_size, block_size, "
     "logical_sector_size, disk_id, controller_type: 'IDE'|'SCSI', controller_number, controller_location, "
     "parent_chain: [paths from the disk's parent to the base], windows_path, "
+    "file_disk_id: (the file's own VirtualDiskId), chain_disk_ids: [VirtualDiskId of the file then of each parent up to the base], "
     "problem: text (only for a disk that cannot be backed up or read: pass-through, missing file)}"
 )
 VM_SHAPE = (

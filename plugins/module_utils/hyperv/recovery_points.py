@@ -234,6 +234,8 @@ def _describe(point, method, consistency):
                    "logical_sector_size": d.get("logical_sector_size"), "parent_chain": list(d.get("parent_chain") or []),
                    "controller_type": d.get("controller_type"), "controller_number": d.get("controller_number"),
                    "controller_location": d.get("controller_location"),
+                   # the files' own ids, top to base: recorded by the backup (issue 12, point 4)
+                   "file_disk_id": d.get("file_disk_id"), "chain_disk_ids": list(d.get("chain_disk_ids") or []),
                    "previous_rct_id": None, "reference_point_id": None} for d in point.get("disks") or []],
     }
     if fallback:
@@ -305,6 +307,75 @@ def _ours_rct(reference):
     return bool(reference.get("ours", True)) and reference.get("type", "RCT") == "RCT"
 
 
+def _rct_ids(reference):
+    return set(value for value in (reference.get("rct_ids") or {}).values() if value)
+
+
+def _blocking(guarded, old, reissued):
+    shared = _rct_ids(guarded) & _rct_ids(old)
+    return shared - set(reissued) if _ours_rct(guarded) else shared
+
+
+def _reissued_ids(session, recovery_point, references, repository_id):
+    """Ids that converting ``recovery_point`` issues again, so destroying another holder first does not lose them
+    for good: the ids of another repository's point of ours, also held by another point of ours, on a disk of
+    the recovery point that has not changed since that id (an empty, valid change list)."""
+    ours = [r for r in references if _ours_rct(r)]
+    held = {}
+    for point in ours:
+        for disk_id, rct_id in (point.get("rct_ids") or {}).items():
+            held.setdefault((disk_id, rct_id), []).append(point)
+    disks = dict((d.get("disk_id"), d) for d in recovery_point.get("disks") or [])
+    reissued = set()
+    for (disk_id, rct_id), holders in sorted(held.items()):
+        needed = [p for p in holders if not removable_reference(p, repository_id)]
+        disk = disks.get(disk_id)
+        if rct_id and disk and needed and len(holders) > 1:
+            change_list = collect_changes(session, disk["path"], rct_id, disk["virtual_size"])
+            if change_list.valid and not change_list.ranges:
+                reissued.add(rct_id)
+    return reissued
+
+
+def plan_reference_retention(references, keep_newest, repository_id=None, new_point=None, protect_kept=True, reissued=()):
+    """Which of our reference points to destroy now: (destroy, kept), oldest first; kept = [{id, reason}].
+
+    ``references`` as get_reference_points lists them (oldest first). The newest ``keep_newest`` of ours other than
+    ``new_point`` stay, and so does ``new_point`` (the point this run converted). Never destroyed: another
+    product's points, ours that another repository's latest backup is based on (issue point 3), and (issue 12
+    point 7) ours holding an RCT id that a point which stays also holds. Windows gives no guarantee either way
+    (docs/lab_wmi.md, RCT ids): a host may give an unchanged disk the same id for every new reference point, and
+    destroying one holder may then invalidate the id for all of them, so the next incremental would fall back to
+    full. Such a point is destroyed by a later run, once no point that stays shares its ids. With
+    ``protect_kept`` False only the ids of points that must always stay (another product's, another repository's)
+    protect: that is the cleanup ahead of a conversion (``convert_to_reference_point``), where ``reissued`` are
+    the ids that conversion is about to issue again (their disks did not change since): those held by another
+    repository's point of ours do not protect either (another product's always do).
+    """
+    new_id = (new_point or {}).get("id")
+    ours = [r for r in references if _ours_rct(r) and r.get("id") != new_id]      # oldest first
+    kept_old = ours[max(0, len(ours) - keep_newest):] if keep_newest > 0 else []
+    lasting = [r for r in references if not _ours_rct(r)] + [r for r in ours if not removable_reference(r, repository_id)]
+    guarded = lasting + ((kept_old + ([new_point] if new_point else [])) if protect_kept else [])
+    destroy, kept = [], []
+    for old in ours:
+        if any(old is k for k in kept_old):
+            continue
+        if not removable_reference(old, repository_id):
+            kept.append({"id": old["id"], "reason": "the latest backup in repository %s is based on it"
+                         % ", ".join(r for r in old.get("repositories") or [] if r != repository_id)})
+            continue
+        sharing = [g for g in guarded if g is not old and _blocking(g, old, reissued)]
+        if sharing:
+            kept.append({"id": old["id"], "reason": "it holds RCT id %s, which reference point %s that is kept holds too; "
+                         "destroying it could invalidate that id (a host may give an unchanged disk the same id again), "
+                         "so a later run destroys it once no kept point shares its ids"
+                         % (", ".join(sorted(_rct_ids(sharing[0]) & _rct_ids(old))), sharing[0]["id"])})
+            continue
+        destroy.append(old)
+    return destroy, kept
+
+
 def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1, check_mode=False, repository_id=None):
     """Convert a completed RCT recovery point into a reference point and keep only the newest N of ours per VM.
 
@@ -312,25 +383,49 @@ def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1
     so that a backup into another repository never destroys the point this one builds on. Idempotent: a point
     that is already a reference point (same id) is left as it is; retention still applies. Returns
     {reference_point, removed_reference_points, kept_reference_points, changed}.
+
+    Issue 12 point 7 (an idle disk): after converting, an older point holding an RCT id that a kept point holds
+    too is not destroyed (``plan_reference_retention``). So that such points cannot pile up while a disk stays
+    idle, the points that are surplus even before the new one counts (the newest ``keep_reference_points`` of
+    ours stay) are destroyed BEFORE converting: when they share an id with a newer point of ours, destroying
+    them may invalidate it, but the conversion then issues the disk's id anew for the new point (the one the
+    next incremental uses), and this run has read its changes already. The older of two points that share ids
+    is the one destroyed, so at most one extra point per shared id is left. If the conversion then fails, the
+    next backup is full, as it would be anyway (its parent has no reference point). A duplicate of another
+    repository's point goes first only when the conversion issues that id again (the disk did not change since
+    it, ``_reissued_ids``); then that repository's next backup stays incremental too, and two repositories
+    taking turns on an idle VM keep one point each. Another product's ids are never put at risk: a point of
+    ours sharing one stays until that product's point goes.
     """
     if int(keep_reference_points) < 1:
         raise HyperVBackupError("keep_reference_points must be 1 or more (got %s)" % keep_reference_points,
                                 hint="The newest reference point is what the next incremental starts from.")
+    keep = int(keep_reference_points)
     host = _host_name(session)
     points = [p for p in session.run("get_recovery_points", vm_id=vm_id) if p.get("id") == point_id]
     references = session.run("get_reference_points", vm_id=vm_id)
     changed = False
     reference = None
+    removed, kept = [], []
     if points:
         if points[0].get("method") != "rct":
             raise HostOperationError(host, "convert_to_reference_point", "unsupported",
                                      "recovery point %s is a %s point; only RCT recovery points become reference points"
                                      % (point_id, points[0].get("method")), hint="Remove VSS points with state: absent.")
         changed = True
-        if not check_mode:
-            reference = session.run("convert_to_reference_point", vm_id=vm_id, id=point_id,
-                                    **_optional("convert_to_reference_point", repository_id=repository_id))
-            references = session.run("get_reference_points", vm_id=vm_id)
+        if check_mode:
+            # the point is not converted: report what retention would do once it is (its ids are not known yet)
+            destroy, kept = plan_reference_retention(references, keep - 1, repository_id)
+            return {"reference_point": None, "removed_reference_points": [r["id"] for r in destroy],
+                    "kept_reference_points": kept, "changed": True}
+        early, _kept = plan_reference_retention(references, keep, repository_id, protect_kept=False,
+                                                reissued=_reissued_ids(session, points[0], references, repository_id))
+        for old in early:
+            session.run("remove_reference_point", vm_id=vm_id, id=old["id"])
+            removed.append(old["id"])
+        reference = session.run("convert_to_reference_point", vm_id=vm_id, id=point_id,
+                                **_optional("convert_to_reference_point", repository_id=repository_id))
+        references = session.run("get_reference_points", vm_id=vm_id)
     else:
         matching = [r for r in references if r.get("id") == point_id]
         if not matching:
@@ -338,22 +433,12 @@ def convert_to_reference_point(session, vm_id, point_id, keep_reference_points=1
                                      "VM %s has neither a recovery point nor a reference point with id %s" % (vm_id, point_id),
                                      hint="Pass the id returned by hyperv_recovery_point state: present.")
         reference = matching[0]
-    ours = [r for r in references if _ours_rct(r)]     # oldest first
-    surplus = len(ours) - int(keep_reference_points) + (1 if check_mode and changed else 0)
-    removed, kept = [], []
-    for old in ours:
-        if surplus <= 0:
-            break
-        if reference is not None and old.get("id") == reference.get("id"):
-            continue
-        if not removable_reference(old, repository_id):
-            kept.append({"id": old["id"], "reason": "the latest backup in repository %s is based on it"
-                         % ", ".join(r for r in old.get("repositories") or [] if r != repository_id)})
-            continue
+    listed = [r for r in references if r.get("id") == reference.get("id")]
+    destroy, kept = plan_reference_retention(references, keep - 1, repository_id, new_point=listed[0] if listed else reference)
+    for old in destroy:
         if not check_mode:
             session.run("remove_reference_point", vm_id=vm_id, id=old["id"])
         removed.append(old["id"])
-        surplus -= 1
     return {"reference_point": reference, "removed_reference_points": removed, "kept_reference_points": kept,
             "changed": changed or bool(removed)}
 

@@ -17,6 +17,8 @@ ReferencePointType 2 (RCT) may be destroyed, and never one another repository st
 product's points (Replica's log-based type 1, a foreign RCT point) are never touched.
 Reference points are listed through ``Msvm_ReferencePointOfVirtualSystem``, which exists only from 2016
 (issue point 13): older hosts have none and the association is not queried.
+Which points to destroy is decided in ``recovery_points.plan_reference_retention``: two points may hold the same
+RCT id (a disk that did not change, issue 12 point 7), and destroying one may invalidate it for both.
 """
 
 from __future__ import absolute_import, division, print_function

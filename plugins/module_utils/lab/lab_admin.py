@@ -20,8 +20,8 @@ import shutil
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct, lab_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
-    CONFIGURATION_VERSIONS, ERAS, LOCALES, OPERATIONAL_STATUSES, SERVICE_STATUSES, VM_STATES, LabLayout, cluster_fact,
-    csv_facts, host_document, make_private_dir, new_guid, validate_fault, validate_quirk, version_tuple)
+    CONFIGURATION_VERSIONS, ERAS, LOCALES, OPERATIONAL_STATUSES, RCT_ID_PER_REFERENCE_POINT, SERVICE_STATUSES, VM_STATES, LabLayout,
+    cluster_fact, csv_facts, host_document, make_private_dir, new_guid, quirk_value, validate_fault, validate_quirk, version_tuple)
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.method_choice import rct_eligibility
 
 GIB = 1024 ** 3
@@ -296,6 +296,25 @@ def remove_standard_checkpoint(layout, vm_name, checkpoint_name, check_mode=Fals
     return True
 
 
+def apply_checkpoint(layout, vm_name, checkpoint_name, check_mode=False):
+    """Apply a standard checkpoint by name, as an administrator does in Hyper-V Manager (ApplySnapshot, see
+    lab_vm.apply_checkpoint): the VM's disks go back to the checkpoint's state, what the guest wrote since is
+    discarded, and the VM is Off. Always changes; returns the discarded files ([] in check mode)."""
+    vm = _need_vm(layout, vm_name)
+    with layout.vm_lock(vm["id"]):
+        vm = layout.read_vm(vm["id"])
+        standard = [cp for cp in vm["checkpoints"] if cp["type"] == "Standard"]
+        found = [cp for cp in standard if cp["name"] == checkpoint_name]
+        if not found:
+            _refuse("VM %s has no standard checkpoint named %r" % (vm["name"], checkpoint_name),
+                    hint="Its standard checkpoints: %s." % (", ".join(cp["name"] for cp in standard) or "none"))
+        if check_mode:
+            return []
+        discarded = lab_vm.apply_checkpoint(vm, found[-1])
+        layout.write_vm(vm)
+    return discarded
+
+
 def _index(layout, vm_id, name, remove=False):
     """Keep host.json's VM index (caller holds the host lock)."""
     doc = layout.read_host()
@@ -481,9 +500,10 @@ def add_foreign_reference_point(layout, vm_name, reference_point_type=1):
         vm = layout.read_vm(vm["id"])
         rct_ids = {}
         if int(reference_point_type) == 2:
+            per_point = quirk_value(layout.read_host(), RCT_ID_PER_REFERENCE_POINT, False) is True
             for disk in vm["disks"]:
                 tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
-                rct_ids[disk["disk_id"]] = lab_rct.issue_id(tracking, tracking["sequence"])
+                rct_ids[disk["disk_id"]] = lab_rct.issue_id(tracking, tracking["sequence"], per_point)
                 lab_rct.save(disk["rct_file"], tracking)
         point = {"id": new_guid(), "vm_id": vm["id"], "created": None, "consistency": "crash", "rct_ids": rct_ids,
                  "type": int(reference_point_type), "foreign": True}

@@ -16,6 +16,27 @@ Invalidation (as Windows reports it): a resized or offline-edited disk makes eve
 invalid (0xC03A0022 ERROR_CTLOG_VHD_CHANGED_OFFLINE); an id the disk never issued, one from another
 disk, or one of a destroyed reference point is 0xC03A0029 ERROR_VHD_INVALID_CHANGE_TRACKING_ID /
 0xC03A0030 ERROR_VHD_MISSING_CHANGE_TRACKING_INFORMATION. Callers fall back to a full backup.
+
+Ids of a disk that did not change (issue 12 point 7). What Windows does here is undocumented:
+
+- Msvm_VirtualSystemReferencePoint only says ResilientChangeTrackingIdentifiers are "RCT IDs corresponding to the
+  virtual disks of the VM at the time this reference point was created"; DestroyReferencePoint only "deletes the
+  specified reference point" (learn.microsoft.com hyperv_v2 pages; the collection variant adds that it "may as a
+  side effect destroy other reference points that are dependent on" it, without saying which).
+- The native API treats an id as the name of a disk *state*, not of a reference point: GET_VIRTUAL_DISK_INFO
+  ChangeTrackingState reports the disk's MostRecentId and NewerChanges ("whether the virtual disk has changed
+  since the change identified by MostRecentId"), and QueryChangesVirtualDisk reports changes "since the change
+  tracking identifier ... was sealed" (MicrosoftDocs sdk-api virtdisk pages). Public ids look like
+  ``rctX:<disk guid>:<counter>`` (cloudbase/rct-service README), a per-disk counter. That an unchanged disk
+  gets its current id again for a new reference point fits this, but no source says so, and none says whether
+  destroying one of two points that hold one id keeps it valid for the other.
+- Public code does not settle it: Bareos (core/src/win32/plugins/filed/hyper-v.cc) and nxmBackup destroy the
+  previous point right after converting the new one, and neither compares ids.
+
+So the lab does both, chosen per host: by default an unchanged disk gets the same id again and destroying ANY
+reference point that holds an id invalidates it for every holder (``forget_id``), the harsh reading that code
+must survive; with the host quirk ``rct_id_per_reference_point`` every issued id is new (a per-disk issue
+counter: ``rctX:<disk id>:<seq>-<n>``, still naming state ``seq``), so destroying a point invalidates only its own.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -78,9 +99,13 @@ def record_writes(tracking, ranges):
     return tracking["sequence"]
 
 
-def issue_id(tracking, seq):
-    """A new RCT id for the state after record ``seq``."""
+def issue_id(tracking, seq, per_reference_point=False):
+    """An RCT id for the state after record ``seq``: the same id for the same state (the default), or with
+    ``per_reference_point`` (host quirk rct_id_per_reference_point) a new one on every call."""
     rct_id = "rctX:%s:%d" % (tracking["disk_id"], seq)
+    if per_reference_point:
+        tracking["issued"] = int(tracking.get("issued") or 0) + 1
+        rct_id = "%s-%d" % (rct_id, tracking["issued"])
     tracking["ids"][rct_id] = seq
     tracking["invalidated"].pop(rct_id, None)
     return rct_id
@@ -94,7 +119,8 @@ def invalidate_all(tracking, reason, windows_error=ERROR_CTLOG_VHD_CHANGED_OFFLI
 
 
 def forget_id(tracking, rct_id, reason):
-    """One id stops working (its reference point was destroyed)."""
+    """One id stops working (a reference point holding it was destroyed): for every point that holds it, since
+    ids are per disk state; with per-reference-point ids only the destroyed point held it."""
     if tracking["ids"].pop(rct_id, None) is not None:
         tracking["invalidated"][rct_id] = {"reason": reason, "windows_error": ERROR_VHD_MISSING_CHANGE_TRACKING_INFORMATION}
 

@@ -33,7 +33,7 @@ import os
 import shutil
 import uuid
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_files
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_files, lab_frozen
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
     HARDWARE_VSS_PROVIDER, SOFTWARE_VSS_PROVIDER, LabLayout, file_lock, make_private_dir, write_json_atomic)
 
@@ -240,6 +240,7 @@ def freeze_volumes(layout, host_doc, shadow_ids):
                         sparse_copy(local, target)
                     except FileNotFoundError:   # removed while copying (a temporary file)
                         continue
+            lab_frozen.keep_shadow_set(layout, host_doc, shadow_ids)   # tests only (HYPERV_LAB_KEEP_FROZEN)
     except BaseException:
         for root in made:
             shutil.rmtree(root, ignore_errors=True)

@@ -91,8 +91,12 @@ VM_STATES = ("Running", "Off", "Saved", "Paused")
 # open for tests: "slow_shadow_create_seconds:<seconds>" makes diskshadow's create hold the shadow copy
 # creation window (StartSnapshotSet .. DoSnapshotSet) that long, so a second create can meet it;
 # "byte_length_strict" makes GetVirtualDiskChanges take Microsoft's page literally (ByteLength must be less
-# than the virtual size, issue point 12; the lab's WMI methods read it).
-QUIRKS = ("slow_shadow_create_seconds:<seconds>", "byte_length_strict")
+# than the virtual size, issue point 12; the lab's WMI methods read it); "rct_id_per_reference_point" gives every
+# reference point its own RCT id even for a disk that did not change, so destroying one point invalidates only
+# its own ids (issue 12 point 7; without it an unchanged disk gets the same id again and destroying any point
+# that holds an id invalidates it for every holder, see lab_rct.py).
+QUIRKS = ("slow_shadow_create_seconds:<seconds>", "byte_length_strict", "rct_id_per_reference_point")
+RCT_ID_PER_REFERENCE_POINT = "rct_id_per_reference_point"
 
 HOST_FAULTS = ("unreachable", "auth_fails", "service_wont_start:<service>", "integration_missing",
                "integration_no_contact", "recovery_point_fails", "vss_writer_failed", "rct_invalid")

@@ -269,19 +269,86 @@ def _merge_ranges(ranges):
     return [tuple(item) for item in merged]
 
 
+def _children(disk, path):
+    return [child for child, info in disk["files"].items() if info["parent"] == path]
+
+
+def _frozen_by_other(vm, disk, path, cp_id):
+    return any(other["id"] != cp_id and (other["disks"].get(disk["disk_id"]) or {}).get("frozen") == path for other in vm["checkpoints"])
+
+
 def remove_checkpoint(layout, vm, cp):
-    """Take a checkpoint away; its child merges into the frozen parent now or when it is on top again."""
+    """Take a checkpoint away; its child merges into the frozen parent now or when it is on top again.
+
+    After an apply (``apply_checkpoint``) a frozen file can have two children (the branch of a later checkpoint and the
+    VM's new current file): it is merged into neither until one branch is gone (deleting a checkpoint whose branch was
+    discarded by an apply deletes the file only that checkpoint kept), so a checkpoint's state never changes under it.
+    """
     for disk in vm["disks"]:
         entry = cp["disks"].get(disk["disk_id"])
-        if not entry or entry["child"] not in disk["files"]:
+        if not entry:
             continue
-        disk["files"][entry["child"]]["pending_merge"] = True
+        if entry["child"] in disk["files"]:
+            disk["files"][entry["child"]]["pending_merge"] = True
+        else:
+            # the checkpoint's branch was discarded by an apply: its file (and parents only it kept) may be unused now
+            _prune(vm, disk, entry["frozen"], cp["id"])
         tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
-        while disk["files"][disk["current"]]["pending_merge"]:
+        while disk["files"][disk["current"]]["pending_merge"] and len(_children(disk, disk["files"][disk["current"]]["parent"])) == 1:
             _merge_top(disk, tracking)
     vm["checkpoints"] = [item for item in vm["checkpoints"] if item["id"] != cp["id"]]
     if cp.get("configuration_file") and os.path.exists(cp["configuration_file"]):
         os.unlink(cp["configuration_file"])
+
+
+def apply_checkpoint(vm, cp):
+    """Make the VM's disks the checkpoint's state, as ApplySnapshot does: on every disk the current file (the VM's
+    "Now", which no checkpoint froze) is discarded with what the guest wrote since, and a new differencing child of
+    the file the checkpoint froze becomes current (a new file with its own VirtualDiskId and a new name).
+
+    Change tracking is left alone: the ids issued before stay valid and the blocks the apply reverted are not reported
+    as changed. Whether Windows keeps the ids valid after an apply is UNCONFIRMED (not documented); this is the worst
+    case for a backup, in which only the disk identity check (backup_planning.identity_problem) notices the rollback.
+    The lab's checkpoints hold no memory state, so the VM is Off afterwards, as after applying a production
+    checkpoint. Returns the discarded files.
+    """
+    discarded = []
+    made = []
+    try:
+        for disk in vm["disks"]:
+            entry = cp["disks"].get(disk["disk_id"])
+            if entry:
+                child = lab_disks.child_disk_path(disk["base"], entry["frozen"], new_guid())
+                lab_disks.create_child(entry["frozen"], child)
+                made.append((disk, entry, child))
+    except BaseException:
+        for _disk, _entry, child in made:
+            if os.path.exists(child):
+                os.unlink(child)
+        raise
+    for disk, entry, child in made:
+        old = disk["current"]
+        seq = lab_rct.load(disk["rct_file"], disk["disk_id"])["sequence"]
+        disk["files"][child] = {"parent": entry["frozen"], "from_seq": seq, "to_seq": None, "pending_merge": False}
+        disk["current"] = child
+        entry["child"] = child      # deleting the checkpoint now merges the VM's new file into the frozen one
+        discarded.extend(_prune(vm, disk, old))
+    vm["state"] = "Off"
+    return discarded
+
+
+def _prune(vm, disk, path, leaving_cp_id=None):
+    """Delete ``path`` and then its parents while no file builds on them, no checkpoint (but the one being deleted)
+    froze them and they are not current; the base file always stays. Returns the deleted files."""
+    deleted = []
+    while path in disk["files"] and disk["files"][path]["parent"] is not None and path != disk["current"] \
+            and not _children(disk, path) and not _frozen_by_other(vm, disk, path, leaving_cp_id):
+        parent = disk["files"].pop(path)["parent"]
+        deleted.append(path)
+        if os.path.exists(path):
+            os.unlink(path)
+        path = parent
+    return deleted
 
 
 def find_checkpoint(vm, cp_id):

@@ -7,7 +7,8 @@
   ``lab_vm.freeze`` (differencing child on top); DestroySnapshot merges (``lab_vm.remove_checkpoint``).
 - ConvertToReferencePoint (2016+, recovery snapshots only) issues the disks' RCT ids (``lab_rct``),
   removes the snapshot and records the reference point with its VirtualDiskIdentifiers (SASD
-  InstanceIDs) and ResilientChangeTrackingIdentifiers in the same order; DestroyReferencePoint forgets them.
+  InstanceIDs) and ResilientChangeTrackingIdentifiers in the same order; DestroyReferencePoint forgets them
+  (for every point holding the same id, unless the host quirk rct_id_per_reference_point gives each point its own).
 - GetVirtualHardDiskSettingData reads the real disk file; GetVirtualDiskChanges pages the lab's RCT
   records (at most 1 GiB of virtual space per call, ``lab_rct.MAX_PAGE_BYTES``).
 
@@ -26,8 +27,8 @@ import os
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import NAMESPACE_V2
-from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct, lab_vm
-from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import new_guid, version_tuple
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_frozen, lab_rct, lab_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import RCT_ID_PER_REFERENCE_POINT, new_guid, version_tuple
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.wmi_model import format_instance_xml
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.wmi_classes import available, era_properties
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.wmi_v2 import cs_path, ic_name, point_instance_id, path_of, vssd_path
@@ -120,6 +121,7 @@ def create_snapshot(call):
         cp = lab_vm.freeze(layout, vm, checkpoint_name(world, vm), "Recovery" if snapshot_type == SNAPSHOT_RECOVERY else "Standard",
                            method="rct" if snapshot_type == SNAPSHOT_RECOVERY else None, consistency=consistency)
         layout.write_vm(vm)
+        lab_frozen.keep_checkpoint(layout, vm, cp)   # tests only (HYPERV_LAB_KEEP_FROZEN): the disks as frozen now
     affected = [(cs_path(world, vm_guid(vm)), [1]), (vssd_path(world, cp["id"].upper()), [5])]
     return call.job(JOB_SNAPSHOT, affected, ResultingSnapshot=None)
 
@@ -164,6 +166,8 @@ def convert_to_reference_point(call):
         message = "Failed to convert the checkpoint of '%s' to a reference point: resilient change tracking is not enabled (%s). (%s)"
         return call.failed_job(JOB_CONVERT, 32768, message % (vm["name"], "; ".join(problems), ERROR_CHANGE_TRACKING_DISABLED))
     layout = world.layout
+    # Issue 12 point 7: an unchanged disk gets its id again unless the host has per-reference-point ids (lab_rct).
+    per_point = RCT_ID_PER_REFERENCE_POINT in world.quirks()
     with layout.vm_lock(vm["id"]):
         vm = layout.read_vm(vm["id"])
         cp = lab_vm.find_checkpoint(vm, instance["InstanceID"].split(":", 1)[1].lower())
@@ -173,7 +177,7 @@ def convert_to_reference_point(call):
         for disk in vm["disks"]:
             entry = cp["disks"][disk["disk_id"]]
             tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
-            rct_ids[disk["disk_id"]] = lab_rct.issue_id(tracking, entry["freeze_seq"])
+            rct_ids[disk["disk_id"]] = lab_rct.issue_id(tracking, entry["freeze_seq"], per_point)
             lab_rct.save(disk["rct_file"], tracking)
         lab_vm.remove_checkpoint(layout, vm, cp)
         point = {"id": new_guid(), "vm_id": vm["id"], "created": cp["created"], "consistency": cp["consistency"],

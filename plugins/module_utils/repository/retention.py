@@ -7,6 +7,10 @@ Rules (the same as restic's ``forget --keep-*``): backups are taken newest first
 the N newest. ``keep_daily`` keeps the newest backup of each of the N most recent days that have a
 backup; ``keep_weekly`` (ISO weeks), ``keep_monthly`` and ``keep_yearly`` likewise. A backup kept by
 several rules is kept once, with every reason listed. Days, weeks, months and years are taken in UTC.
+
+"Newest" is the repository's commit order (BackupRecord.order_key), not a clock: a clock stepped back must not
+make a new backup look old (issue 12, point 6). The day, week, month or year a backup belongs to is that of its
+recovery point (when its data was captured); the N most recent periods are the N latest by that time.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -54,28 +58,25 @@ class RetentionPolicy:
         return dict(("keep_" + rule, count) for rule, count in self.counts.items())
 
     def apply(self, backups):
-        """``backups``: iterable of (backup_id, created datetime, UTC) of ONE VM.
+        """``backups``: iterable of ONE VM's (backup_id, order, point time) - or (backup_id, time), which is both.
 
-        Returns (keep, remove): ``keep`` maps backup_id -> list of reasons ("last 1", "daily 2026-11-25", ...),
-        ``remove`` lists the others, newest first.
+        ``order`` sorts oldest first (the commit sequence); the point time (an aware UTC datetime) places the backup in
+        its day, week, month and year. Returns (keep, remove): ``keep`` maps backup_id -> list of reasons ("last 1",
+        "daily 2026-11-25", ...), ``remove`` lists the others, newest first.
         """
-        ordered = sorted(backups, key=lambda item: (item[1], item[0]), reverse=True)
+        items = [(item[0], item[1], item[-1]) for item in backups]
+        ordered = sorted(items, key=lambda item: (item[1], item[0]), reverse=True)
         keep = {}
-        for position, (backup_id, _created) in enumerate(ordered):
+        for position, (backup_id, _order, _when) in enumerate(ordered):
             if position < self.counts["last"]:
                 keep.setdefault(backup_id, []).append("last %d" % (position + 1))
         for rule in RULES[1:]:
-            wanted = self.counts[rule]
-            seen = set()
-            for backup_id, created in ordered:
-                if len(seen) >= wanted:
-                    break
-                period = _period(rule, created)
-                if period in seen:
-                    continue
-                seen.add(period)
-                keep.setdefault(backup_id, []).append("%s %s" % (rule, _period_text(rule, period)))
-        remove = [backup_id for backup_id, _created in ordered if backup_id not in keep]
+            newest = {}         # period -> its newest backup (first in commit order, newest first)
+            for backup_id, _order, when in ordered:
+                newest.setdefault(_period(rule, when), backup_id)
+            for period in sorted(newest, reverse=True)[:self.counts[rule]]:
+                keep.setdefault(newest[period], []).append("%s %s" % (rule, _period_text(rule, period)))
+        remove = [backup_id for backup_id, _order, _when in ordered if backup_id not in keep]
         return keep, remove
 
 

@@ -52,7 +52,8 @@ def test_vm_shape_on_2016_matches_the_documented_shape(monkeypatch):
     assert disk == {"path": "D:\\VMs\\web01\\web01.vhdx", "windows_path": "D:\\VMs\\web01\\web01.vhdx", "format": "vhdx",
                     "type": "dynamic", "virtual_size": 40 * GIB, "block_size": 33554432, "logical_sector_size": 512,
                     "disk_id": "7a1b2c3d-0000-4000-8000-000000000001", "controller_type": "SCSI", "controller_number": 0,
-                    "controller_location": 0, "parent_chain": []}
+                    "controller_location": 0, "parent_chain": [], "file_disk_id": "7a1b2c3d-0000-4000-8000-000000000001",
+                    "chain_disk_ids": ["7a1b2c3d-0000-4000-8000-000000000001"]}
     assert [cp["name"] for cp in vm["checkpoints"]] == ["before update", "hyperv.backup:run-1"]
     recovery = vm["checkpoints"][1]
     assert recovery == {"id": "Microsoft:CP1", "name": "hyperv.backup:run-1", "type": "Recovery",

@@ -231,6 +231,7 @@ def test_point_3_foreign_reference_points_survive_any_number_of_converts(tmp_pat
     vm = vm_of(session, vm_id)
     made = []
     for run in range(4):
+        lab_admin.churn(layout, "web01", seed=run + 1)      # a disk that changes (an idle one: test_idle_disk_rct.py)
         point = rp.create_recovery_point(session, vm, "rct", "application", "run%d" % run)
         result = rp.convert_to_reference_point(session, vm_id, point["id"], keep_reference_points=1, repository_id="repo-a")
         made.append(result["reference_point"]["id"])
@@ -256,6 +257,7 @@ def test_point_3_two_repositories_never_destroy_each_others_point(tmp_path):
     vm = vm_of(session, vm_id)
 
     def backup(run, repository):
+        lab_admin.churn(_layout, "web01", seed=len(run) + ord(run[-1]))     # the disk changes (idle: test_idle_disk_rct.py)
         point = rp.create_recovery_point(session, vm, "rct", "application", run)
         return rp.convert_to_reference_point(session, vm_id, point["id"], keep_reference_points=1, repository_id=repository)
 

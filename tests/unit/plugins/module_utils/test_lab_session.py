@@ -40,7 +40,8 @@ def test_full_then_incremental_through_the_session(tmp_path):
     assert read_all(transport.local(incremental["disks"][0]["path"])) == bytes(model.data)
 
     second = rp.convert_to_reference_point(session, ids["web01"], incremental["id"], keep_reference_points=1)
-    assert second["removed_reference_points"] == [converted["reference_point"]["id"]]
+    # the unchanged disk's RCT id is shared with the new point: the old point stays until no kept point shares it (issue 12 point 7)
+    assert second["removed_reference_points"] == [] and [k["id"] for k in second["kept_reference_points"]] == [converted["reference_point"]["id"]]
     assert session.run("get_vms", ids=[ids["web01"]])[0]["checkpoints"] == []
 
 

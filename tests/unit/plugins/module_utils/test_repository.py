@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import backup_session as backup_session_module
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import DEFAULT_CHUNK_SIZE, Repository, chunk_key
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
@@ -253,6 +254,7 @@ def test_lost_manifest_is_reported_and_stops_gc(backend):
 
 def test_incremental_whose_parent_vanished_refuses_to_commit(backend, monkeypatch):
     monkeypatch.setattr(repository_module, "TOUCH_AFTER_SECONDS", 0)
+    monkeypatch.setattr(backup_session_module, "TOUCH_AFTER_SECONDS", 0)
     repo = new_repo(backend)
     data = image(21, chunks=3, zero_every=99)
     full = write_backup(repo, data)
@@ -364,6 +366,7 @@ def test_prune_removes_backups_and_gc_frees_their_chunks(backend):
 def test_gc_keeps_chunks_a_running_backup_deduplicated(backend, monkeypatch):
     """A chunk that only a running (uncommitted) backup references survives GC; other garbage goes."""
     monkeypatch.setattr(repository_module, "TOUCH_AFTER_SECONDS", 2)
+    monkeypatch.setattr(backup_session_module, "TOUCH_AFTER_SECONDS", 2)
     repo = new_repo(backend)
     data = image(14, chunks=4, zero_every=99)
     doomed = write_backup(repo, data)
@@ -397,6 +400,7 @@ def test_prune_and_gc_exclude_each_other(backend):
 def test_gc_removes_chunks_and_marker_of_an_abandoned_session(backend, monkeypatch):
     repo = new_repo(backend)
     monkeypatch.setattr(repository_module, "SESSION_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(backup_session_module, "SESSION_TIMEOUT_SECONDS", 1)
     session = repo.begin_backup(vm_id="v", vm_name="v", host="h", method="rct", backup_type="full")
     disk = session.add_disk(disk_key="d", virtual_size=2 * CHUNK)
     disk.put_chunk(0, os.urandom(CHUNK))
@@ -504,16 +508,18 @@ def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
     shared = os.urandom(CHUNK)
     with tempfile.TemporaryDirectory() as workdir:
         repo = Repository.init(os.path.join(workdir, "repo"), chunk_size=CHUNK)
-        written = {}            # backup_id -> (vm_id, created, data)
-        for vm_id, created in backups:
+        written = {}            # backup_id -> (vm_id, created, data, commit position)
+        for position, (vm_id, created) in enumerate(backups):
             data = shared + os.urandom(CHUNK // 2)      # one chunk shared by all, one of its own
-            with mock.patch.object(repository_module, "utc_now", return_value=created):
+            with mock.patch.object(backup_session_module, "utc_now", return_value=created):
                 record = write_backup(repo, data, vm_id=vm_id, vm_name=vm_id)
-            written[record.backup_id] = (vm_id, created, data)
+            written[record.backup_id] = (vm_id, created, data, position)
         report = repo.prune(RetentionPolicy.from_dict(counts), grace_seconds=0)
         expected = set()
+        # newest = committed last, whatever the drawn clock said (issue 12, point 6); periods by the drawn time
         for vm_id in set(vm for vm, _created in backups):
-            expected |= oracle([(bid, created) for bid, (vm, created, _data) in written.items() if vm == vm_id], counts)
+            expected |= oracle([(bid, position, created) for bid, (vm, created, _data, position) in written.items() if vm == vm_id],
+                               counts)
         assert set(r.backup_id for r in repo.list_backups()) == expected
         assert set(r["backup_id"] for r in report["removed"]) == set(written) - expected
         for backup_id in expected:

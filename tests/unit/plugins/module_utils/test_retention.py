@@ -44,9 +44,12 @@ def test_policy_that_keeps_nothing_is_refused():
 
 
 def oracle(backups, counts):
-    """Independent restatement of the rules: newest backup of each of the N newest periods."""
+    """Independent restatement of the rules: newest backup of each of the N newest periods.
+
+    ``backups``: (id, time) - ordered by time - or (id, commit order, point time)."""
     ordered = sorted(backups, key=lambda b: (b[1], b[0]), reverse=True)
     kept = set(b[0] for b in ordered[:counts["keep_last"]])
+    ordered = [(b[0], b[-1]) for b in ordered]
     periods = {
         "keep_daily": lambda t: t.date(),
         "keep_weekly": lambda t: t.isocalendar()[:2],

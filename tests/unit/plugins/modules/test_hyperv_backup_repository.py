@@ -125,9 +125,11 @@ def test_doc_fragment_matches_argument_spec():
 def test_pruned_counts_leftovers_of_a_crashed_backup_as_a_change(tmp_path, monkeypatch):
     """Only a dead writer's marker and chunk to remove: check mode predicts changed, the real run changes."""
     from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import backup_session as backup_session_module
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
     write_backup(repo, image(46, chunks=2))
     monkeypatch.setattr(repository_module, "SESSION_TIMEOUT_SECONDS", 0)
+    monkeypatch.setattr(backup_session_module, "SESSION_TIMEOUT_SECONDS", 0)
     session = repo.begin_backup(vm_id="v", vm_name="v", host="h", method="rct", backup_type="full")
     session._stop.set()                      # the writer dies before it stored anything
     args = dict(repository=repo.location, state="pruned", keep_last=5, gc_grace_minutes=0)
