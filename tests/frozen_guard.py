@@ -296,3 +296,18 @@ def check_after_test(request, basetemp):
     problems = verdict(outcome)
     if problems:
         pytest.fail("%s\n%s" % (outcome.summary(), "\n".join(problems)), pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_frozen_copies():
+    """Every lab process of the module's tests (and of its module-scoped fixtures) keeps frozen copies."""
+    patch = pytest.MonkeyPatch()
+    keep_frozen_environment(patch)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def check_backups_against_frozen_copies(request, tmp_path_factory):
+    """After the test: every new backup in the session's temporary directory equals the disk at its recovery point."""
+    yield from check_after_test(request, tmp_path_factory.getbasetemp())

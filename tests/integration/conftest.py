@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import frozen_guard
+# The guard's autouse fixtures (tests/frozen_guard.py), shared with the reliability suite: pytest uses fixtures imported into a conftest
+from frozen_guard import check_backups_against_frozen_copies, keep_frozen_copies  # noqa: F401 pylint: disable=unused-import
 
 TARGETS_DIR = Path(__file__).resolve().parent / "targets"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -92,18 +93,3 @@ def ansible_playbook(tmp_path):
     def run(tasks, extra_vars=None):
         return run_play(play_for({"tasks": tasks}, tmp_path, extra_vars), tmp_path)
     return run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_frozen_copies():
-    """Every lab process of the module's tests (and of its module-scoped fixtures) keeps frozen copies."""
-    patch = pytest.MonkeyPatch()
-    frozen_guard.keep_frozen_environment(patch)
-    yield
-    patch.undo()
-
-
-@pytest.fixture(autouse=True)
-def check_backups_against_frozen_copies(request, tmp_path_factory):
-    """After the test: every new backup in the session's temporary directory equals the disk at its recovery point."""
-    yield from frozen_guard.check_after_test(request, tmp_path_factory.getbasetemp())

@@ -28,7 +28,8 @@ for _path in (str(UNIT_HELPERS), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import frozen_guard  # noqa: E402  tests/frozen_guard.py (tests/ is on sys.path through tests/conftest.py)
+# tests/frozen_guard.py (tests/ is on sys.path through tests/conftest.py): its autouse fixtures, shared with the integration suite
+from frozen_guard import check_backups_against_frozen_copies, keep_frozen_copies  # noqa: E402,F401 pylint: disable=unused-import
 
 
 def load_integration_harness():
@@ -73,19 +74,6 @@ def fault_ledger():
 _RUN_ID = "%s-%d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime()), os.getpid())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def keep_frozen_copies():
-    """Every lab process of the module's tests (and of its module-scoped fixtures) keeps frozen copies."""
-    patch = pytest.MonkeyPatch()
-    frozen_guard.keep_frozen_environment(patch)
-    yield
-    patch.undo()
-
-
-@pytest.fixture(autouse=True)
-def check_backups_against_frozen_copies(request, tmp_path_factory):
-    """After the test: every new backup in the session's temporary directory equals the disk at its recovery point."""
-    yield from frozen_guard.check_after_test(request, tmp_path_factory.getbasetemp())
 
 
 def pytest_sessionfinish(session):

@@ -2,6 +2,7 @@
 import json
 import multiprocessing
 import os
+import signal
 import stat
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
@@ -48,8 +49,16 @@ def test_parallel_forks_keep_host_and_vm_state_consistent(tmp_path):
     layout, transport, ids = build_host(tmp_path, vms=names)
     jobs = [(_backup_rounds, (str(tmp_path), name, index + 1)) for index, name in enumerate(names)]
     jobs += [(_add_vms, (str(tmp_path), ["new%d" % index for index in range(start, 8, 2)])) for start in (0, 1)]
-    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+    # The forks end by sentinel (close + join), and take SIGTERM's default action back: a library imported by an
+    # earlier test in the same process (ansible_runner.run) may have installed a SIGTERM handler that only sets a
+    # flag, so Pool.terminate() (what leaving a ``with Pool`` does) would leave an idle fork waiting for ever.
+    pool = multiprocessing.get_context("fork").Pool(len(jobs), initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL))
+    try:
         results = pool.map(_run, jobs)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
     host_doc = json.loads((tmp_path / "hv01" / "host.json").read_text())
     listed = transport.run("get_vms", {})
