@@ -48,6 +48,19 @@ def _add_totals(totals):
         _GUARD_TOTALS[name] = _GUARD_TOTALS.get(name, 0) + int(count)
 
 
+@pytest.fixture(autouse=True)
+def leave_unguarded_repositories_to_their_tests(request):
+    """A unit or quality test's repositories are not the guard's business: with pytest-xdist such tests share a worker
+    (and its temporary directory) with the guarded suites, so after each one its own tmp_path is set aside."""
+    yield
+    path = str(request.node.fspath)
+    guard = sys.modules.get("frozen_guard")
+    if guard is None or "tmp_path" not in request.fixturenames or any(
+            os.sep + suite + os.sep in path for suite in ("integration", "reliability")):
+        return
+    guard.process_guard().ignore(str(request.getfixturevalue("tmp_path")))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """xdist: a worker's guard totals (sent in its workeroutput) join the run's."""

@@ -74,8 +74,6 @@ def fault_ledger():
 _RUN_ID = "%s-%d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime()), os.getpid())
 
 
-
-
 def pytest_sessionfinish(session):
     # xdist workers of one run share testrunuid, so fault_table.py can merge exactly one run's files
     workerinput = getattr(session.config, "workerinput", {})
