@@ -52,13 +52,13 @@ def _add_totals(totals):
 def leave_unguarded_repositories_to_their_tests(request):
     """A unit or quality test's repositories are not the guard's business: with pytest-xdist such tests share a worker
     (and its temporary directory) with the guarded suites, so after each one its own tmp_path is set aside."""
+    guarded = any(os.sep + suite + os.sep in str(request.node.fspath) for suite in ("integration", "reliability"))
+    # taken before the test (the test asked for it anyway), so that it is still there at this fixture's teardown
+    own = None if guarded or "tmp_path" not in request.fixturenames else request.getfixturevalue("tmp_path")
     yield
-    path = str(request.node.fspath)
     guard = sys.modules.get("frozen_guard")
-    if guard is None or "tmp_path" not in request.fixturenames or any(
-            os.sep + suite + os.sep in path for suite in ("integration", "reliability")):
-        return
-    guard.process_guard().ignore(str(request.getfixturevalue("tmp_path")))
+    if guard is not None and own is not None:
+        guard.process_guard().ignore(str(own))
 
 
 @pytest.hookimpl(optionalhook=True)
