@@ -6,6 +6,7 @@ the collection and the virtual environment's Python.
 """
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS)
 os.environ["ANSIBLE_COLLECTIONS_SCAN_SYS_PATH"] = "false"
+# Each proxy remembers what it saw of every repository (repository_memory.py); tests keep that memory out of ~/.local/state.
+os.environ.setdefault("HYPERV_BACKUP_STATE_DIR", tempfile.mkdtemp(prefix="hyperv-backup-state-"))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(COLLECTIONS), os.environ.get("PYTHONPATH")) if p)
 _venv_bin = str(Path(sys.executable).parent)
 if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):

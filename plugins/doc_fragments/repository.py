@@ -29,7 +29,11 @@ options:
   repository_passphrase:
     description:
       - Passphrase of an encrypted repository (AES-256-GCM, key derived with scrypt). Never logged or returned.
-      - Set it when the repository is created to encrypt it; it cannot be recovered or added later.
+      - Set it when the repository is created to encrypt it; it cannot be recovered or added later. It can be changed, and a
+        second (recovery) passphrase added, with O(hyperv.backup.hyperv_backup_repository#module:state=passphrase_changed) and
+        O(hyperv.backup.hyperv_backup_repository#module:state=key_slot_added).
+      - Leave it unset for an unencrypted repository. An empty string is refused (also from an exported but empty environment
+        variable), and so is a passphrase for a repository whose config says it is not encrypted.
       - If the value is not specified in the task, the value of environment variable E(HYPERV_BACKUP_REPOSITORY_PASSPHRASE) will be used instead.
     type: str
     version_added: 0.1.0

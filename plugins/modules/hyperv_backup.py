@@ -301,6 +301,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 
 
@@ -325,6 +326,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("vm", "vm_id")], required_one_of=[("vm", "vm_id")])
+    harden_process()            # keys in memory: no core dumps; the passphrase variable is not passed to children
     params = module.params
     try:
         repo = open_repository(params)

@@ -153,7 +153,8 @@ repository:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto, repository_memory
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import check_backup_id
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     backup_result, open_repository, repository_argument_spec,
@@ -196,12 +197,16 @@ def main():
         include_in_progress=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    harden_process()            # keys in memory: no core dumps; the passphrase variable is not passed to children
     for name, present, error in (("blake3", repository_crypto.HAS_BLAKE3, repository_crypto.BLAKE3_IMPORT_ERROR),
                                  ("zstandard", repository_crypto.HAS_ZSTANDARD, repository_crypto.ZSTANDARD_IMPORT_ERROR)):
         if not present:
             module.fail_json(msg=missing_required_lib(name), exception=error)
     try:
-        module.exit_json(**run(module.params))
+        result = run(module.params)
+        for warning in repository_memory.take_warnings():   # replay or deletion noticed by the listing (issue 13, point 5)
+            module.warn(warning)
+        module.exit_json(**result)
     except HyperVBackupError as err:
         module.fail_json(msg=str(err), **err.details())
 

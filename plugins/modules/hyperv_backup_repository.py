@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Ansible module hyperv_backup_repository: create, verify or prune the backup repository."""
+"""Ansible module hyperv_backup_repository: create, verify or prune the backup repository, and manage its keys."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,7 +11,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: hyperv_backup_repository
-short_description: Create, verify or prune the Hyper-V backup repository
+short_description: Create, verify or prune the Hyper-V backup repository, and manage its keys
 version_added: 0.1.0
 description:
   - Manages the repository that C(hyperv.backup) backups are written to, in a local directory or an S3 bucket.
@@ -21,6 +21,17 @@ description:
   - O(state=pruned) applies a grandfather-father-son retention policy per VM, removes the backups it does not
     keep (never those locked by S3 Object Lock, never the parent of a running backup), then deletes the chunks
     no remaining backup references.
+  - The key states manage an encrypted repository's keys; only the repository's C(config) is rewritten (never data), and each
+    change is read back and opened with the passphrase that must now work before the task reports success.
+    O(state=passphrase_changed) rewraps the keys of the slot O(repository_passphrase) opens under O(new_repository_passphrase).
+    O(state=key_slot_added) adds a key slot (O(key_slot_label), default C(recovery)) opened by O(new_repository_passphrase),
+    for example a recovery passphrase kept offline. O(state=key_slot_removed) removes slot O(key_slot_label);
+    O(repository_passphrase) must open another slot, so a working slot always remains.
+  - O(state=key_exported) writes the repository's authenticated config, with its key slots still protected by their
+    passphrases, to O(key_file) (mode 0600). O(state=key_imported) writes it back when the stored config is missing,
+    damaged or was changed; an intact config is left alone, so an old export never undoes a passphrase change.
+  - Old copies of the config (file backups, earlier S3 object versions, key exports) keep opening with the passphrases
+    they were written with, because the data keys never change. See docs/security.md.
   - Runs on the controller or the backup proxy that holds the repository; use C(delegate_to).
 author:
   - hyperv.backup contributors (@hyperv-backup)
@@ -28,10 +39,32 @@ extends_documentation_fragment:
   - hyperv.backup.repository
 options:
   state:
-    description: What the repository should be.
+    description: What the repository should be, or which key operation to run.
     type: str
-    choices: [present, verified, pruned]
+    choices: [present, verified, pruned, passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported]
     default: present
+  new_repository_passphrase:
+    description:
+      - With O(state=passphrase_changed), the new passphrase of the key slot that O(repository_passphrase) opens.
+      - With O(state=key_slot_added), the passphrase of the new slot.
+      - Never logged or returned; an empty string is refused.
+      - Running O(state=passphrase_changed) again after it succeeded changes nothing (the current passphrase no longer opens a
+        slot, the new one does); giving the current passphrase as the new one changes nothing either.
+    type: str
+  key_slot_label:
+    description:
+      - With O(state=key_slot_added), the name of the new slot (default C(recovery)); with O(state=key_slot_removed), the slot to remove.
+      - The first slot of a repository is called C(passphrase). 1 to 32 letters, digits, C(.), C(_) or C(-).
+      - A repository has at most 4 slots (opening tries them in turn, one scrypt derivation each).
+    type: str
+  key_file:
+    description:
+      - With O(state=key_exported), the file to write the key export to (on the machine that runs the module, mode 0600,
+        missing directories are created 0700). A file there that is not a key export is never overwritten.
+      - With O(state=key_imported), the key export to write back as the repository's config.
+      - Keep it apart from the repository (and its credentials); it still needs a passphrase of the repository.
+    type: path
+    aliases: [key_export_path]
   chunk_size:
     description:
       - Chunk size in bytes of a new repository (a power of two from 64 KiB to 64 MiB). Ignored for an existing one.
@@ -92,8 +125,10 @@ options:
     default: 0
   gc_grace_minutes:
     description:
-      - With O(state=pruned), unreferenced chunks younger than this are not deleted (a safety margin for
-        backups that are still being written, and for clock differences between backup proxies).
+      - With O(state=pruned), unreferenced chunks younger than this (by the storage's clock) are not deleted.
+      - At least 15, the minimum and the default - running backups touch a chunk they reuse only when it is older than
+        10 minutes, and 5 more minutes cover clock differences between storage nodes; a smaller value is refused.
+      - GC deletes no chunk at all while a backup is running (the result says C(deferred)); it catches up on the next run.
     type: int
     default: 15
   lock_wait_seconds:
@@ -104,7 +139,8 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying the repository.
     support: full
-    details: O(state=present) reports whether it would create; O(state=pruned) reports what would be removed; O(state=verified) reads only.
+    details: O(state=present) reports whether it would create; O(state=pruned) reports what would be removed; O(state=verified) reads only;
+      the key states report whether they would change the config or the key file, and write nothing.
   diff_mode:
     description: Will return details on what has changed, when in diff mode.
     support: none
@@ -115,6 +151,12 @@ attributes:
 notes:
   - Several backups (of different VMs) may write to one repository at once; prune waits for nobody but never
     removes what a running backup has just referenced.
+  - Run one key operation at a time per repository; two at once each write the whole config, and the last one wins.
+  - An empty O(repository_passphrase) (for example an empty survey answer, or an exported but empty
+    E(HYPERV_BACKUP_REPOSITORY_PASSPHRASE)) is refused; leave the option unset for an unencrypted repository. A passphrase
+    given for a repository whose config says it is unencrypted is refused too (its config may have been replaced).
+  - The module process disables core dumps (and, on Linux, is made non-dumpable) and removes
+    E(HYPERV_BACKUP_REPOSITORY_PASSPHRASE) from its environment once read, so processes it starts do not inherit it.
 """
 
 EXAMPLES = r"""
@@ -139,6 +181,39 @@ EXAMPLES = r"""
     repository_passphrase: "{{ vault_repository_passphrase }}"
     state: verified
   delegate_to: backup-proxy
+
+- name: Change the passphrase (rewraps the keys; no data is rewritten)
+  hyperv.backup.hyperv_backup_repository:
+    repository: /srv/hyperv-backup
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    new_repository_passphrase: "{{ vault_new_repository_passphrase }}"
+    state: passphrase_changed
+  delegate_to: backup-proxy
+
+- name: Add a recovery passphrase, kept offline, as a second key slot
+  hyperv.backup.hyperv_backup_repository:
+    repository: /srv/hyperv-backup
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    new_repository_passphrase: "{{ vault_recovery_passphrase }}"
+    key_slot_label: recovery
+    state: key_slot_added
+  delegate_to: backup-proxy
+
+- name: Export the keys, so that a deleted or overwritten config can be written back
+  hyperv.backup.hyperv_backup_repository:
+    repository: s3://hyperv-backups/site1
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    key_file: /root/hyperv-backup-keys/site1.json
+    state: key_exported
+  delegate_to: localhost
+
+- name: Write the config back from the key export
+  hyperv.backup.hyperv_backup_repository:
+    repository: s3://hyperv-backups/site1
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    key_file: /root/hyperv-backup-keys/site1.json
+    state: key_imported
+  delegate_to: localhost
 
 - name: Keep 7 daily, 4 weekly and 12 monthly backups per VM
   hyperv.backup.hyperv_backup_repository:
@@ -168,7 +243,24 @@ repository:
   returned: when the repository exists
   type: dict
   sample: {"location": "/srv/hyperv-backup", "backend": "local", "chunk_size": 1048576, "encrypted": true,
-           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 1}
+           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 2,
+           "config_authenticated": true, "key_slots": ["passphrase", "recovery"]}
+key_slots:
+  description: The labels of the repository's key slots after the task (never their material).
+  returned: with the key states
+  type: list
+  elements: str
+  sample: ["passphrase", "recovery"]
+key_slot:
+  description: The slot the task changed, added or removed (or would, in check mode).
+  returned: with O(state=passphrase_changed), O(state=key_slot_added), O(state=key_slot_removed)
+  type: str
+  sample: recovery
+key_file:
+  description: The key export written or read.
+  returned: with O(state=key_exported), O(state=key_imported)
+  type: str
+  sample: /root/hyperv-backup-keys/site1.json
 verify:
   description:
     - The verify report; C(backups) lists per backup C(ok), C(missing_chunks) and C(corrupt_chunks)
@@ -191,7 +283,9 @@ prune:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto, repository_key_slots, repository_memory
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_config import check_passphrase
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     ensure_repository, open_repository, prune_message, repository_argument_spec, s3_options_from_params, verify_message,
 )
@@ -206,11 +300,35 @@ def check_libraries(module):
             module.fail_json(msg=missing_required_lib(name), exception=error)
 
 
+def run_key_state(module):
+    """passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported (repository_key_slots.py)."""
+    params = module.params
+    state = params["state"]
+    common = dict(s3_options=s3_options_from_params(params), check_mode=module.check_mode)
+    location, passphrase = params["repository"], params["repository_passphrase"]
+    if state == "passphrase_changed":
+        result = repository_key_slots.change_passphrase(location, passphrase, params["new_repository_passphrase"], **common)
+    elif state == "key_slot_added":
+        result = repository_key_slots.add_key_slot(location, passphrase, params["new_repository_passphrase"],
+                                                   label=params["key_slot_label"] or "recovery", **common)
+    elif state == "key_slot_removed":
+        result = repository_key_slots.remove_key_slot(location, passphrase, params["key_slot_label"], **common)
+    elif state == "key_exported":
+        result = repository_key_slots.export_keys(location, passphrase, params["key_file"], **common)
+    else:
+        result = repository_key_slots.import_keys(location, passphrase, params["key_file"], **common)
+    result["created"] = False
+    return result
+
+
 def run(module):
     params = module.params
     state = params["state"]
+    if state in KEY_STATES:
+        return run_key_state(module)
     if state == "present":
         if module.check_mode:
+            check_passphrase(params["repository_passphrase"], params["repository"])     # refused as it would be for real
             exists = open_store(params["repository"], s3_options_from_params(params)).stat("config") is not None
             if not exists:
                 return {"changed": True, "created": True, "msg": "Would create a repository at %s." % params["repository"]}
@@ -230,6 +348,9 @@ def run(module):
     for name in ("gc_grace_minutes", "lock_wait_seconds"):
         if params[name] < 0:
             module.fail_json(msg="%s must be 0 or more, got %d." % (name, params[name]))
+    if params["gc_grace_minutes"] < 15:
+        module.fail_json(msg="gc_grace_minutes must be at least 15 (running backups touch reused chunks only after 10 minutes, "
+                             "plus 5 minutes for clock differences), got %d." % params["gc_grace_minutes"])
     try:
         policy = RetentionPolicy(keep_last=params["keep_last"], keep_daily=params["keep_daily"], keep_weekly=params["keep_weekly"],
                                  keep_monthly=params["keep_monthly"], keep_yearly=params["keep_yearly"])
@@ -243,10 +364,16 @@ def run(module):
     return {"changed": changed, "created": False, "repository": repo.describe(), "prune": report, "msg": prune_message(report)}
 
 
-def main():
+KEY_STATES = ("passphrase_changed", "key_slot_added", "key_slot_removed", "key_exported", "key_imported")
+
+
+def argument_spec():
     spec = repository_argument_spec()
     spec.update(
-        state=dict(type="str", choices=["present", "verified", "pruned"], default="present"),
+        state=dict(type="str", choices=["present", "verified", "pruned"] + list(KEY_STATES), default="present"),
+        new_repository_passphrase=dict(type="str", no_log=True),
+        key_slot_label=dict(type="str", no_log=False),      # a slot's name ("recovery"), not a secret
+        key_file=dict(type="path", aliases=["key_export_path"]),
         chunk_size=dict(type="int", default=1048576),
         compression_level=dict(type="int", default=1),
         object_lock_days=dict(type="int"),
@@ -262,12 +389,25 @@ def main():
         gc_grace_minutes=dict(type="int", default=15),
         lock_wait_seconds=dict(type="int", default=0),
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, required_if=[
+        ("state", "passphrase_changed", ["new_repository_passphrase"]),
+        ("state", "key_slot_added", ["new_repository_passphrase"]),
+        ("state", "key_slot_removed", ["key_slot_label"]),
+        ("state", "key_exported", ["key_file"]),
+        ("state", "key_imported", ["key_file"]),
+    ])
+    harden_process()            # after the env fallback has filled the params: no core dumps, no passphrase for children
     check_libraries(module)
     try:
         result = run(module)
     except HyperVBackupError as err:
         module.fail_json(msg=str(err), **err.details())
+    for warning in repository_memory.take_warnings():   # replay or deletion noticed by a listing (issue 13, point 5)
+        module.warn(warning)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

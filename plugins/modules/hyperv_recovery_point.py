@@ -294,6 +294,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.host.connection impo
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recovery_points as rp
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 
 
@@ -393,6 +394,7 @@ def main():
                      ("state", "present", ("vm", "vm_id"), True), ("state", "absent", ("vm", "vm_id"), True),
                      ("state", "reference_point", ("vm", "vm_id"), True), ("state", "changes", ("vm", "vm_id"), True)],
     )
+    harden_process()            # keys in memory: no core dumps; the passphrase variable is not passed to children
     params = module.params
     try:
         with HostSession.from_module_params(params) as session:

@@ -257,6 +257,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import open_repository, repository_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import is_windows_path, run_restore
 
@@ -288,6 +289,7 @@ def main():
                            required_one_of=[("vm", "backup_id"), ("destination", "host_destination")],
                            mutually_exclusive=[("backup_id", "point_in_time")],
                            required_if=[("register", True, ("host",)), ("smb_access", True, ("host", "destination"))])
+    harden_process()            # keys in memory: no core dumps; the passphrase variable is not passed to children
     params = module.params
     try:
         repo = open_repository(params)

@@ -24,6 +24,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_bridge impor
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_engine import TEMP_SUFFIX, run_restore
 
+from storage_age import age
 from test_repository import CHUNK, FAST_KDF, write_backup
 from test_transport_psrp import FakeWorld
 from test_transport_winrm import FakeProtocol
@@ -380,7 +381,8 @@ def test_local_repository_is_owner_only_after_backups_prune_and_gc(tmp_path):
     for number in range(3):
         write_backup(repo, _marked_image(3) + bytes([number]) * 10, vm_id="vm-1", vm_name="alpha")
     repo.verify()
-    repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    age(repo.store, "chunks/", 3600)             # old enough for GC (storage time), so GC writes and deletes too
+    repo.prune(RetentionPolicy(keep_last=1))
     loose = [(path, oct(stat.S_IMODE(os.stat(path).st_mode))) for path, is_dir in _all_files(root)
              if stat.S_IMODE(os.stat(path).st_mode) & 0o077]
     assert not loose, loose

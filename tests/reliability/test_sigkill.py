@@ -25,6 +25,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from playbook_helpers import MiB, disk_bytes, our_recovery_points, restored_bytes, wrong_bytes
+from storage_age import age
 from test_repository import CHUNK, image, read_all, write_backup
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -196,7 +197,7 @@ def test_repeated_sigkill_during_prune_and_gc(tmp_path, fault_ledger):
     repo = Repository.init(str(repo_dir), chunk_size=CHUNK)
     prune_file = tmp_path / "prune.json"
     prune_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
-        "repository": str(repo_dir), "state": "pruned", "keep_last": 1, "gc_grace_minutes": 0}}))
+        "repository": str(repo_dir), "state": "pruned", "keep_last": 1, "gc_grace_minutes": 15}}))
     expected = {}
     rng = random.Random(11)
     kills, seconds = 0, None
@@ -205,6 +206,8 @@ def test_repeated_sigkill_during_prune_and_gc(tmp_path, fault_ledger):
             data = image(1000 * iteration + number, chunks=60)
             newest = write_backup(repo, data, vm_id="vm-p", vm_name="prunable").backup_id
             expected[newest] = data
+        age(repo.store, "chunks/", 3600)        # older than the 15-minute grace (storage time): GC has chunks to delete
+        age(repo.store, "manifests/", 3600)
         if seconds is None:
             _k, rc, result, seconds = run_module(prune_file, module="hyperv_backup_repository")   # measures a whole run
             assert rc == 0 and not result.get("failed"), result
@@ -225,7 +228,8 @@ def test_repeated_sigkill_during_prune_and_gc(tmp_path, fault_ledger):
     assert rc == 0 and not result.get("failed"), result
     repo = Repository.open(str(repo_dir))
     assert [r.backup_id for r in repo.list_backups()] == [newest] and repo.verify()["ok"]
-    assert repo.gc(grace_seconds=0)["chunks_removed"] == 0       # the last prune's GC already took every orphan
+    age(repo.store, "chunks/", 3600)
+    assert repo.gc()["chunks_removed"] == 0       # the last prune's GC already took every orphan
     assert kills >= 1
 
 

@@ -31,7 +31,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import recove
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import RateLimiter, locate_disk, open_source_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError, HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_memory, vm_lineage
 
 MiB = 1024 * 1024
 MAX_IN_FLIGHT_BYTES = 128 * MiB       # chunk buffers alive at once (reading, hashing, compressing)
@@ -270,7 +270,7 @@ class BackupRun:
         self.host_cluster = cluster or None
         known = [r for r in self.repo.list_backups(vm=self.vm["id"]) if r.vm_id == self.vm["id"] and r.state == "complete"]
         self.lineage = vm_lineage.choose_lineage(known, self.vm, session.host, cluster)
-        self.parent = self.lineage.latest
+        self.parent = self._parent_from_storage([r for r in known if r.lineage == self.lineage.name]) if self.lineage.latest else None
         self.result.update(lineage=self.lineage.name, lineage_reason=self.lineage.reason)
         if self.lineage.warning:
             self.result["warnings"].append(self.lineage.warning)
@@ -282,6 +282,25 @@ class BackupRun:
         self.serialization_key = None
         if not params.get("recovery_point_id"):
             self.serialization_key = rp.check_serialization(session, host_facts, self.vm, vms)["serialization_key"]
+
+    def _parent_from_storage(self, candidates):
+        """The newest of the lineage's backups that storage says is complete. Its record and ``status/<id>`` are read
+        again here, never taken from a listing: the catalog is a cache, and an older one can be put back (issue 13,
+        point 5), which once made a backup verify had found damaged the next incremental's parent."""
+        for listed in sorted(candidates, key=lambda r: r.order_key, reverse=True):
+            record, state, why = repository_memory.stored_state(self.repo, listed.backup_id)
+            if state == "complete":
+                return record
+            self.result["warnings"].append("Backup %s was listed as complete but is %s in the repository (%s); it is not used "
+                                           "as the parent of this backup." % (listed.backup_id, state, why))
+        return None
+
+    def add_repository_warnings(self):
+        """Replay and deletion noticed by the repository's listings in this run (repository_memory.py) reach the user
+        as module warnings, like every other warning of the run."""
+        for warning in repository_memory.warnings_of(self.repo):
+            if warning not in self.result["warnings"]:
+                self.result["warnings"].append(warning)
 
     # step 3-4: type and estimate, on the recovery point's disks (or the live disks in check mode)
     def plan(self, disks):
@@ -533,6 +552,7 @@ def run_backup(session, repo, params, check_mode=False, options=None):
             run.close_sources()
         run.result["check_mode_note"] = "estimate from the live disks; nothing was created or written"
         run.result["changed"] = True
+        run.add_repository_warnings()
         return run.result
     run.create_point()
     try:
@@ -544,4 +564,5 @@ def run_backup(session, repo, params, check_mode=False, options=None):
         raise
     run.close_sources()
     run.hand_back()
+    run.add_repository_warnings()
     return run.result

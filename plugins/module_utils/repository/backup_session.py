@@ -5,6 +5,12 @@
 
 A session registers a marker (``sessions/<backup id>``, heartbeat by mtime) that protects its chunks from GC while
 it lives; chunks are written first, then the manifests, then the record: only the record makes a backup visible.
+
+GC and writers exclude each other by "write your marker, then look for the other's" (issue 13, point 2): a writer
+writes its marker, then waits while a live sweeping marker exists, before any dedup decision; GC writes the
+sweeping marker, then lists the sessions and deletes nothing while one is live. At least one of the two sees the
+other. A writer whose marker was removed as stale (paused past its timeout) refuses to commit, checked before the
+manifests and again after the record.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,10 +31,14 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_re
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     KIND_BACKUP, KIND_CHUNK, KIND_MANIFEST, KIND_STATUS,
 )
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import SWEEP_TTL_SECONDS
 
 SESSION_HEARTBEAT_SECONDS = 60
 SESSION_TIMEOUT_SECONDS = 15 * 60   # a marker not refreshed for this long belongs to a dead writer
 TOUCH_AFTER_SECONDS = 10 * 60       # a deduplicated chunk older than this is touched; GC keeps this margin
+SWEEP_WAIT_SECONDS = 30 * 60        # how long a new backup waits for a running GC sweep before it gives up
+SWEEP_POLL_SECONDS = 2
+REFERENCE_HEAD_LIMIT = 1000         # at commit, more chunks to check than this: one listing instead of one HEAD each
 
 
 class BackupSession:
@@ -38,14 +48,17 @@ class BackupSession:
         self.repo = repo
         started = utc_now()
         self.backup_id = "%s-%s" % (started.strftime("%Y%m%dT%H%M%SZ"), uuid.uuid4().hex[:12])
+        # started_epoch is storage time (informational: GC judges a session by its marker's own mtime only).
         self.values = {"backup_id": self.backup_id, "vm_id": vm_id, "vm_name": vm_name, "host": host, "method": method,
                        "lineage": lineage or vm_id,
                        "type": backup_type, "consistency": consistency, "parent_backup_id": parent_backup_id,
                        "metadata": dict(metadata or {}), "created": iso(started), "started_epoch": repo.store.now(),
                        "timeout": SESSION_TIMEOUT_SECONDS, "pid": os.getpid()}
         self.started = started
+        self._started_monotonic = time.monotonic()
         self.disks = []
         self.known_chunks = set()       # ids stored or touched by this session (safe from GC while it is live)
+        self.expired = False            # set when a heartbeat finds the marker gone (GC reaped it as stale)
         self._lock = threading.Lock()
         self._pool = None
         self._slots = threading.BoundedSemaphore(repo.workers * 2)
@@ -53,17 +66,58 @@ class BackupSession:
         self.finished = False
         self._marker = "sessions/%s" % self.backup_id
         repo._put_sealed(KIND_STATUS, self._marker, json_bytes(self.values))
+        # What a heartbeat rewrites (S3: the same bytes under If-Match, which keeps the ETag and never re-creates a
+        # marker GC has removed).
+        self._marker_etag = getattr(repo.store.stat(self._marker), "etag", None)
+        self._marker_data = repo.store.get(self._marker) if self._marker_etag else None
+        repo.store.step("session.marker_written", backup_id=self.backup_id)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="backup-heartbeat", daemon=True)
         self._heartbeat.start()
+        try:
+            self._wait_for_sweep()
+        except BaseException:
+            self.abort()
+            raise
 
     def _beat(self):
         interval = min(SESSION_HEARTBEAT_SECONDS, self.values["timeout"] / 3.0)
         while not self._stop.wait(interval):
-            try:
-                self.repo.store.touch(self._marker)
-            except Exception:    # pylint: disable=broad-except
-                pass            # a missed heartbeat is harmless unless it lasts SESSION_TIMEOUT_SECONDS
+            self.heartbeat()
+
+    def heartbeat(self):
+        """One heartbeat: refresh the marker's mtime. False (and ``expired``) once the marker is gone: GC removed it as
+        stale, and this session can no longer commit."""
+        try:
+            alive = self.repo.store.renew(self._marker, self._marker_data, self._marker_etag)
+        except Exception:    # pylint: disable=broad-except
+            return True         # a missed heartbeat is harmless unless it lasts SESSION_TIMEOUT_SECONDS
+        if not alive:
+            self.expired = True
+            self._stop.set()
+        return alive
+
+    def _wait_for_sweep(self):
+        """Wait (bounded) while a GC sweep is deleting chunks: our marker is written, so a sweep that starts from now
+        on sees us and deletes nothing; one that started before did not see us, and we must not deduplicate against
+        chunks it may be deleting."""
+        store = self.repo.store
+        limit = getattr(self.repo, "sweep_wait_seconds", SWEEP_WAIT_SECONDS)
+        waited_from = time.monotonic()
+        while True:
+            holder = store.sweep_in_progress()
+            if holder is None:
+                store.step("session.sweep_checked", backup_id=self.backup_id)
+                return
+            if time.monotonic() - waited_from >= limit:
+                raise RepositoryError(
+                    "Backup %s cannot start: garbage collection is deleting chunks in %s (%s) and did not finish within %d s."
+                    % (self.backup_id, self.repo.location, holder, limit),
+                    hint="Run the backup again when that prune/GC has finished, or schedule prune and GC outside the backup "
+                         "window. A GC that died stops blocking backups %d s after its last heartbeat (at once on a "
+                         "local repository)." % SWEEP_TTL_SECONDS, backup_id=self.backup_id)
+            store.step("session.waiting_for_sweep", backup_id=self.backup_id)
+            store.sleep(SWEEP_POLL_SECONDS)
 
     def __enter__(self):
         return self
@@ -109,7 +163,9 @@ class BackupSession:
         key = chunk_key(cid)
         with repo.store.chunk_guard():
             info = repo.store.stat(key)
+            repo.store.step("chunk.checked", key=key, exists=info is not None)
             if info is not None:
+                # Both times are the storage's: the chunk's mtime and the storage's now (never this proxy's clock).
                 fresh = info.mtime >= repo.store.now() - TOUCH_AFTER_SECONDS
                 locked = self.retain_until is None or (info.retain_until or 0) >= self.retain_until
                 if (fresh and locked) or repo.store.touch(key, self.retain_until):
@@ -142,6 +198,7 @@ class BackupSession:
         try:
             for disk in self.disks:
                 disk.wait()
+            self._check_session()
             self._check_references()
             repo = self.repo
             repo.store.flush()                      # chunk renames durable before anything points at them
@@ -155,7 +212,7 @@ class BackupSession:
             record = dict(self.values)
             for transient in ("started_epoch", "timeout", "pid"):
                 record.pop(transient, None)
-            elapsed = max(time.time() - self.values["started_epoch"], 1e-9)
+            elapsed = max(time.monotonic() - self._started_monotonic, 1e-9)
             totals = dict((k, sum(d.stats[k] for d in self.disks)) for k in DiskWriter.COUNTERS)
             totals.update(duration_seconds=round(elapsed, 3), bytes_per_second=int(totals["bytes_read"] / elapsed))
             # The sequence is drawn last, after every chunk and manifest is durable: it orders this backup after
@@ -164,6 +221,14 @@ class BackupSession:
                           retain_until=self.retain_until, format=FORMAT_VERSION, sequence=repo.next_sequence())
             repo._put_sealed(KIND_BACKUP, "backups/%s" % self.backup_id, json_bytes(record), self.retain_until)
             repo.store.flush()
+            repo.store.step("commit.record_written", backup_id=self.backup_id)
+            # Paused between the check above and the record (SIGSTOP)? A GC that reaped our marker meanwhile read the
+            # records before ours and may have swept our chunks: take the record back. If the marker is still here,
+            # any GC that reaps it later reads the records after ours, and keeps what it references.
+            if self.expired or repo.store.stat(self._marker) is None:
+                repo.store.delete("backups/%s" % self.backup_id)
+                repo.store.flush()
+                raise self._expired_error()
         except BaseException:
             self.abort()
             raise
@@ -172,27 +237,45 @@ class BackupSession:
         self.repo.store.delete(self._marker)
         return BackupRecord(record)
 
-    def _check_references(self):
-        """Refuse to commit a backup whose chunks a concurrent prune/GC may have removed.
+    def _expired_error(self):
+        return RepositoryError(
+            "Backup %s cannot be committed: session expired (its marker %s was removed as stale after more than %d minutes "
+            "without a heartbeat, e.g. while the process was paused); GC may have removed chunks it wrote." % (
+                self.backup_id, self._marker, self.values["timeout"] // 60), backup_id=self.backup_id,
+            hint="Run the backup again; nothing of this attempt is visible. Keep backup processes from being suspended "
+                 "for that long (VM snapshots of the proxy, SIGSTOP).")
 
-        Chunks this session stored or touched are protected while its marker is live. Chunks reused from a
-        parent are protected by the parent's manifest; if the parent was pruned meanwhile, or our marker was
-        reaped as stale, check that every referenced chunk still exists.
+    def _check_session(self):
+        """Our marker must still be ours: if GC removed it as stale, GC may have swept our chunks."""
+        if self.expired or self.repo.store.stat(self._marker) is None:
+            raise self._expired_error()
+
+    def _check_references(self):
+        """Refuse to commit a backup that references a chunk which is not there.
+
+        Chunks this session stored, or found and touched, are protected by its live marker (checked just before).
+        Every other referenced chunk (taken from the parent's manifest by ``reuse_chunk``) is checked now: one HEAD
+        each, or one listing of the chunks when there are many.
         """
         repo = self.repo
-        marker_alive = repo.store.stat(self._marker) is not None
-        parent = self.values.get("parent_backup_id")
-        parent_alive = not parent or repo.store.stat("backups/%s" % parent) is not None
-        if marker_alive and parent_alive:
-            return
         check = set()
         for disk in self.disks:
-            check.update(cid for cid in disk.chunk_ids if cid and (not marker_alive or cid not in self.known_chunks))
-        missing = sorted(cid for cid in check if repo.store.stat(chunk_key(cid)) is None)
+            check.update(cid for cid in disk.chunk_ids if cid)
+        with self._lock:
+            check.difference_update(self.known_chunks)
+        if not check:
+            return
+        if repo.store.kind == "s3" and len(check) > REFERENCE_HEAD_LIMIT:
+            present = set(info.key.rsplit("/", 1)[1] for info in repo.store.list("chunks/"))
+            missing = sorted(cid for cid in check if cid not in present)
+        else:
+            exists = list(self.pool.map(lambda cid: repo.store.stat(chunk_key(cid)) is not None, sorted(check)))
+            missing = [cid for cid, there in zip(sorted(check), exists) if not there]
         if missing:
-            raise RepositoryError("Backup %s cannot be committed: %d chunk(s) it references were removed by a concurrent "
-                                  "prune/GC (first: %s)." % (self.backup_id, len(missing), missing[0]),
-                                  hint="Run the backup again (as a full backup if its parent was pruned).", backup_id=self.backup_id)
+            raise RepositoryError("Backup %s cannot be committed: %d chunk(s) it references are missing (first: %s); a "
+                                  "concurrent prune/GC or damaged storage removed them." % (self.backup_id, len(missing), missing[0]),
+                                  hint="Run the backup again (as a full backup if its parent was pruned), and run verify on "
+                                       "the repository: backups that share these chunks are damaged too.", backup_id=self.backup_id)
 
 
 def manifest_key(backup_id, ordinal):

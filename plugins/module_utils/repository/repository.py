@@ -27,7 +27,6 @@ import json
 import os
 import struct
 import threading
-import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 # The record and session names are re-exported: callers import them from here (one place to open a repository).
@@ -42,13 +41,19 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_se
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (  # noqa: F401 pylint: disable=unused-import
     KIND_BACKUP, KIND_CATALOG, KIND_CHUNK, KIND_MANIFEST, KIND_STATUS, RepositoryKeys, new_compressor, require_libraries,
 )
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import LockHeld, make_private_dirs, open_store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_config
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_memory
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import (
+    SWEEP_FRESH_MARGIN_SECONDS, LockHeld, make_private_dirs, open_store,
+)
 
 MiB = 1024 * 1024
-FORMAT_NAME = "hyperv.backup repository"
+FORMAT_NAME = repository_config.FORMAT_NAME
 DEFAULT_CHUNK_SIZE = 1 * MiB
 DEFAULT_COMPRESSION_LEVEL = 1
-DEFAULT_GC_GRACE_SECONDS = 15 * 60
+GC_CLOCK_SKEW_MARGIN_SECONDS = 5 * 60     # between the clocks of several storage nodes (all ages are storage time)
+MIN_GC_GRACE_SECONDS = TOUCH_AFTER_SECONDS + GC_CLOCK_SKEW_MARGIN_SECONDS      # 15 min (issue 13, point 2)
+DEFAULT_GC_GRACE_SECONDS = MIN_GC_GRACE_SECONDS
 MAX_LISTED_PROBLEMS = 100           # per backup, in verify reports
 
 
@@ -74,8 +79,11 @@ class Repository:
     @classmethod
     def init(cls, location, passphrase=None, chunk_size=DEFAULT_CHUNK_SIZE, s3_options=None, object_lock_days=None,
              compression_level=DEFAULT_COMPRESSION_LEVEL, scrypt_params=None):
-        """Create a repository; RepositoryError if one exists there already."""
-        require_libraries(encrypted=bool(passphrase))
+        """Create a repository; RepositoryError if one exists there already.
+
+        ``passphrase``: None creates a plain repository (on purpose); "" is refused (a mistake, never a choice)."""
+        repository_config.check_passphrase(passphrase, location)
+        require_libraries(encrypted=passphrase is not None)
         _check_chunk_size(chunk_size)
         if not 1 <= int(compression_level) <= 19:
             raise RepositoryError("compression_level %s is out of range." % compression_level, hint="Use 1 (fast) to 19.")
@@ -85,6 +93,7 @@ class Repository:
         store = open_store(location, s3_options, create=True)
         if store.kind == "s3":
             lock_enabled = store.check_bucket()
+            store.probe_conditional_writes()        # the lock and the GC/writer exclusion need them (issue 13, point 4)
             if object_lock_days and not lock_enabled:
                 raise RepositoryError("Bucket %s does not have Object Lock enabled, so object_lock_days cannot be used." % store.bucket,
                                       hint="Create the bucket with Object Lock enabled (it cannot be turned on later "
@@ -95,49 +104,36 @@ class Repository:
         if store.stat("config") is not None:
             raise RepositoryError("A repository already exists at %s." % store.location,
                                   hint="Open it instead, or choose an empty location.", location=store.location)
-        keys, encryption = (RepositoryKeys.create(passphrase, scrypt_params) if passphrase else (RepositoryKeys(), None))
-        config = {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION, "repository_id": str(uuid.uuid4()), "created": iso(utc_now()),
-            "chunk_size": int(chunk_size), "compression": {"algorithm": "zstd", "level": int(compression_level)},
-            "chunk_id": "blake3-keyed" if passphrase else "blake3", "encryption": encryption,
-            "object_lock": {"days": int(object_lock_days), "mode": store.lock_mode} if object_lock_days else None,
-        }
+        # The config is authenticated (encrypted repositories) before it is first written: repository_config.py.
+        config, keys = repository_config.new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params)
         if store.kind == "local":
             for prefix in range(256):
                 make_private_dirs(os.path.join(store.root, "chunks", "%02x" % prefix))
             for name in ("manifests", "backups", "sessions", "status", "locks"):
                 make_private_dirs(os.path.join(store.root, name))
-        store.put("config", json.dumps(config, indent=2, sort_keys=True).encode("utf-8"))
-        store.flush()
+        repository_config.write_config(store, config)
         return cls(store, config, keys)
 
     @classmethod
-    def open(cls, location, passphrase=None, s3_options=None, workers=None):
-        """Open an existing repository; RepositoryError if missing, of a newer format, or the passphrase is wrong."""
+    def open(cls, location, passphrase=None, s3_options=None, workers=None, key_file=None):
+        """Open an existing repository; RepositoryError if missing, of another format version, the passphrase is wrong,
+        a passphrase is given for a plain repository, or the config of an encrypted one was changed (repository_config.py).
+
+        ``key_file``: read the config from a key export (state: key_exported) instead of the storage, e.g. when the
+        stored config was deleted or overwritten; it must belong to this repository."""
         store = open_store(location, s3_options)
-        try:
-            raw = store.get("config")
-        except (KeyError, FileNotFoundError, NotADirectoryError):
-            raise RepositoryError("No backup repository at %s." % store.location,
-                                  hint="Create it first (hyperv.backup.hyperv_backup_repository with state: present).",
-                                  location=store.location)
-        try:
-            config = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            raise RepositoryError("The repository config at %s is not valid JSON (damaged)." % store.location,
-                                  hint="Restore the file 'config' from a copy; without it the repository cannot be read.")
-        if config.get("format") != FORMAT_NAME:
-            raise RepositoryError("%s is not a hyperv.backup repository." % store.location, location=store.location)
-        if config.get("version", 0) > FORMAT_VERSION:
-            raise RepositoryError("Repository %s has format version %s; this collection reads up to %d." % (
-                store.location, config.get("version"), FORMAT_VERSION), hint="Upgrade the hyperv.backup collection.")
-        require_libraries(encrypted=bool(config.get("encryption")))
-        keys = RepositoryKeys.unlock(config.get("encryption"), passphrase, store.location)
+        if key_file is not None:
+            config, keys = repository_config.config_from_key_file(store, key_file, passphrase)
+            return cls(store, config, keys, workers=workers)
+        config = repository_config.parse(repository_config.read_config(store), store.location)
+        require_libraries(encrypted=config.get("encryption") is not None)
+        keys = repository_config.unlock(config, passphrase, store.location)
         return cls(store, config, keys, workers=workers)
 
     @classmethod
     def ensure(cls, location, passphrase=None, s3_options=None, **init_options):
         """Open the repository, creating it if absent. Returns (repository, created)."""
+        repository_config.check_passphrase(passphrase, location)
         store = open_store(location, s3_options)
         if store.stat("config") is None:
             return cls.init(location, passphrase=passphrase, s3_options=s3_options, **init_options), True
@@ -159,7 +155,10 @@ class Repository:
         return {"location": self.location, "backend": self.store.kind, "repository_id": self.config["repository_id"],
                 "format_version": self.config["version"], "chunk_size": self.chunk_size, "encrypted": self.encrypted,
                 "compression": dict(self.config["compression"]), "chunk_id": self.config["chunk_id"],
-                "object_lock_days": self.object_lock_days, "created": self.config["created"]}
+                "object_lock_days": self.object_lock_days, "created": self.config["created"],
+                # Key slot labels (names for people, e.g. "passphrase", "recovery"), never their material.
+                "config_authenticated": bool(self.config.get("authentication")),
+                "key_slots": [slot.get("label") for slot in (self.config.get("encryption") or {}).get("key_slots", [])]}
 
     # -- object helpers ---------------------------------------------------------------------
 
@@ -257,46 +256,76 @@ class Repository:
         return sorted(info.key.split("/", 1)[1] for info in self.store.list("backups/"))
 
     def _load_catalog(self):
+        """The stored catalog, or an empty one (generation 0) when it is missing, unreadable or of another version."""
         try:
             catalog = json.loads(self._get_sealed(KIND_CATALOG, "catalog"))
-            if catalog.get("version") == FORMAT_VERSION:
+            if catalog.get("version") == FORMAT_VERSION and isinstance(catalog.get("backups"), dict):
+                catalog["generation"] = int(catalog.get("generation") or 0)
                 return catalog
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             pass
-        return {"version": FORMAT_VERSION, "backups": {}}
+        return {"version": FORMAT_VERSION, "generation": 0, "backups": {}}
 
     def _status(self, backup_id):
+        """The backup's last verify outcome from ``status/<id>``; None if it has none. A status that exists but cannot
+        be read (damaged, forged) counts as damaged: removing damage must not be as easy as breaking an object."""
         try:
             return json.loads(self._get_sealed(KIND_STATUS, "status/%s" % backup_id))
-        except (KeyError, ValueError):
+        except KeyError:
             return None
+        except ValueError as err:
+            return {"ok": False, "verified": None, "problems": ["its verify status cannot be read: %s" % err]}
 
     def refresh_catalog(self, rebuild=False):
-        """Bring the catalog in line with the committed backup records (all re-read when ``rebuild``)."""
-        catalog = {"version": FORMAT_VERSION, "backups": {}} if rebuild else self._load_catalog()
+        """Bring the catalog in line with the committed backup records (all re-read when ``rebuild``).
+
+        Replay (issue 13, point 5): the catalog's ``generation`` rises at every write, and this proxy remembers the
+        highest it saw (repository_memory.py); a lower one is an older catalog put back, so it is rebuilt. Each
+        backup's state comes from its sealed ``status/<id>``: the catalog keeps the listing stamp (size, time) of the
+        status it read, and a status written, replaced or removed since is read again. Backups this proxy saw that
+        vanished without a prune (no tombstone ``deleted/<id>``) become warnings."""
+        memory = repository_memory.memory_of(self)
+        remembered = memory.remembered_generation()
+        stored = self._load_catalog()
+        generation = stored["generation"]
+        if memory.went_back(generation, remembered):
+            rebuild = True
+        catalog = {"version": FORMAT_VERSION, "generation": generation, "backups": {}} if rebuild else stored
         committed = self._committed_ids()
+        # listed after backups/: a status written between the two listings is read now or at the next listing
+        stamps = dict((info.key.split("/", 1)[1], [info.size, info.mtime]) for info in self.store.list("status/"))
         known = catalog["backups"]
         changed = rebuild
         for gone in set(known) - set(committed):
             del known[gone]
             changed = True
         for backup_id in committed:
-            if backup_id in known:
+            values = known.get(backup_id)
+            if values is None:
+                try:
+                    values = self.get_backup(backup_id).as_dict()
+                except RepositoryError:
+                    values = {"backup_id": backup_id, "state": "damaged", "disks": [], "stats": {}, "unreadable": True}
+                known[backup_id] = values
+            elif "status_stamp" in values and values["status_stamp"] == stamps.get(backup_id):
                 continue
-            try:
-                values = self.get_backup(backup_id).as_dict()
-            except RepositoryError:
-                values = {"backup_id": backup_id, "state": "damaged", "disks": [], "stats": {}}
-            status = self._status(backup_id)
+            status = self._status(backup_id) if backup_id in stamps else None
+            values.pop("verify", None)
             if status:
                 values["verify"] = status
-                values["state"] = "complete" if status.get("ok") else "damaged"
-            known[backup_id] = values
+            values["state"] = "damaged" if values.get("unreadable") or (status and not status.get("ok")) else "complete"
+            values["status_stamp"] = stamps.get(backup_id)
             changed = True
+        before = json_bytes(known)
+        memory.observe(known, lambda ids: repository_memory.accounted_for(self, ids), generation)
+        changed = changed or json_bytes(known) != before
         # a read-only view keeps the refreshed catalog in memory only: check mode leaves the repository as it was
         if changed and not self.read_only:
-            try:
+            def put(new_generation):
+                catalog["generation"] = new_generation
                 self._put_sealed(KIND_CATALOG, "catalog", json_bytes(catalog))
+            try:
+                memory.write_catalog(generation, put)
             except (RepositoryError, OSError):
                 pass    # the catalog is a cache; the records stay the truth
         return catalog
@@ -304,7 +333,9 @@ class Repository:
     def list_backups(self, vm=None, host=None, since=None, until=None, include_in_progress=False):
         """Committed backups (newest last), filtered by VM name or id, host, and created time range."""
         catalog = self.refresh_catalog()
-        records = [BackupRecord(values) for values in catalog["backups"].values()]
+        # the catalog's own bookkeeping (status stamp, unreadable record) is not part of a backup's description
+        records = [BackupRecord(dict((k, v) for k, v in values.items() if k not in ("status_stamp", "unreadable")))
+                   for values in catalog["backups"].values()]
         if include_in_progress:
             records.extend(self.in_progress())
         since, until = parse_time(since), parse_time(until)
@@ -322,10 +353,16 @@ class Repository:
         return sorted(out, key=lambda r: r.order_key)
 
     def latest_backup(self, vm_id, lineage=None):
-        """The VM's last committed complete backup (of ``lineage`` when given), in commit order; None if it has none."""
+        """The VM's last committed complete backup (of ``lineage`` when given), in commit order; None if it has none.
+
+        Its state is read again from storage (record and status), never taken from the catalog (issue 13, point 5)."""
         backups = [r for r in self.list_backups(vm=vm_id) if r.vm_id == vm_id and r.state == "complete"
                    and (lineage is None or r.lineage == lineage)]
-        return backups[-1] if backups else None
+        for listed in reversed(backups):
+            record, state, _why = repository_memory.stored_state(self, listed.backup_id)
+            if state == "complete":
+                return record
+        return None
 
     def list_vms(self):
         """One entry per VM (per lineage: two VMs that report the same id from two hosts are two entries)."""
@@ -338,7 +375,8 @@ class Repository:
         return sorted(vms.values(), key=lambda v: (v["vm_name"] or "", v["vm_id"] or "", v["lineage"] or ""))
 
     def _sessions(self):
-        """Session markers: (values, mtime, live) for each, read with the repository keys."""
+        """Session markers: (values, info, live) for each, read with the repository keys. Live means the marker's own
+        mtime (storage time) is within its timeout of the storage's now: no proxy clock is involved."""
         now = self.store.now()
         out = []
         for info in self.store.list("sessions/"):
@@ -452,6 +490,8 @@ class Repository:
                     pass
         if record_status:
             self.refresh_catalog(rebuild=True)
+        if not backup_ids:      # backups this proxy saw that vanished without a prune are damage too (issue 13, point 5)
+            results.extend(repository_memory.disappeared_entries(self, record_status))
         damaged = [e["backup_id"] for e in results if not e["ok"]]
         return {"ok": not damaged, "backups_checked": len(results), "chunks_checked": len(wanted), "bytes_checked": checked_bytes[0],
                 "damaged_backups": damaged, "backups": results}
@@ -466,6 +506,8 @@ class Repository:
 
         ``protect``: backup ids kept whatever the policy says (the backups the calling run has just made: a run never
         prunes its own new backup, issue 12 point 6). Returns a report."""
+        if gc:
+            _check_gc_grace(grace_seconds)
         lock = self._exclusive("prune", wait_seconds) if not dry_run else _null_context()
         try:
             with lock:
@@ -511,8 +553,12 @@ class Repository:
             report["gc"] = self._gc_locked(dry_run, grace_seconds)
         return report
 
-    def _delete_backup(self, record):
-        # The record goes first: from then on the backup is invisible; its manifests are then orphans GC can take.
+    def _delete_backup(self, record, reason="pruned"):
+        # A tombstone first, durable before the record goes (issue 13, point 5): proxies that saw the backup then know
+        # it was pruned, not deleted behind their back. It is sealed like every object (kind 5).
+        self._put_sealed(KIND_STATUS, repository_memory.tombstone_key(record.backup_id), repository_memory.tombstone(record, reason))
+        self.store.flush()
+        # The record goes next: from then on the backup is invisible; its manifests are then orphans GC can take.
         self.store.delete("backups/%s" % record.backup_id)
         self.store.flush()
         self.store.delete_prefix("manifests/%s/" % record.backup_id)
@@ -520,6 +566,7 @@ class Repository:
 
     def gc(self, dry_run=False, grace_seconds=DEFAULT_GC_GRACE_SECONDS, wait_seconds=0):
         """Delete chunks no committed manifest references (see the module docstring for the safety rules)."""
+        _check_gc_grace(grace_seconds)
         if self._exclusive_held or dry_run:
             return self._gc_locked(dry_run, grace_seconds)
         try:
@@ -530,17 +577,46 @@ class Repository:
                                   hint="Another prune or GC is running; wait for it, or retry later.")
 
     def _gc_locked(self, dry_run, grace_seconds):
-        now = self.store.now()
-        # Sessions first, then records: a writer that commits in between is seen either as live or as committed.
+        """Mark and sweep, excluded from writers by the sweeping marker (docs/repository.md, "Crash safety and concurrency").
+
+        1. The sweeping marker is written (not in a dry run), THEN the sessions are listed: a writer that starts later
+           finds the marker and waits; one that started earlier is listed. While any session is live nothing is
+           deleted ("deferred"). 2. Stale markers are removed, THEN the records are read: a writer paused past its
+           timeout either committed before (its chunks are referenced) or finds its marker gone and refuses to commit.
+        3. Unreferenced chunks older than the grace (storage time) are re-checked and deleted while the marker is
+           fresh; a GC that stalled past the marker's ttl stops deleting.
+        """
+        store = self.store
+        _check_gc_grace(grace_seconds)
+        store.sync_clock()
+        marker = store.sweeping("prune/gc") if not dry_run else _null_context()
+        with marker as sweep:
+            store.step("gc.sweep_marker_written", dry_run=dry_run, sweep=sweep if not dry_run else None)
+            return self._gc_pass(dry_run, grace_seconds, sweep if not dry_run else None)
+
+    def _gc_pass(self, dry_run, grace_seconds, sweep):
+        store = self.store
         sessions = self._sessions()
+        now = store.now()
+        store.step("gc.sessions_listed", sessions=len(sessions))
         live = [(values, info) for values, info, is_live in sessions if is_live]
+        stale_markers = [info.key for _values, info, is_live in sessions if not is_live]
         cutoff = now - grace_seconds
-        for values, info in live:
-            started = values.get("started_epoch", info.mtime)
-            cutoff = min(cutoff, started - TOUCH_AFTER_SECONDS)
+        report = {"dry_run": dry_run, "chunks_total": 0, "chunks_referenced": 0, "chunks_removed": 0,
+                  "bytes_removed": 0, "chunks_kept_recent": 0, "chunks_locked": 0, "live_sessions": len(live),
+                  "stale_sessions_removed": 0, "orphan_manifests_removed": 0, "grace_seconds": grace_seconds}
+        if live:
+            report["deferred"] = "%d live writer(s)" % len(live)
+        # Markers of dead writers go before the records are read (see the docstring, step 2).
+        if not dry_run:
+            for key in stale_markers:
+                store.delete(key)
+                report["stale_sessions_removed"] += 1
+        else:
+            report["stale_sessions_removed"] = len(stale_markers)
         referenced = set()
         committed = self._committed_ids()
-        # Any unreadable record or manifest stops GC here, before it deletes anything (its references are unknown).
+        # Any unreadable record or manifest stops GC here, before it deletes any chunk (its references are unknown).
         try:
             for _backup_id, _record, manifests in self._load_backups(committed, strict=True):
                 for manifest in manifests:
@@ -549,11 +625,10 @@ class Repository:
             raise RepositoryError("Garbage collection stopped before deleting anything: %s" % err.message,
                                   hint="Run verify to list the damaged backups, and restore the missing object from a copy "
                                        "of the repository if there is one.", **err.extra)
-        report = {"dry_run": dry_run, "chunks_total": 0, "chunks_referenced": len(referenced), "chunks_removed": 0,
-                  "bytes_removed": 0, "chunks_kept_recent": 0, "chunks_locked": 0, "live_sessions": len(live),
-                  "stale_sessions_removed": 0, "orphan_manifests_removed": 0}
+        report["chunks_referenced"] = len(referenced)
+        store.step("gc.references_loaded", referenced=len(referenced))
         candidates = []
-        for info in self.store.list("chunks/"):
+        for info in store.list("chunks/"):
             report["chunks_total"] += 1
             cid = info.key.rsplit("/", 1)[1]
             if cid in referenced:
@@ -562,18 +637,36 @@ class Repository:
                 report["chunks_kept_recent"] += 1
                 continue
             candidates.append(info)
-        # Leftovers of crashed or pruned backups: markers of dead sessions, manifests no record points at.
-        stale_markers = [info.key for _values, info, is_live in sessions if not is_live]
+        # Leftovers of crashed or pruned backups: manifests no record points at (a live writer writes its manifests
+        # only at commit, just before its record).
         live_ids = set(values.get("backup_id") for values, _info in live)
-        manifest_dirs = set(info.key.split("/")[1] for info in self.store.list("manifests/") if info.mtime < cutoff)
+        manifest_dirs = set(info.key.split("/")[1] for info in store.list("manifests/") if info.mtime < cutoff)
         orphan_manifests = sorted(manifest_dirs - set(committed) - live_ids)
         if dry_run:
-            report.update(chunks_removed=len(candidates), bytes_removed=sum(info.size for info in candidates),
-                          stale_sessions_removed=len(stale_markers), orphan_manifests_removed=len(orphan_manifests))
+            if not live:
+                report.update(chunks_removed=len(candidates), bytes_removed=sum(info.size for info in candidates))
+            report["orphan_manifests_removed"] = len(orphan_manifests)
             return report
-        with self.store.sweep_guard():
+        if not live:
+            self._sweep(candidates, cutoff, now, sweep, report)
+        for backup_id in orphan_manifests:
+            store.delete_prefix("manifests/%s/" % backup_id)
+            report["orphan_manifests_removed"] += 1
+        for path in store.list_temporary("chunks/", cutoff):
+            store.remove_temporary(path)
+        store.flush()
+        return report
+
+    def _sweep(self, candidates, cutoff, now, sweep, report):
+        store = self.store
+        with store.sweep_guard():
             for info in candidates:
-                fresh = self.store.stat(info.key)       # re-check: a writer may have touched it since the listing
+                if not sweep.fresh(margin=SWEEP_FRESH_MARGIN_SECONDS):
+                    # Stalled (or the endpoint failed the renewals) for most of the marker's ttl: writers may already
+                    # treat it as dead and deduplicate again. Stop; the next GC takes the rest.
+                    report["sweep_stopped"] = "the sweeping marker could not be kept fresh"
+                    break
+                fresh = store.stat(info.key)       # re-check: a writer may have touched it since the listing
                 if fresh is None:
                     continue
                 if fresh.mtime >= cutoff:
@@ -582,19 +675,22 @@ class Repository:
                 if fresh.retain_until and fresh.retain_until > now:
                     report["chunks_locked"] += 1
                     continue
-                if self.store.delete(info.key):
+                store.step("gc.delete", key=info.key)
+                if store.delete(info.key):
                     report["chunks_removed"] += 1
                     report["bytes_removed"] += fresh.size
-        for key in stale_markers:
-            self.store.delete(key)
-            report["stale_sessions_removed"] += 1
-        for backup_id in orphan_manifests:
-            self.store.delete_prefix("manifests/%s/" % backup_id)
-            report["orphan_manifests_removed"] += 1
-        for path in self.store.list_temporary("chunks/", cutoff):
-            self.store.remove_temporary(path)
-        self.store.flush()
-        return report
+
+
+def _check_gc_grace(grace_seconds):
+    """Refuse a GC grace shorter than the writers' touch threshold plus a margin for clock differences."""
+    if not isinstance(grace_seconds, (int, float)) or grace_seconds < MIN_GC_GRACE_SECONDS:
+        raise RepositoryError(
+            "A GC grace of %r s is too short: it must be at least %d minutes (writers touch a chunk they deduplicate "
+            "against only when it is older than %d minutes, plus %d minutes for clock differences between storage nodes)."
+            % (grace_seconds, MIN_GC_GRACE_SECONDS // 60, TOUCH_AFTER_SECONDS // 60, GC_CLOCK_SKEW_MARGIN_SECONDS // 60),
+            hint="Use gc_grace_minutes: %d or more (the default), or leave grace_seconds at its default."
+                 % (MIN_GC_GRACE_SECONDS // 60), grace_seconds=grace_seconds)
+    return grace_seconds
 
 
 class _null_context:

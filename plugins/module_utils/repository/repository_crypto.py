@@ -18,7 +18,10 @@ backup silently, and a stored-as-is chunk would only be caught by a full verify.
 Chunk ids are BLAKE3 of the plaintext (hex, 64 chars) in a plain repository, and keyed BLAKE3
 under a secret id key in an encrypted one, so ids reveal nothing about content. Keys: a random
 data key and id key (32 bytes each) are wrapped with a key derived from the passphrase by scrypt
-(memory-hard); only the wrapped form is stored, in the repository config.
+(memory-hard); only the wrapped form is stored, in the repository config. A config holds up to a few
+such wraps ("key slots": the same keys under different passphrases, e.g. a recovery passphrase), and a
+tag (keyed BLAKE3 under a key derived from the master keys) that authenticates every other config field
+(repository_config.py).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -75,9 +78,14 @@ KIND_BACKUP = 3
 KIND_CATALOG = 4
 KIND_STATUS = 5
 
-# scrypt cost: N=2**16, r=8 uses 64 MiB and ~0.2 s per open; stored in the config, so it can be raised later.
-DEFAULT_SCRYPT = {"n": 2 ** 16, "r": 8, "p": 1}
-KEY_WRAP_AAD = b"hyperv.backup repository keys v1"
+# scrypt cost of new key slots: N=2**17, r=8 needs 128 * r * N = 128 MiB and 0.3-0.6 s per attempt (docs/repository.md);
+# stored per slot, so existing slots keep theirs and a passphrase change upgrades its slot to these.
+DEFAULT_SCRYPT = {"n": 2 ** 17, "r": 8, "p": 1}
+# Bounds on parameters read from a config: anyone who can write the config could otherwise ask for 2**40 bytes.
+SCRYPT_LIMITS = {"n": (2 ** 10, 2 ** 22), "r": (1, 32), "p": (1, 16)}
+KEY_SLOT_AAD = b"hyperv.backup key slot v2"
+CONFIG_TAG_CONTEXT = "hyperv.backup 2026-12 repository config authentication v2"
+CIPHER = "AES-256-GCM"
 
 
 def require_libraries(encrypted=False):
@@ -108,6 +116,8 @@ class RepositoryKeys:
     def __init__(self, data_key=None, id_key=None):
         self.data_key = data_key
         self.id_key = id_key
+        self.slot_index = None          # which key slot opened them (set by unlock)
+        self.slot_label = None
         self._aead = AESGCM(data_key) if data_key else None
 
     @property
@@ -115,42 +125,75 @@ class RepositoryKeys:
         return self._aead is not None
 
     @classmethod
-    def create(cls, passphrase, scrypt_params=None):
-        """New random keys, and the config section that stores them wrapped under ``passphrase``."""
+    def create(cls, passphrase, scrypt_params=None, label="passphrase"):
+        """New random keys, and the config section that stores them wrapped under ``passphrase`` (one key slot)."""
         require_libraries(encrypted=True)
+        keys = cls(os.urandom(32), os.urandom(32))
+        return keys, {"cipher": CIPHER, "key_slots": [keys.new_slot(passphrase, label, scrypt_params)]}
+
+    def new_slot(self, passphrase, label, scrypt_params=None):
+        """A key slot: these keys wrapped under ``passphrase`` (scrypt with a fresh salt, AES-256-GCM)."""
         params = dict(scrypt_params or DEFAULT_SCRYPT)
         salt = os.urandom(16)
-        keys = cls(os.urandom(32), os.urandom(32))
-        kek = _derive(passphrase, salt, params)
         nonce = os.urandom(NONCE_SIZE)
-        wrapped = AESGCM(kek).encrypt(nonce, keys.data_key + keys.id_key, KEY_WRAP_AAD)
-        section = {
-            "cipher": "AES-256-GCM",
-            "chunk_id": "blake3-keyed",
-            "kdf": {"name": "scrypt", "n": params["n"], "r": params["r"], "p": params["p"], "salt": _b64(salt)},
-            "wrapped_keys": _b64(wrapped),
-            "wrap_nonce": _b64(nonce),
-        }
-        return keys, section
+        wrapped = AESGCM(_derive(passphrase, salt, params)).encrypt(nonce, self.data_key + self.id_key, KEY_SLOT_AAD)
+        return {"label": label, "kdf": {"name": "scrypt", "n": int(params["n"]), "r": int(params["r"]), "p": int(params["p"]),
+                                        "salt": _b64(salt)},
+                "wrapped_keys": _b64(wrapped), "wrap_nonce": _b64(nonce)}
+
+    @classmethod
+    def open_slot(cls, slot, passphrase):
+        """The keys ``slot`` wraps, or None if ``passphrase`` is not the slot's; the slot's shape is checked first."""
+        _check_slot(slot)
+        kdf = slot["kdf"]
+        kek = _derive(passphrase, _unb64(kdf["salt"]), kdf)
+        try:
+            plain = AESGCM(kek).decrypt(_unb64(slot["wrap_nonce"]), _unb64(slot["wrapped_keys"]), KEY_SLOT_AAD)
+        except InvalidTag:
+            return None
+        if len(plain) != 64:
+            return None
+        return cls(plain[:32], plain[32:])
 
     @classmethod
     def unlock(cls, section, passphrase, location):
-        """Unwrap the keys of an encrypted repository; a wrong passphrase raises a clear RepositoryError."""
+        """Unwrap the keys of an encrypted repository with the first key slot ``passphrase`` opens.
+
+        The keys remember which slot (``slot_index``, ``slot_label``). A wrong passphrase raises a clear
+        RepositoryError (``reason`` "wrong_passphrase"); the caller then checks the config's tag (``config_tag``).
+        """
         if section is None:
             return cls()
         if not passphrase:
             raise RepositoryError("Repository %s is encrypted and no passphrase was given." % location,
                                   hint="Pass the repository passphrase (repository_passphrase).", location=location)
         require_libraries(encrypted=True)
-        kdf = section["kdf"]
-        kek = _derive(passphrase, _unb64(kdf["salt"]), kdf)
-        try:
-            plain = AESGCM(kek).decrypt(_unb64(section["wrap_nonce"]), _unb64(section["wrapped_keys"]), KEY_WRAP_AAD)
-        except InvalidTag:
-            raise RepositoryError("Wrong passphrase for repository %s." % location,
-                                  hint="Use the passphrase the repository was created with; it cannot be recovered.",
+        slots = section.get("key_slots") if isinstance(section, dict) else None
+        if not isinstance(slots, list) or not slots:
+            raise RepositoryError("The repository config at %s has no key slots (damaged or tampered)." % location,
+                                  hint="Restore 'config' from a key export (hyperv_backup_repository state: key_imported).",
                                   location=location)
-        return cls(plain[:32], plain[32:])
+        for index, slot in enumerate(slots):
+            try:
+                keys = cls.open_slot(slot, passphrase)
+            except (KeyError, TypeError, ValueError) as err:
+                raise RepositoryError("Key slot %d of the repository config at %s is damaged: %s." % (index, location, err),
+                                      hint="Restore 'config' from a key export (hyperv_backup_repository state: key_imported).",
+                                      location=location)
+            if keys is not None:
+                keys.slot_index, keys.slot_label = index, slot.get("label")
+                return keys
+        raise RepositoryError("Wrong passphrase for repository %s." % location,
+                              hint="Use the passphrase the repository was created with (or set by a passphrase change), or the "
+                                   "passphrase of another key slot; it cannot be recovered.", location=location,
+                              reason="wrong_passphrase")
+
+    def config_tag(self, canonical):
+        """Authentication tag of the config's canonical bytes: keyed BLAKE3 under a key derived from both master keys.
+
+        A key of its own (derive_key mode, fixed context) so the tag never reveals anything about the data or id key."""
+        tag_key = blake3.blake3(self.data_key + self.id_key, derive_key_context=CONFIG_TAG_CONTEXT).digest()
+        return blake3.blake3(canonical, key=tag_key).hexdigest()
 
     def chunk_id(self, data):
         """Content address of a chunk: hex BLAKE3, keyed with the id key when encrypted."""
@@ -223,6 +266,26 @@ def _checksum(header, name, body):
     hasher.update(name.encode("utf-8"))
     hasher.update(body)
     return hasher.digest()
+
+
+def _check_slot(slot):
+    """ValueError unless ``slot`` is a key slot this code can open within the memory and time limits."""
+    if not isinstance(slot, dict) or not isinstance(slot.get("kdf"), dict):
+        raise ValueError("not a key slot")
+    kdf = slot["kdf"]
+    if kdf.get("name") != "scrypt":
+        raise ValueError("unknown key derivation %r" % (kdf.get("name"),))
+    for name, (low, high) in SCRYPT_LIMITS.items():
+        value = kdf.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError("scrypt parameter %s=%r is outside %d..%d" % (name, value, low, high))
+    if kdf["n"] & (kdf["n"] - 1):
+        raise ValueError("scrypt parameter n=%d is not a power of two" % kdf["n"])
+    for name in ("wrapped_keys", "wrap_nonce"):
+        if not isinstance(slot.get(name), str):
+            raise ValueError("%s is missing" % name)
+    if not isinstance(kdf.get("salt"), str) or len(_unb64(kdf["salt"])) < 16 or len(_unb64(slot["wrap_nonce"])) != NONCE_SIZE:
+        raise ValueError("salt or nonce has the wrong size")
 
 
 def _derive(passphrase, salt, params):

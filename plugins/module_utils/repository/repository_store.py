@@ -5,10 +5,17 @@
 
 An object is named by a ``/``-separated key (``chunks/ab/ab12...``, ``backups/<id>``). Both stores give:
 ``put`` (atomic and durable: a reader sees the whole object or nothing), ``get``, ``stat``, ``list``,
-``delete``, ``touch`` (mark an existing object as used now), ``exclusive_lock`` (one prune/GC at a
-time, with expiry so a crashed holder does not block forever) and ``chunk_guard``/``sweep_guard`` (a
-short shared/exclusive section that makes "dedup hit + touch" and "re-check + delete" atomic against
-each other where the medium allows it: flock locally; S3 has no such primitive, see docs/repository.md).
+``delete``, ``touch`` (mark an existing object as used now), ``renew`` (refresh an object that must still
+exist, never re-creating it), ``exclusive_lock`` (one prune/GC at a time, with expiry so a crashed holder does
+not block forever) and ``chunk_guard``/``sweep_guard`` (a short shared/exclusive section that makes "dedup
+hit + touch" and "re-check + delete" atomic against each other where the medium allows it: flock locally; S3
+has no such primitive, so GC and writers exclude each other with markers instead, see docs/repository.md).
+
+Time (issue 13, point 2): every age the repository judges is storage time: ``now()`` is the storage's clock
+(local: the mtime of a file just created; S3: the ``Date`` of a response), carried forward by the monotonic
+clock between measurements, so a proxy's wall clock (``clock``, injectable for tests) never decides whether
+a chunk, a session or a lock is old. ``step(name)`` calls ``on_step`` (None by default) at the protocol's
+step boundaries so tests can interleave writers, prune and GC deterministically.
 
 Local: files 0600 and directories 0700; ``put`` writes a temp name in the same directory, fsyncs,
 renames; directories touched are fsynced by ``flush``. S3: single PUTs are atomic; with Object Lock,
@@ -22,6 +29,7 @@ __metaclass__ = type
 import concurrent.futures
 import contextlib
 import datetime
+import email.utils
 import errno
 import fcntl
 import functools
@@ -43,17 +51,151 @@ HAS_BOTO3 = is_installed("boto3")
 
 
 class ObjectInfo:
-    """What a store knows about one object: size, modification time and Object Lock retention (epoch s)."""
+    """What a store knows about one object: size, modification time (storage time), Object Lock retention (epoch s)
+    and, on S3, its ETag."""
 
-    def __init__(self, key, size, mtime, retain_until=None):
+    def __init__(self, key, size, mtime, retain_until=None, etag=None):
         self.key = key
         self.size = size
         self.mtime = mtime
         self.retain_until = retain_until
+        self.etag = etag
 
 
 class LockHeld(Exception):
     """Raised inside the stores when an exclusive lock is taken by someone else."""
+
+
+CLOCK_RESYNC_SECONDS = 10 * 60      # storage time is measured again after this long (monotonic drift is tiny)
+
+
+def _system_clock():
+    """The proxy's wall clock (looked up at call time, so a test can skew the ``time`` module the stores see)."""
+    return time.time()
+
+
+def _system_sleep(seconds):
+    time.sleep(seconds)
+
+
+class Heartbeat:
+    """Keep an object alive while it is held: ``renew()`` every ``interval`` s on a daemon thread.
+
+    ``renew`` returns False when the object is gone or no longer ours (it must never re-create it): the heartbeat
+    then stops and ``lost`` is set. ``fresh(margin)`` says whether others still see the object as live: its last
+    successful renewal started less than ``ttl - margin`` s ago (monotonic time, which also runs while the process
+    is stopped, so a holder woken from SIGSTOP knows it may have been taken over)."""
+
+    def __init__(self, renew, interval, ttl, name="heartbeat"):
+        self._renew = renew
+        self.interval = interval
+        self.ttl = ttl
+        self.lost = False
+        self.renewed_at = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def beat(self):
+        started = time.monotonic()
+        try:
+            alive = self._renew()
+        except Exception:    # pylint: disable=broad-except
+            return          # a missed renewal is harmless unless it lasts the ttl; fresh() tells when it matters
+        if alive:
+            self.renewed_at = started
+        else:
+            self.lost = True
+            self._stop.set()
+
+    def fresh(self, margin=0):
+        return not self.lost and time.monotonic() - self.renewed_at < self.ttl - margin
+
+    def stop(self):
+        self._stop.set()
+
+
+SWEEP_MARKER_KEY = "locks/sweeping"
+SWEEP_TTL_SECONDS = 2 * 60          # a sweeping marker not renewed for this long belongs to a GC that died
+SWEEP_RENEW_SECONDS = 20
+SWEEP_FRESH_MARGIN_SECONDS = 30     # GC stops deleting when its last renewal is older than the ttl minus this
+
+
+class _StoreClock:
+    """Storage time, the injectable proxy clock, the step hook and the sweeping marker, shared by both stores."""
+
+    @contextlib.contextmanager
+    def sweeping(self, purpose):
+        """Hold the sweeping marker (``locks/sweeping``) while GC deletes: writers that find it live wait before they
+        make any dedup decision. Renewed by a heartbeat; ``fresh()`` of the yielded Heartbeat says whether writers
+        still see it (GC stops deleting when it does not)."""
+        body = json.dumps({"owner": _owner_text(), "purpose": purpose, "since": self.clock(), "ttl": SWEEP_TTL_SECONDS}).encode()
+        try:
+            etag = self.put(SWEEP_MARKER_KEY, body)
+        except RepositoryError as err:
+            if self.kind != "local" or err.extra.get("errno") not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full local disk: GC (which frees space) must still run. No writer can start meanwhile (its marker
+            # cannot be written either), a running one is listed and defers the sweep, and the chunk flock still makes
+            # a writer's check-and-touch and GC's re-check-and-delete exclude each other.
+            unmarked = Heartbeat(lambda: True, interval=SWEEP_RENEW_SECONDS, ttl=SWEEP_TTL_SECONDS, name="sweep-heartbeat")
+            try:
+                yield unmarked
+            finally:
+                unmarked.stop()
+            return
+        heartbeat = Heartbeat(lambda: self.renew(SWEEP_MARKER_KEY, body, etag), interval=SWEEP_RENEW_SECONDS,
+                              ttl=SWEEP_TTL_SECONDS, name="sweep-heartbeat")
+        try:
+            yield heartbeat
+        finally:
+            heartbeat.stop()
+            self.delete(SWEEP_MARKER_KEY)
+
+    def sweep_in_progress(self):
+        """Who is sweeping (text), if a live sweeping marker exists; None otherwise (none, or its GC died)."""
+        info = self.stat(SWEEP_MARKER_KEY)
+        if info is None or info.mtime + SWEEP_TTL_SECONDS < self.now() or self._sweeper_gone():
+            return None
+        try:
+            fields = json.loads(self.get(SWEEP_MARKER_KEY))
+            return "%s (%s)" % (fields.get("owner", "unknown"), fields.get("purpose", "gc"))
+        except (KeyError, ValueError, AttributeError, RepositoryError):
+            return "unknown"
+
+    def _sweeper_gone(self):
+        """True when the GC that wrote a live-looking sweeping marker is known to be dead (local: its flock is free)."""
+        return False
+
+    def _init_clock(self):
+        self.clock = _system_clock      # the proxy's wall clock: notes for people only, never an age
+        self.sleep = _system_sleep
+        self.on_step = None
+        self._measured = None           # (storage time, monotonic time) of the last measurement
+
+    def step(self, name, **facts):
+        """A step boundary of the writer/GC/lock protocol: tests hook ``on_step`` to interleave proxies."""
+        if self.on_step is not None:
+            self.on_step(name, **facts)
+
+    def sync_clock(self):
+        """Measure the storage's clock now (one round trip) and return it."""
+        before = time.monotonic()
+        storage = self._storage_time()
+        after = time.monotonic()
+        self._measured = (storage, (before + after) / 2.0)
+        return storage + (after - self._measured[1])
+
+    def now(self):
+        """The storage's time (epoch s): the last measurement carried forward by the monotonic clock."""
+        measured = self._measured
+        if measured is None or time.monotonic() - measured[1] > CLOCK_RESYNC_SECONDS:
+            return self.sync_clock()
+        return measured[0] + (time.monotonic() - measured[1])
 
 
 def open_store(location, s3_options=None, create=False):
@@ -137,12 +279,13 @@ def _owner_text():
     return "%s pid %d" % (socket.gethostname(), os.getpid())
 
 
-class LocalStore:
+class LocalStore(_StoreClock):
     """Objects as files under a directory."""
 
     kind = "local"
 
     def __init__(self, root, create=False):
+        self._init_clock()
         self.root = os.path.abspath(str(root))
         self.location = self.root
         self._dirty_dirs = set()
@@ -288,8 +431,30 @@ class LocalStore:
         except OSError as err:
             raise filesystem_error(err, "mark as used", self._path(key))
 
-    def now(self):
-        return time.time()
+    def renew(self, key, data=None, etag=None):
+        """Refresh the mtime of an object that must still exist; False if it is gone (utime never creates a file)."""
+        return self.touch(key)
+
+    def _storage_time(self):
+        """The filesystem's clock: the mtime of a file created now (on NFS the server's). A repository that cannot
+        be written (read-only mount: listing, restore, verify) falls back to the kernel clock, the same clock on a
+        local disk."""
+        directory = self._path("locks")
+        path = os.path.join(directory, ".tmp-clock-%s" % uuid.uuid4().hex)
+        try:
+            self._ensure_dir(directory)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return time.time()
+        try:
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def probe_conditional_writes(self):
+        """Nothing to probe: local files are renamed into place and locked with flock."""
 
     @contextlib.contextmanager
     def _flock(self, name, mode):
@@ -315,6 +480,31 @@ class LocalStore:
                     pass
             raise filesystem_error(err, "open the lock file", path)
 
+    @contextlib.contextmanager
+    def sweeping(self, purpose):
+        """The sweeping marker, with an exclusive flock on ``locks/sweep-holder`` held from before it is written until
+        after it is removed: a writer that finds the marker but can take the flock knows that GC died (the kernel
+        released its flock) and does not wait for the marker to expire."""
+        # Both context managers release in their own ``finally``; pylint cannot see that through super().
+        with self._flock("sweep-holder", fcntl.LOCK_EX):
+            with super(LocalStore, self).sweeping(purpose) as heartbeat:  # pylint: disable=contextmanager-generator-missing-cleanup
+                yield heartbeat
+
+    def _sweeper_gone(self):
+        fd = self._open_lock_file(self._path("locks/sweep-holder"))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    return False        # held: the GC that wrote the marker is alive
+                raise
+            # Free: no GC is sweeping. One that starts after this takes the flock first and then lists the sessions,
+            # and our marker is already written: it sees us and defers.
+            return True
+        finally:
+            os.close(fd)
+
     def chunk_guard(self):
         """Shared section for a writer's "exists? then touch" on a chunk."""
         return self._flock("chunks", fcntl.LOCK_SH)
@@ -329,7 +519,7 @@ class LocalStore:
         path = self._path("locks/" + name)
         fd = self._open_lock_file(path)
         try:
-            deadline = time.time() + wait_seconds
+            deadline = time.monotonic() + wait_seconds
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -337,15 +527,15 @@ class LocalStore:
                 except OSError as err:
                     if err.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
-                    if time.time() >= deadline:
+                    if time.monotonic() >= deadline:
                         holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                         raise LockHeld(holder or "another process")
-                    time.sleep(0.2)
+                    self.sleep(0.2)
             # The owner note only helps a person who finds the lock held; the flock is the lock. On a full
             # disk the note cannot be written, and prune/GC (which frees space) must still run.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps({"owner": _owner_text(), "purpose": purpose, "since": time.time()}).encode(), 0)
+                os.pwrite(fd, json.dumps({"owner": _owner_text(), "purpose": purpose, "since": self.clock()}).encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -377,12 +567,13 @@ def _epoch(value):
     return value.timestamp()
 
 
-class S3Store:
+class S3Store(_StoreClock):
     """Objects in an S3-compatible bucket under an optional prefix (boto3)."""
 
     kind = "s3"
 
     def __init__(self, location, options):
+        self._init_clock()
         if not HAS_BOTO3:
             raise RepositoryError("An S3 repository needs the Python library boto3.",
                                   hint="Install it on the host that runs the module: pip install boto3")
@@ -436,9 +627,10 @@ class S3Store:
     def put(self, key, data, retain_until=None, durable=True):
         try:
             body = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **self._lock_args(retain_until))
+            answer = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **self._lock_args(retain_until))
         except botocore_exceptions.ClientError as err:
             raise self._error(err, "upload of %s" % key)
+        return answer.get("ETag")
 
     def flush(self):
         """Nothing to do: an acknowledged PUT is durable."""
@@ -460,7 +652,8 @@ class S3Store:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise self._error(err, "stat of %s" % key)
-        return ObjectInfo(key, head["ContentLength"], _epoch(head["LastModified"]), _epoch(head.get("ObjectLockRetainUntilDate")))
+        return ObjectInfo(key, head["ContentLength"], _epoch(head["LastModified"]), _epoch(head.get("ObjectLockRetainUntilDate")),
+                          etag=head.get("ETag"))
 
     def list(self, prefix):
         paginator = self.client.get_paginator("list_objects_v2")
@@ -511,15 +704,68 @@ class S3Store:
                 return True
             self.client.copy_object(Bucket=self.bucket, Key=self._key(key), MetadataDirective="REPLACE",
                                     CopySource={"Bucket": self.bucket, "Key": self._key(key)},
-                                    Metadata={"touched": "%d" % time.time()})
+                                    Metadata={"touched": "%d" % self.clock()})
             return True
         except botocore_exceptions.ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise self._error(err, "touch of %s" % key)
 
-    def now(self):
-        return time.time()
+    def _conditional_put(self, key, body, what, **condition):
+        """PUT only if ``condition`` (IfNoneMatch="*" or IfMatch=<etag>) holds: the new ETag, or None if it did not
+        (412, or 404/409 for an If-Match on an object that is gone or being written)."""
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **condition).get("ETag") or "?"
+        except botocore_exceptions.ClientError as err:
+            if _code(err) in _CONDITION_FAILED:
+                return None
+            raise self._error(err, what)
+        except botocore_exceptions.BotoCoreError as err:
+            raise _unreachable(self.location, what, err)
+
+    def renew(self, key, data, etag):
+        """Rewrite an object that must still be the one we wrote (If-Match: its ETag; the same body keeps the same
+        ETag), which refreshes its LastModified. False when it is gone or replaced: a renewal never re-creates an
+        object that GC or a lock taker has removed (a COPY onto itself could)."""
+        return self._conditional_put(key, data, "renewal of %s" % key, IfMatch=etag) is not None
+
+    def _storage_time(self):
+        """The S3 endpoint's clock: the Date header of a response (whole seconds, hence +0.5)."""
+        try:
+            answer = self.client.head_bucket(Bucket=self.bucket)
+        except botocore_exceptions.ClientError as err:
+            raise self._error(err, "access to bucket %s" % self.bucket)
+        except botocore_exceptions.BotoCoreError as err:
+            raise _unreachable(self.location, "clock of the endpoint", err)
+        date = (answer.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+        if date:
+            return email.utils.parsedate_to_datetime(date).timestamp() + 0.5
+        # No Date header: the LastModified of an object written now.
+        self.put("locks/clock-%s" % uuid.uuid4().hex[:12], b"")
+        infos = list(self.list("locks/clock-"))
+        latest = max(info.mtime for info in infos)
+        for info in infos:
+            self.delete(info.key)
+        return latest + 0.5
+
+    def probe_conditional_writes(self):
+        """Refuse an endpoint that ignores conditional writes: the lock and the markers rely on them.
+
+        Two PUTs with If-None-Match: * on one probe key (the second must fail with 412), and a PUT with If-Match on a
+        wrong ETag (must fail too)."""
+        key = "locks/probe-%s" % uuid.uuid4().hex[:12]
+        try:
+            first = self._conditional_put(key, b"probe", "conditional write probe", IfNoneMatch="*")
+            second = self._conditional_put(key, b"probe again", "conditional write probe", IfNoneMatch="*")
+            wrong = self._conditional_put(key, b"probe again", "conditional write probe", IfMatch='"0123456789abcdef0123456789abcdef"')
+        finally:
+            self.delete(key)
+        if first is None or second is not None or wrong is not None:
+            raise RepositoryError(
+                "The S3 endpoint of %s ignores conditional writes (a second PUT with If-None-Match: * or a PUT with a wrong "
+                "If-Match succeeded): the repository lock and the exclusion between GC and backups need them." % self.location,
+                hint="Use an S3 implementation that supports conditional writes (AWS S3, MinIO, Ceph RGW and others do); "
+                     "a repository cannot be created on this endpoint.", location=self.location)
 
     def chunk_guard(self):
         return contextlib.nullcontext()
@@ -527,45 +773,86 @@ class S3Store:
     def sweep_guard(self):
         return contextlib.nullcontext()
 
+    def _read_lock(self, key):
+        """(fields, ETag, LastModified epoch) of a lock object, or None if there is none."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            body = answer["Body"].read()
+        except botocore_exceptions.ClientError as err:
+            if _code(err) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._error(err, "reading the lock %s" % key)
+        except botocore_exceptions.BotoCoreError as err:
+            raise _unreachable(self.location, "reading the lock %s" % key, err)
+        try:
+            fields = json.loads(body)
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            fields = {}         # unreadable: judged by its age alone
+        return fields, answer.get("ETag"), _epoch(answer["LastModified"])
+
     @contextlib.contextmanager
     def exclusive_lock(self, name, purpose, wait_seconds=0, ttl_seconds=3600):
-        """A lock object created only if absent (conditional PUT); an expired one is taken over."""
-        key = self._key("locks/" + name)
+        """A lock object created only if absent (If-None-Match: *), renewed by a heartbeat while held (If-Match: our
+        ETag), taken over when expired only if it is still the expired one (If-Match: its ETag), released only if it
+        is still ours. Expired means LastModified + its ttl is before the storage's now: no proxy clock is involved.
+        """
+        key = "locks/" + name
         token = uuid.uuid4().hex
-        deadline = time.time() + wait_seconds
+        body = json.dumps({"owner": _owner_text(), "purpose": purpose, "token": token, "ttl": ttl_seconds,
+                           "since": self.clock()}).encode()
+        deadline = time.monotonic() + wait_seconds
+        what = "lock %s" % name
         while True:
-            body = json.dumps({"owner": _owner_text(), "purpose": purpose, "token": token,
-                               "expires": time.time() + ttl_seconds}).encode()
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            etag = self._conditional_put(key, body, what, IfNoneMatch="*")
+            if etag is not None:
                 break
-            except botocore_exceptions.ClientError as err:
-                if err.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                    raise self._error(err, "lock %s" % name)
-            except botocore_exceptions.BotoCoreError as err:
-                raise _unreachable(self.location, "lock %s" % name, err)
-            try:
-                held = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-            except (botocore_exceptions.ClientError, ValueError):
-                held = {"expires": 0}
-            except botocore_exceptions.BotoCoreError as err:
-                raise _unreachable(self.location, "lock %s" % name, err)
-            if held.get("expires", 0) < time.time():
-                # Expired: the holder died. Remove it and race again through the conditional PUT.
-                try:
-                    self.client.delete_object(Bucket=self.bucket, Key=key)
-                except botocore_exceptions.ClientError as err:
-                    raise self._error(err, "removal of the expired lock %s" % name)
-                except botocore_exceptions.BotoCoreError as err:
-                    raise _unreachable(self.location, "lock %s" % name, err)
+            held = self._read_lock(key)
+            if held is None:
+                continue                                # released meanwhile: race for it again
+            fields, held_etag, modified = held
+            ttl = fields.get("ttl") if isinstance(fields.get("ttl"), (int, float)) else ttl_seconds
+            if modified + ttl < self.now():
+                # Expired (its holder died or stalled past the ttl). Replace exactly that object: if another proxy
+                # took it over or its holder renewed it since we read it, the ETag differs and this PUT fails.
+                etag = self._conditional_put(key, body, what, IfMatch=held_etag)
+                if etag is not None:
+                    break
                 continue
-            if time.time() >= deadline:
-                raise LockHeld("%s (%s)" % (held.get("owner", "unknown"), held.get("purpose", "")))
-            time.sleep(0.5)
+            if time.monotonic() >= deadline:
+                raise LockHeld("%s (%s)" % (fields.get("owner", "unknown"), fields.get("purpose", "")))
+            self.sleep(0.5)
+        self.step("lock.acquired", lock=name, purpose=purpose)
+        heartbeat = Heartbeat(lambda: self.renew(key, body, etag), interval=min(ttl_seconds / 4.0, 60.0), ttl=ttl_seconds,
+                              name="lock-heartbeat")
         try:
-            yield
+            yield heartbeat
         finally:
+            heartbeat.stop()
             # If the endpoint is gone now, the lock object stays until it expires (ttl_seconds); raising here would
             # hide the outcome of the work done under the lock.
-            with contextlib.suppress(botocore_exceptions.ClientError, botocore_exceptions.BotoCoreError):
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+            with contextlib.suppress(RepositoryError, botocore_exceptions.ClientError, botocore_exceptions.BotoCoreError):
+                self._release(key, token, etag)
+
+    def _release(self, key, token, etag):
+        """Delete the lock only if it is still ours: compare the token, then DELETE with If-Match (endpoints that ignore
+        If-Match on DELETE leave the short window between the two requests; see docs/repository.md)."""
+        held = self._read_lock(key)
+        if held is None or held[0].get("token") != token:
+            return False
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=held[1] or etag)
+        except botocore_exceptions.ClientError as err:
+            if _code(err) in _CONDITION_FAILED:
+                return False
+            raise
+        return True
+
+
+def _code(err):
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+# What an endpoint answers when a conditional request's condition does not hold.
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey", "404", "NotFound")

@@ -83,7 +83,7 @@ def test_a_copy_with_the_same_id_on_another_host_is_a_vm_of_its_own(lab, tmp_pat
     # the original's chain is untouched by the copy's backup
     assert original["lineage"] == first["vm_id"] and original["parent_backup_id"] == first["backup_id"]
     assert original["type"] == "incremental"
-    report = repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    report = repo.prune(RetentionPolicy(keep_last=1))
     kept = set(r.backup_id for r in repo.list_backups())
     # before: keep_last 1 per VM id deleted one host's latest backup
     assert kept == {copy["backup_id"], original["backup_id"]}, report
@@ -108,7 +108,7 @@ def test_a_migrated_vm_keeps_its_chain_and_retention(lab):
     assert moved["lineage"] == first["vm_id"] and moved["previous_backup_id"] == first["backup_id"]
     assert "moved from host hv-a" in moved["lineage_reason"]
     assert not any("kept apart" in w for w in moved["warnings"])
-    repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    repo.prune(RetentionPolicy(keep_last=1))
     assert [r.backup_id for r in repo.list_backups()] == [moved["backup_id"]]
 
 
@@ -147,7 +147,7 @@ def test_a_clock_stepped_back_does_not_prune_the_new_backup_nor_hide_it(lab, tmp
     assert repo.latest_backup(newest["vm_id"]).backup_id == newest["backup_id"]
     assert newest["parent_backup_id"] == made[1]["backup_id"]       # the parent is the last committed, not the latest clock
     assert select_backup(repo, vm="web").backup_id == newest["backup_id"]
-    report = repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    report = repo.prune(RetentionPolicy(keep_last=1))
     assert [r.backup_id for r in repo.list_backups()] == [newest["backup_id"]], report
     assert restored_content(repo, newest["backup_id"], tmp_path) == disk_content(lab, "hv-a")
 
@@ -167,6 +167,6 @@ def test_daily_buckets_use_the_recovery_point_time_and_a_run_keeps_what_it_made(
     keep, remove = RetentionPolicy(keep_daily=2).apply(stamped)
     assert set(keep) == {ids[0], ids[2]} and remove == [ids[1]]
     # a run never prunes what it made, whatever the policy says
-    report = repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0, protect=[ids[1]])
+    report = repo.prune(RetentionPolicy(keep_last=1), protect=[ids[1]])
     assert set(r.backup_id for r in repo.list_backups()) == {ids[1], ids[2]}
     assert any(k["backup_id"] == ids[1] and k["reasons"] == ["made by this run"] for k in report["kept"])

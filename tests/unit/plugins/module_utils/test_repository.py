@@ -6,7 +6,6 @@ import datetime
 import os
 import random
 import stat
-import time
 
 import tempfile
 from unittest import mock
@@ -16,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import backup_session as backup_session_module
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import DEFAULT_CHUNK_SIZE, Repository, chunk_key
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
 
 from s3_server import S3Server
+from storage_age import age
 from test_retention import oracle, policies as RETENTION_POLICIES, times as RETENTION_TIMES
 
 CHUNK = 64 * 1024
@@ -157,7 +156,8 @@ def test_incremental_reuses_parent_chunks_and_stands_alone(backend):
     assert incr.stats["reused_chunks"] + incr.stats["zero_chunks"] == len(unchanged)
     assert incr.stats["new_chunks"] == 1
     assert incr.parent_backup_id == full.backup_id
-    report = repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)   # drop the full: the incremental stays whole
+    age(repo.store, "chunks/", 3600)                                   # older than the GC grace (storage time)
+    report = repo.prune(RetentionPolicy(keep_last=1))   # drop the full: the incremental stays whole
     assert [r["backup_id"] for r in report["removed"]] == [full.backup_id]
     assert read_all(repo, incr.backup_id) == bytes(changed)
     assert repo.verify()["ok"]
@@ -246,19 +246,20 @@ def test_lost_manifest_is_reported_and_stops_gc(backend):
     assert not entry["ok"] and "manifest of disk 'disk0' is missing" in entry["problems"][0]
     assert report["damaged_backups"] == [broken.backup_id]
     chunks = chunk_keys(repo)
+    age(repo.store, "chunks/", 3600)
     with pytest.raises(RepositoryError, match="stopped before deleting anything"):
-        repo.gc(grace_seconds=0)
+        repo.gc()
     assert chunk_keys(repo) == chunks
     assert read_all(repo, kept.backup_id) == image(19, chunks=2)
 
 
-def test_incremental_whose_parent_vanished_refuses_to_commit(backend, monkeypatch):
-    monkeypatch.setattr(repository_module, "TOUCH_AFTER_SECONDS", 0)
-    monkeypatch.setattr(backup_session_module, "TOUCH_AFTER_SECONDS", 0)
+def test_incremental_whose_parent_vanished_still_commits_whole(backend):
+    """Issue 13: GC defers while a writer is live, so a parent pruned behind a running incremental keeps its chunks
+    until the incremental is committed (a chunk missing anyway is refused: test_repository_gc_safety.py)."""
     repo = new_repo(backend)
     data = image(21, chunks=3, zero_every=99)
     full = write_backup(repo, data)
-    time.sleep(2.1)                                       # parent chunks now older than the new session
+    age(repo.store, "chunks/", 3600)                      # parent chunks older than the grace
     parent = repo.load_disk_manifest(full.backup_id, "disk0")
     with repo.begin_backup(vm_id="vm-1", vm_name="web01", host="hv1", method="rct", backup_type="incremental",
                            parent_backup_id=full.backup_id) as session:
@@ -266,10 +267,10 @@ def test_incremental_whose_parent_vanished_refuses_to_commit(backend, monkeypatc
         for index in range(disk.chunk_count):
             disk.reuse_chunk(index, parent)
         repo.store.delete("backups/%s" % full.backup_id)      # the parent is pruned behind the session's back
-        assert repo.gc(grace_seconds=0)["chunks_removed"] == 3
-        with pytest.raises(RepositoryError, match="removed by a concurrent prune"):
-            session.commit()
-    assert repo.list_backups() == []
+        report = repo.gc()
+        assert report["chunks_removed"] == 0 and report["deferred"] == "1 live writer(s)"
+        record = session.commit()
+    assert read_all(repo, record.backup_id) == data and repo.verify()["ok"]
 
 
 def test_init_refuses_bad_chunk_size_and_level(tmp_path):
@@ -350,10 +351,11 @@ def test_prune_removes_backups_and_gc_frees_their_chunks(backend):
     middle = write_backup(repo, shared)
     newest = write_backup(repo, shared)
     before = set(chunk_keys(repo))
-    dry = repo.prune(RetentionPolicy(keep_last=2), dry_run=True, grace_seconds=0)
+    age(repo.store, "chunks/", 3600)
+    dry = repo.prune(RetentionPolicy(keep_last=2), dry_run=True)
     assert [r["backup_id"] for r in dry["removed"]] == [old.backup_id]
     assert dry["gc"]["chunks_removed"] == 0 and set(chunk_keys(repo)) == before   # dry run changes nothing
-    report = repo.prune(RetentionPolicy(keep_last=2), grace_seconds=0)
+    report = repo.prune(RetentionPolicy(keep_last=2))
     assert [r["backup_id"] for r in report["removed"]] == [old.backup_id]
     assert sorted(k["backup_id"] for k in report["kept"]) == sorted([middle.backup_id, newest.backup_id])
     old_only = before - set(chunk_keys(repo))
@@ -363,25 +365,24 @@ def test_prune_removes_backups_and_gc_frees_their_chunks(backend):
     assert read_all(repo, middle.backup_id) == shared
 
 
-def test_gc_keeps_chunks_a_running_backup_deduplicated(backend, monkeypatch):
-    """A chunk that only a running (uncommitted) backup references survives GC; other garbage goes."""
-    monkeypatch.setattr(repository_module, "TOUCH_AFTER_SECONDS", 2)
-    monkeypatch.setattr(backup_session_module, "TOUCH_AFTER_SECONDS", 2)
+def test_gc_keeps_chunks_a_running_backup_deduplicated(backend):
+    """While a backup runs GC deletes nothing (issue 13: deferred); once it is committed, only its chunks stay."""
     repo = new_repo(backend)
     data = image(14, chunks=4, zero_every=99)
     doomed = write_backup(repo, data)
-    time.sleep(3.5)                                      # the chunks are now "old" (S3 times have 1 s resolution)
+    age(repo.store, "chunks/", 3600)                     # the chunks are now "old" to the storage
     with repo.begin_backup(vm_id="vm-2", vm_name="other", host="h", method="rct", backup_type="full") as session:
         disk = session.add_disk(disk_key="disk0", virtual_size=len(data))
         disk.put_chunk(0, data[:CHUNK])                  # dedup hit: touches the old chunk
         repo.store.delete("backups/%s" % doomed.backup_id)   # as if pruned: nothing committed references them
-        report = repo.gc(grace_seconds=0)
-        assert report["live_sessions"] == 1
-        assert report["chunks_removed"] == doomed.disks[0]["chunk_count"] - 1 == 3
-        assert chunk_keys(repo) == [chunk_key(disk.chunk_ids[0])]
+        report = repo.gc()
+        assert report["live_sessions"] == 1 and report["deferred"] == "1 live writer(s)"
+        assert report["chunks_removed"] == 0
         for index in range(1, disk.chunk_count):
             disk.put_chunk(index, data[index * CHUNK:(index + 1) * CHUNK])
         record = session.commit()
+    age(repo.store, "chunks/", 3600)
+    assert repo.gc()["chunks_removed"] == 0              # the committed backup references every one of them
     assert read_all(repo, record.backup_id) == data
     assert repo.verify()["ok"]
 
@@ -394,20 +395,19 @@ def test_prune_and_gc_exclude_each_other(backend):
             repo.prune(RetentionPolicy(keep_last=1))
         with pytest.raises(RepositoryError, match="locked by"):
             repo.gc()
-    assert repo.gc(grace_seconds=0)["chunks_removed"] == 0
+    assert repo.gc()["chunks_removed"] == 0
 
 
-def test_gc_removes_chunks_and_marker_of_an_abandoned_session(backend, monkeypatch):
+def test_gc_removes_chunks_and_marker_of_an_abandoned_session(backend):
     repo = new_repo(backend)
-    monkeypatch.setattr(repository_module, "SESSION_TIMEOUT_SECONDS", 1)
-    monkeypatch.setattr(backup_session_module, "SESSION_TIMEOUT_SECONDS", 1)
     session = repo.begin_backup(vm_id="v", vm_name="v", host="h", method="rct", backup_type="full")
     disk = session.add_disk(disk_key="d", virtual_size=2 * CHUNK)
     disk.put_chunk(0, os.urandom(CHUNK))
     session._stop.set()                      # the writer "dies": no more heartbeats, nothing committed
-    assert repo.gc(grace_seconds=0)["chunks_removed"] == 0      # still live: kept
-    time.sleep(1.6)
-    report = repo.gc(grace_seconds=0)
+    age(repo.store, "chunks/", 3600)
+    assert repo.gc()["chunks_removed"] == 0      # still live: kept
+    age(repo.store, "sessions/", 3600)          # an hour without a heartbeat (storage time): dead
+    report = repo.gc()
     assert report["chunks_removed"] == 1 and report["stale_sessions_removed"] == 1
     assert chunk_keys(repo) == []
     with pytest.raises(RepositoryError):
@@ -458,7 +458,7 @@ def test_object_lock_keeps_locked_backups_and_prune_reports_them(s3_server):
     second = write_backup(repo, image(18, chunks=3))
     info = repo.store.stat("backups/%s" % first.backup_id)
     assert info.retain_until > repo.store.now() + 86400
-    report = repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    report = repo.prune(RetentionPolicy(keep_last=1))
     assert report["removed"] == []
     assert [entry["backup_id"] for entry in report["locked"]] == [first.backup_id]
     assert report["locked"][0]["kept_until"].startswith(
@@ -514,7 +514,9 @@ def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
             with mock.patch.object(backup_session_module, "utc_now", return_value=created):
                 record = write_backup(repo, data, vm_id=vm_id, vm_name=vm_id)
             written[record.backup_id] = (vm_id, created, data, position)
-        report = repo.prune(RetentionPolicy.from_dict(counts), grace_seconds=0)
+        age(repo.store, "chunks/", 3600)
+        age(repo.store, "manifests/", 3600)
+        report = repo.prune(RetentionPolicy.from_dict(counts))
         expected = set()
         # newest = committed last, whatever the drawn clock said (issue 12, point 6); periods by the drawn time
         for vm_id in set(vm for vm, _created in backups):

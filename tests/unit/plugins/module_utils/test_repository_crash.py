@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 
 from s3_server import S3Server
+from storage_age import age
 from test_repository import CHUNK, image, read_all, write_backup
 
 pytestmark = pytest.mark.reliability
@@ -73,7 +74,8 @@ def test_killed_writer_leaves_repository_consistent(backend, point, tmp_path, s3
     assert report["ok"] and report["backups_checked"] == 1
     after = write_backup(repo, image(31, chunks=6), vm_id="vm-crash", vm_name="crashy")
     assert read_all(repo, after.backup_id) == image(31, chunks=6)
-    assert repo.gc(grace_seconds=0)["chunks_removed"] == 0    # the dead writer's marker is still live: kept
+    age(repo.store, "chunks/", 3600)
+    assert repo.gc()["chunks_removed"] == 0    # the dead writer's marker is still live: kept
     assert repo.verify()["ok"]
     assert read_all(repo, before.backup_id) == image(30, chunks=6)
 
@@ -112,7 +114,9 @@ def test_concurrent_writers_and_prune(backend, tmp_path, s3_server):
         stdout=subprocess.PIPE, text=True) for seed in (1, 2, 3)]
     prunes = 0
     while any(w.poll() is None for w in writers):
-        repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0, wait_seconds=30)
+        age(repo.store, "chunks/", 3600)             # every chunk "old": only the protocol protects the writers' chunks
+        age(repo.store, "manifests/", 3600)
+        repo.prune(RetentionPolicy(keep_last=1), wait_seconds=30)
         prunes += 1
         time.sleep(0.2)
     outputs = [w.communicate(timeout=120)[0] for w in writers]
@@ -123,7 +127,8 @@ def test_concurrent_writers_and_prune(backend, tmp_path, s3_server):
     latest = dict((json.loads(out)["backup_id"], out) for out in outputs)
     listed = [r.backup_id for r in repo.list_backups()]
     assert set(latest) <= set(listed)
-    repo.prune(RetentionPolicy(keep_last=1), grace_seconds=0)
+    age(repo.store, "chunks/", 3600)
+    repo.prune(RetentionPolicy(keep_last=1))
     assert sorted(r.backup_id for r in repo.list_backups()) == sorted(latest)
     assert repo.verify()["ok"]
     for backup_id in latest:

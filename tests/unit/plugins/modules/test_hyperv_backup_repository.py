@@ -13,6 +13,7 @@ from ansible_collections.hyperv.backup.plugins.modules import hyperv_backup_info
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "module_utils"))
 from test_repository import CHUNK, image, write_backup  # noqa: E402  pylint: disable=wrong-import-position
+from storage_age import age  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class Exit(Exception):
@@ -75,15 +76,18 @@ def test_pruned_check_mode_then_real(tmp_path):
     first = write_backup(repo, image(42, chunks=3))
     write_backup(repo, image(43, chunks=3))
     chunks_before = len(list(repo.store.list("chunks/")))
-    preview = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=0,
+    age(repo.store, "chunks/", 3600)            # older than the (minimum) grace of 15 minutes, by the storage's clock
+    refused = run(hyperv_backup_repository, expect=Fail, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=14)
+    assert "gc_grace_minutes must be at least 15" in refused["msg"]
+    preview = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=15,
                   _ansible_check_mode=True)
     assert preview["changed"] and [r["backup_id"] for r in preview["prune"]["removed"]] == [first.backup_id]
     assert preview["msg"].startswith("Would remove 1 backup(s), kept 1")
     assert len(list(repo.store.list("chunks/"))) == chunks_before and len(repo.list_backups()) == 2
-    done = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=0)
+    done = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=15)
     assert done["changed"] and done["prune"]["gc"]["chunks_removed"] == 3
     assert done["msg"].startswith("Removed 1 backup(s), kept 1; freed 3 unreferenced chunk(s)")
-    again = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1, gc_grace_minutes=0)
+    again = run(hyperv_backup_repository, repository=repo.location, state="pruned", keep_last=1)
     assert not again["changed"]
     refused = run(hyperv_backup_repository, expect=Fail, repository=repo.location, state="pruned")
     assert "keeps nothing" in refused["msg"]
@@ -132,7 +136,7 @@ def test_pruned_counts_leftovers_of_a_crashed_backup_as_a_change(tmp_path, monke
     monkeypatch.setattr(backup_session_module, "SESSION_TIMEOUT_SECONDS", 0)
     session = repo.begin_backup(vm_id="v", vm_name="v", host="h", method="rct", backup_type="full")
     session._stop.set()                      # the writer dies before it stored anything
-    args = dict(repository=repo.location, state="pruned", keep_last=5, gc_grace_minutes=0)
+    args = dict(repository=repo.location, state="pruned", keep_last=5)
     preview = run(hyperv_backup_repository, _ansible_check_mode=True, **args)
     assert preview["changed"] and preview["prune"]["gc"]["stale_sessions_removed"] == 1
     assert "would clear 1 leftover(s) of interrupted backups" in preview["msg"]
