@@ -30,6 +30,10 @@ description:
   - O(state=key_exported) writes the repository's authenticated config, with its key slots still protected by their
     passphrases, to O(key_file) (mode 0600). O(state=key_imported) writes it back when the stored config is missing,
     damaged or was changed; an intact config is left alone, so an old export never undoes a passphrase change.
+  - O(state=config_recovered) (S3, versioned bucket) writes back the newest earlier version of the repository's C(config)
+    that opens with O(repository_passphrase) (or authenticates with the keys of O(key_file)), after a plain delete (a
+    delete marker) or an overwrite; with Object Lock it is locked again. An intact config is left alone (changed false).
+    After a passphrase change, older versions open with the older passphrase only. A local directory keeps no versions.
   - Old copies of the config (file backups, earlier S3 object versions, key exports) keep opening with the passphrases
     they were written with, because the data keys never change. See docs/security.md.
   - Runs on the controller or the backup proxy that holds the repository; use C(delegate_to).
@@ -41,7 +45,8 @@ options:
   state:
     description: What the repository should be, or which key operation to run.
     type: str
-    choices: [present, verified, pruned, passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported]
+    choices: [present, verified, pruned, passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported,
+              config_recovered]
     default: present
   new_repository_passphrase:
     description:
@@ -62,6 +67,7 @@ options:
       - With O(state=key_exported), the file to write the key export to (on the machine that runs the module, mode 0600,
         missing directories are created 0700). A file there that is not a key export is never overwritten.
       - With O(state=key_imported), the key export to write back as the repository's config.
+      - With O(state=config_recovered), optional; the earlier config version restored must authenticate with its keys.
       - Keep it apart from the repository (and its credentials); it still needs a passphrase of the repository.
     type: path
     aliases: [key_export_path]
@@ -79,6 +85,18 @@ options:
       - For a new S3 repository on a bucket created with Object Lock, how many days each backup is immutable.
       - Nobody (including ransomware with the repository credentials) can delete those objects before then.
     type: int
+  padding:
+    description:
+      - Padding of the objects of a new encrypted repository (used only when the repository is created; an existing
+        repository keeps the padding it was created with, which is returned in C(repository.padding)).
+      - V(none) stores each object at its compressed size plus a fixed overhead, so object sizes can fingerprint known
+        disk images. V(padme) pads every object (inside the encryption, authenticated) to a Padme length, at most about
+        12 % larger (a few % for 1 MiB chunks); sizes then reveal far less. It hides neither the number of chunks nor
+        when they were written. See docs/security.md.
+      - V(padme) needs O(repository_passphrase); it is refused for an unencrypted repository.
+    type: str
+    choices: [none, padme]
+    default: none
   backups:
     description: With O(state=verified), the backup ids to verify; all backups when empty.
     type: list
@@ -140,7 +158,8 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying the repository.
     support: full
     details: O(state=present) reports whether it would create; O(state=pruned) reports what would be removed; O(state=verified) reads only;
-      the key states report whether they would change the config or the key file, and write nothing.
+      the key states report whether they would change the config or the key file, and write nothing; O(state=config_recovered)
+      reports the version it would write back.
   diff_mode:
     description: Will return details on what has changed, when in diff mode.
     support: none
@@ -172,6 +191,14 @@ EXAMPLES = r"""
     repository: s3://hyperv-backups/site1
     repository_passphrase: "{{ vault_repository_passphrase }}"
     object_lock_days: 14
+    state: present
+  delegate_to: localhost
+
+- name: Create an encrypted repository whose object sizes are padded (Padme), so they do not fingerprint known images
+  hyperv.backup.hyperv_backup_repository:
+    repository: s3://hyperv-backups/site2
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    padding: padme
     state: present
   delegate_to: localhost
 
@@ -215,6 +242,13 @@ EXAMPLES = r"""
     state: key_imported
   delegate_to: localhost
 
+- name: Write back the config from its newest earlier S3 version (after a plain delete of the config)
+  hyperv.backup.hyperv_backup_repository:
+    repository: s3://hyperv-backups/site1
+    repository_passphrase: "{{ vault_repository_passphrase }}"
+    state: config_recovered
+  delegate_to: localhost
+
 - name: Keep 7 daily, 4 weekly and 12 monthly backups per VM
   hyperv.backup.hyperv_backup_repository:
     repository: /srv/hyperv-backup
@@ -243,7 +277,7 @@ repository:
   returned: when the repository exists
   type: dict
   sample: {"location": "/srv/hyperv-backup", "backend": "local", "chunk_size": 1048576, "encrypted": true,
-           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 2,
+           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 3, "padding": "none",
            "config_authenticated": true, "key_slots": ["passphrase", "recovery"]}
 key_slots:
   description: The labels of the repository's key slots after the task (never their material).
@@ -261,6 +295,16 @@ key_file:
   returned: with O(state=key_exported), O(state=key_imported)
   type: str
   sample: /root/hyperv-backup-keys/site1.json
+recovered_version:
+  description: The S3 version id of the config written back (or that would be, in check mode); null when the config was intact.
+  returned: with O(state=config_recovered)
+  type: str
+  sample: 3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY
+recovered_version_time:
+  description: When the version found was written (epoch seconds, storage time).
+  returned: with O(state=config_recovered)
+  type: float
+  sample: 1796376752.0
 verify:
   description:
     - The verify report; C(backups) lists per backup C(ok), C(missing_chunks) and C(corrupt_chunks)
@@ -284,8 +328,9 @@ prune:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto, repository_key_slots, repository_memory
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_recovery
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_config import check_passphrase
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_config import check_padding, check_passphrase
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     ensure_repository, open_repository, prune_message, repository_argument_spec, s3_options_from_params, verify_message,
 )
@@ -301,7 +346,8 @@ def check_libraries(module):
 
 
 def run_key_state(module):
-    """passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported (repository_key_slots.py)."""
+    """passphrase_changed, key_slot_added, key_slot_removed, key_exported, key_imported (repository_key_slots.py);
+    config_recovered (repository_recovery.py)."""
     params = module.params
     state = params["state"]
     common = dict(s3_options=s3_options_from_params(params), check_mode=module.check_mode)
@@ -313,6 +359,8 @@ def run_key_state(module):
                                                    label=params["key_slot_label"] or "recovery", **common)
     elif state == "key_slot_removed":
         result = repository_key_slots.remove_key_slot(location, passphrase, params["key_slot_label"], **common)
+    elif state == "config_recovered":
+        result = repository_recovery.recover_config(location, passphrase, key_file=params["key_file"], **common)
     elif state == "key_exported":
         result = repository_key_slots.export_keys(location, passphrase, params["key_file"], **common)
     else:
@@ -329,13 +377,14 @@ def run(module):
     if state == "present":
         if module.check_mode:
             check_passphrase(params["repository_passphrase"], params["repository"])     # refused as it would be for real
+            check_padding(params["padding"], params["repository_passphrase"] is not None, params["repository"])
             exists = open_store(params["repository"], s3_options_from_params(params)).stat("config") is not None
             if not exists:
                 return {"changed": True, "created": True, "msg": "Would create a repository at %s." % params["repository"]}
             repo = open_repository(params)
             return {"changed": False, "created": False, "repository": repo.describe(), "msg": "The repository exists."}
         repo, created = ensure_repository(params, chunk_size=params["chunk_size"], compression_level=params["compression_level"],
-                                          object_lock_days=params["object_lock_days"])
+                                          object_lock_days=params["object_lock_days"], padding=params["padding"])
         msg = ("Created the repository at %s." if created else "The repository at %s exists.") % repo.location
         return {"changed": created, "created": created, "repository": repo.describe(), "msg": msg}
     repo = open_repository(params)
@@ -364,7 +413,7 @@ def run(module):
     return {"changed": changed, "created": False, "repository": repo.describe(), "prune": report, "msg": prune_message(report)}
 
 
-KEY_STATES = ("passphrase_changed", "key_slot_added", "key_slot_removed", "key_exported", "key_imported")
+KEY_STATES = ("passphrase_changed", "key_slot_added", "key_slot_removed", "key_exported", "key_imported", "config_recovered")
 
 
 def argument_spec():
@@ -377,6 +426,7 @@ def argument_spec():
         chunk_size=dict(type="int", default=1048576),
         compression_level=dict(type="int", default=1),
         object_lock_days=dict(type="int"),
+        padding=dict(type="str", choices=["none", "padme"], default="none"),
         backups=dict(type="list", elements="str", default=[]),
         fail_on_damage=dict(type="bool", default=True),
         vm=dict(type="str"),

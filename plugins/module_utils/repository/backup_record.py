@@ -19,7 +19,7 @@ import struct
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 
-FORMAT_VERSION = 2                  # 2: authenticated config, key slots (issue 13); docs/repository.md
+FORMAT_VERSION = 3                  # 2: authenticated config, key slots; 3: per-object keys, padding (issue 13); docs/repository.md
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 ZERO_ID = bytes(32)                 # manifest entry of an all-zero (not stored) chunk
 MANIFEST_MAGIC = b"HVDM"

@@ -255,7 +255,8 @@ class BackupSession:
 
         Chunks this session stored, or found and touched, are protected by its live marker (checked just before).
         Every other referenced chunk (taken from the parent's manifest by ``reuse_chunk``) is checked now: one HEAD
-        each, or one listing of the chunks when there are many.
+        each, or one listing of the chunks when there are many; with Object Lock, one touch each, which also extends
+        its retention to this backup's.
         """
         repo = self.repo
         check = set()
@@ -265,7 +266,12 @@ class BackupSession:
             check.difference_update(self.known_chunks)
         if not check:
             return
-        if repo.store.kind == "s3" and len(check) > REFERENCE_HEAD_LIMIT:
+        if self.retain_until is not None:
+            # Object Lock: a reused chunk must stay locked as long as this backup's record (issue 13, point 3), so each
+            # is touched (HEAD, and a retention extension when it is shorter); touch returns False for a missing chunk.
+            kept = list(self.pool.map(lambda cid: repo.store.touch(chunk_key(cid), self.retain_until), sorted(check)))
+            missing = [cid for cid, there in zip(sorted(check), kept) if not there]
+        elif repo.store.kind == "s3" and len(check) > REFERENCE_HEAD_LIMIT:
             present = set(info.key.rsplit("/", 1)[1] for info in repo.store.list("chunks/"))
             missing = sorted(cid for cid in check if cid not in present)
         else:

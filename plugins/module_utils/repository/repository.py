@@ -24,6 +24,7 @@ __metaclass__ = type
 import concurrent.futures
 import copy
 import json
+import math
 import os
 import struct
 import threading
@@ -68,6 +69,8 @@ class Repository:
         self.chunk_size = config["chunk_size"]
         self.compression_level = config["compression"]["level"]
         self.object_lock_days = (config.get("object_lock") or {}).get("days")
+        # Sealing pads (or not) as the authenticated config says; checked by repository_config.check_fields.
+        keys.padding = config.get("padding") or "none"
         default_workers = 8 if store.kind == "s3" else max(2, os.cpu_count() or 2)
         self.workers = workers or default_workers
         self._local = threading.local()
@@ -78,11 +81,14 @@ class Repository:
 
     @classmethod
     def init(cls, location, passphrase=None, chunk_size=DEFAULT_CHUNK_SIZE, s3_options=None, object_lock_days=None,
-             compression_level=DEFAULT_COMPRESSION_LEVEL, scrypt_params=None):
+             compression_level=DEFAULT_COMPRESSION_LEVEL, scrypt_params=None, padding="none"):
         """Create a repository; RepositoryError if one exists there already.
 
-        ``passphrase``: None creates a plain repository (on purpose); "" is refused (a mistake, never a choice)."""
+        ``passphrase``: None creates a plain repository (on purpose); "" is refused (a mistake, never a choice).
+        ``padding``: "none" or "padme" (encrypted repositories only): pad every object to a Padme length, so sizes
+        reveal less about content (docs/security.md, "What object sizes and dedup reveal")."""
         repository_config.check_passphrase(passphrase, location)
+        repository_config.check_padding(padding, passphrase is not None, location)
         require_libraries(encrypted=passphrase is not None)
         _check_chunk_size(chunk_size)
         if not 1 <= int(compression_level) <= 19:
@@ -104,8 +110,14 @@ class Repository:
         if store.stat("config") is not None:
             raise RepositoryError("A repository already exists at %s." % store.location,
                                   hint="Open it instead, or choose an empty location.", location=store.location)
+        if store.kind == "s3":
+            # A deleted config (delete marker) with earlier versions is a repository to recover, never to replace: a new
+            # config would hide the data the old one unlocks (read_config raises the error that says what to run).
+            if repository_config.earlier_config_versions(store):
+                repository_config.read_config(store)
         # The config is authenticated (encrypted repositories) before it is first written: repository_config.py.
-        config, keys = repository_config.new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params)
+        config, keys = repository_config.new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params,
+                                                    padding)
         if store.kind == "local":
             for prefix in range(256):
                 make_private_dirs(os.path.join(store.root, "chunks", "%02x" % prefix))
@@ -156,6 +168,7 @@ class Repository:
                 "format_version": self.config["version"], "chunk_size": self.chunk_size, "encrypted": self.encrypted,
                 "compression": dict(self.config["compression"]), "chunk_id": self.config["chunk_id"],
                 "object_lock_days": self.object_lock_days, "created": self.config["created"],
+                "padding": self.config.get("padding") or "none",
                 # Key slot labels (names for people, e.g. "passphrase", "recovery"), never their material.
                 "config_authenticated": bool(self.config.get("authentication")),
                 "key_slots": [slot.get("label") for slot in (self.config.get("encryption") or {}).get("key_slots", [])]}
@@ -180,7 +193,9 @@ class Repository:
     def _retain_until(self):
         if not self.object_lock_days:
             return None
-        return self.store.now() + self.object_lock_days * 86400
+        # Whole seconds: S3 keeps RetainUntilDate to the second or millisecond, and a stored retention must compare
+        # equal to the record's (a reused chunk is extended when its retention is shorter than the record's).
+        return float(math.ceil(self.store.now() + self.object_lock_days * 86400))
 
     def read_chunk(self, chunk_id, expected_length=None):
         """Plaintext of a chunk, checked against its id; raises KeyError (missing) or ValueError (corrupt)."""
@@ -200,6 +215,10 @@ class Repository:
 
         ``lineage`` says which VM the backup is of when two hosts report the same VM id (vm_lineage.py); default
         the VM id."""
+        if self.object_lock_days and not self.read_only:
+            # The config (the wrapped keys) must stay locked as long as the data it unlocks: renewed here, the one place
+            # every backup passes (one HEAD; a retention update every object_lock_days/2). Issue 13, point 3.
+            repository_config.renew_config_retention(self.store, self.config)
         return BackupSession(self, vm_id=vm_id, vm_name=vm_name, host=host, method=method, backup_type=backup_type,
                              parent_backup_id=parent_backup_id, consistency=consistency, metadata=metadata or {},
                              lineage=lineage)

@@ -6,7 +6,7 @@
 ``config`` is JSON (docs/repository.md). In an encrypted repository every field except the key slots' material is
 bound by ``authentication.tag``: keyed BLAKE3 (key derived from the master keys) of the canonical JSON of the config
 without ``encryption.key_slots`` and without ``authentication``. Someone who can write the storage but has no
-passphrase therefore cannot switch encryption or Object Lock off, nor change chunk size, compression, chunk ids,
+passphrase therefore cannot switch encryption, Object Lock or padding off, nor change chunk size, compression, chunk ids,
 the repository id or the format: ``open`` refuses. Key slots stay outside the tag so that adding a slot or changing a
 passphrase rewrites nothing else; a slot that wraps other keys fails the tag all the same.
 
@@ -26,7 +26,7 @@ import uuid
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import FORMAT_VERSION, iso, utc_now
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
-    CIPHER, KIND_BACKUP, RepositoryKeys, require_libraries,
+    CIPHER, KIND_BACKUP, PADDING_MODES, RepositoryKeys, require_libraries,
 )
 
 FORMAT_NAME = "hyperv.backup repository"
@@ -36,6 +36,11 @@ TAG_ALGORITHM = "blake3-keyed"
 PASSPHRASE_ENVIRONMENT = "HYPERV_BACKUP_REPOSITORY_PASSPHRASE"
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 MiB = 1024 * 1024
+DAY_SECONDS = 86400
+# The config is locked for 1.5 x object_lock days and renewed when less than object_lock days are left, so it is always
+# locked longer than the newest data it unlocks (locked for object_lock days from its write), with one retention
+# update per object_lock_days / 2 at most.
+CONFIG_LOCK_FACTOR = 1.5
 RECOVERY_HINT = ("If the repository had a config that was deleted or overwritten, write it back from a key export "
                  "(hyperv.backup.hyperv_backup_repository with state: key_imported and key_file).")
 
@@ -54,18 +59,33 @@ def check_passphrase(passphrase, location, option="repository_passphrase"):
                               location=location)
 
 
-def new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params=None):
+def check_padding(padding, encrypted, location):
+    """Refuse an unknown padding mode, and padding on a plain repository (its sizes say less than its plaintext does)."""
+    if padding not in PADDING_MODES:
+        raise RepositoryError("padding %r is not one of %s." % (padding, ", ".join(PADDING_MODES)),
+                              hint="Use padding: none (the default) or padme.", location=location)
+    if padding != "none" and not encrypted:
+        raise RepositoryError("padding %s needs an encrypted repository; %s would be created without a passphrase." % (padding, location),
+                              hint="Give repository_passphrase to create an encrypted repository, or drop padding: object sizes "
+                                   "of a plain repository hide nothing (its contents are readable).", location=location)
+
+
+def new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params=None, padding="none"):
     """(config, keys) of a new repository; the config is authenticated when ``passphrase`` is given."""
     check_passphrase(passphrase, store.location)
+    check_padding(padding, passphrase is not None, store.location)
     if passphrase is not None:
         keys, encryption = RepositoryKeys.create(passphrase, scrypt_params)
     else:
         keys, encryption = RepositoryKeys(), None
+    keys.padding = padding
     config = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "repository_id": str(uuid.uuid4()), "created": iso(utc_now()),
         "chunk_size": int(chunk_size), "compression": {"algorithm": "zstd", "level": int(compression_level)},
         "chunk_id": "blake3-keyed" if encryption else "blake3", "encryption": encryption,
         "object_lock": {"days": int(object_lock_days), "mode": store.lock_mode} if object_lock_days else None,
+        # Bound by the tag like every field (canonical), so nobody without the keys can switch it off or on.
+        "padding": padding,
     }
     authenticate(config, keys)
     return config, keys
@@ -91,9 +111,42 @@ def encode(config):
 
 
 def write_config(store, config, retain_until=None):
-    """Store the config (local: temp file and rename; S3: one PUT), durably. Callers authenticate it first."""
-    store.put("config", encode(config), retain_until=retain_until)
+    """Store the config (local: temp file and rename; S3: one PUT), durably. Callers authenticate it first.
+
+    With Object Lock the config is locked like the data it unlocks (issue 13, point 3), in the repository's mode,
+    until ``retain_until`` (default: storage now + 1.5 x object_lock days); every rewrite (key states) is locked again."""
+    write_config_bytes(store, encode(config), config, retain_until)
+
+
+def write_config_bytes(store, raw, config, retain_until=None):
+    """Store ``raw`` (the encoding of ``config``, or earlier bytes being put back) as the config, with retention."""
+    lock = config.get("object_lock") if isinstance(config, dict) else None
+    if store.kind == "s3" and isinstance(lock, dict) and lock.get("days"):
+        if retain_until is None:
+            retain_until = store.now() + CONFIG_LOCK_FACTOR * int(lock["days"]) * DAY_SECONDS
+        store.put_retained("config", raw, retain_until, mode=lock.get("mode"))
+    else:
+        store.put("config", raw, retain_until=retain_until)
     store.flush()
+
+
+def renew_config_retention(store, config):
+    """Extend the config's retention to storage now + 1.5 x object_lock days when less than object_lock days are left,
+    so it outlives the backup about to be written (whose objects are locked for object_lock days).
+
+    Called once per backup (Repository.begin_backup): one HEAD, and one retention update every days/2. Returns the new
+    retain_until (epoch s) or None when nothing was done. Times are the storage's (``store.now()``)."""
+    lock = config.get("object_lock")
+    if store.kind != "s3" or not isinstance(lock, dict) or not lock.get("days"):
+        return None
+    days = int(lock["days"])
+    info = store.stat("config")
+    now = store.now()
+    if info is None or (info.retain_until is not None and info.retain_until >= now + days * DAY_SECONDS):
+        return None
+    retain_until = now + CONFIG_LOCK_FACTOR * days * DAY_SECONDS
+    store.extend_retention("config", retain_until, mode=lock.get("mode"))
+    return retain_until
 
 
 def parse(raw, location, source="config"):
@@ -194,6 +247,8 @@ def check_fields(config, location):
     if lock is not None and (not isinstance(lock, dict) or not isinstance(lock.get("days"), int) or lock["days"] < 1
                              or lock.get("mode") not in LOCK_MODES):
         bad("object_lock %r is not a number of days (1 or more) and a mode" % (lock,))
+    if config.get("padding") not in PADDING_MODES or (config["padding"] != "none" and not encrypted):
+        bad("padding %r is not one of %s (padme only in an encrypted repository)" % (config.get("padding"), ", ".join(PADDING_MODES)))
 
 
 def read_config(store):
@@ -201,9 +256,30 @@ def read_config(store):
     try:
         return store.get("config")
     except (KeyError, FileNotFoundError, NotADirectoryError):
+        earlier = earlier_config_versions(store)
+        if earlier:
+            raise RepositoryError("The config of repository %s was deleted (its newest version is a delete marker), but %d earlier "
+                                  "version(s) of it are kept by the bucket." % (store.location, len(earlier)),
+                                  hint="Write the newest one that opens with your passphrase back with "
+                                       "hyperv.backup.hyperv_backup_repository state: config_recovered (repository_passphrase, or "
+                                       "key_file), then find out who deleted it. " + RECOVERY_HINT,
+                                  location=store.location, reason="config_deleted", versions=len(earlier))
         raise RepositoryError("No backup repository at %s." % store.location,
                               hint="Create it first (hyperv.backup.hyperv_backup_repository with state: present). " + RECOVERY_HINT,
                               location=store.location)
+
+
+def earlier_config_versions(store):
+    """The stored versions (not delete markers) of ``config``, newest first; [] on a local store or a bucket that keeps none."""
+    if store.kind != "s3":
+        return []
+    try:
+        versions = store.list_versions("config")
+    except RepositoryError as err:
+        if err.extra.get("s3_error") in ("AccessDenied", "NotImplemented"):
+            return []       # credentials without s3:ListBucketVersions, or an endpoint without versions: nothing to tell
+        raise
+    return [version for version in versions if not version["delete_marker"]]
 
 
 # -- key export files ------------------------------------------------------------------------------

@@ -4,16 +4,23 @@
 """Chunk ids, compression and encryption of repository objects (the "blob envelope").
 
 Every object the repository stores (chunk, disk manifest, backup record, catalog, verify status)
-is wrapped in one envelope, format version 1::
+is wrapped in one envelope, version 3 (repository format version 3, docs/repository.md)::
 
-    magic b"HVB1" | kind (1 byte) | flags (1 byte) | [nonce (12 bytes) if encrypted] | body | [checksum (32 bytes) if plain]
+    magic b"HVB3" | kind (1 byte) | flags (1 byte) | [salt (16) | nonce (12) if encrypted] | body | [checksum (32) if plain]
 
-``flags`` bit 0: the body is zstd-compressed; bit 1: the body is AES-256-GCM ciphertext (tag
-appended); bit 2: a BLAKE3 checksum of header, name and body follows the body. The authenticated data of
-the cipher is the 6 header bytes plus the object's name, so a ciphertext moved to another name (e.g. chunk A
-renamed to chunk B) fails authentication. A plain object carries the checksum instead, for the same reason:
-a bit flip in a manifest or record that is stored as is (too small to compress) would otherwise change a
-backup silently, and a stored-as-is chunk would only be caught by a full verify.
+``flags`` bit 0: the body is zstd-compressed; bit 1: the body is AES-256-GCM ciphertext (tag appended);
+bit 2: a BLAKE3 checksum of header, name and body follows the body; bit 3: the plaintext inside the
+ciphertext is ``length (8 bytes) | body | zero bytes`` (padding, encrypted repositories only), so the
+padding and the true length are authenticated with the rest.
+
+Each encrypted object has a key of its own: HKDF-SHA256 of the data key with the object's random salt and
+the kind as info (as kopia derives per-content keys). One key for every object with random 96-bit nonces
+would be safe only below about 2**32 objects (the nonce-collision bound of AES-GCM); with per-object keys a
+nonce never meets the same key twice in practice. The authenticated data of the cipher is the 6 header bytes,
+the salt and the object's name, so a ciphertext moved to another name (e.g. chunk A renamed to chunk B) fails
+authentication. A plain object carries the checksum instead, for the same reason: a bit flip in a manifest or
+record that is stored as is (too small to compress) would otherwise change a backup silently, and a
+stored-as-is chunk would only be caught by a full verify.
 
 Chunk ids are BLAKE3 of the plaintext (hex, 64 chars) in a plain repository, and keyed BLAKE3
 under a secret id key in an encrypted one, so ids reveal nothing about content. Keys: a random
@@ -53,7 +60,9 @@ except ImportError:
 
 try:
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
@@ -62,14 +71,20 @@ except ImportError:
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 
-ENVELOPE_MAGIC = b"HVB1"
+ENVELOPE_MAGIC = b"HVB3"             # envelope of format version 3; "HVB1" objects (formats 1 and 2) are not read
 HEADER = struct.Struct(">4sBB")
 NONCE_SIZE = 12
+SALT_SIZE = 16                      # per-object HKDF salt: 128 random bits, so object keys never repeat in practice
+TAG_SIZE = 16
 FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
 FLAG_CHECKSUM = 0x04
-KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED | FLAG_CHECKSUM
+FLAG_PADDED = 0x08
+KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED | FLAG_CHECKSUM | FLAG_PADDED
 CHECKSUM_SIZE = 32
+PADDED_LENGTH = struct.Struct(">Q")     # true body length, first inside the ciphertext of a padded object
+OBJECT_KEY_INFO = b"hyperv.backup object v3"
+PADDING_MODES = ("none", "padme")
 
 # Object kinds, recorded in the header so an object of one kind is never read as another.
 KIND_CHUNK = 1
@@ -118,11 +133,12 @@ class RepositoryKeys:
         self.id_key = id_key
         self.slot_index = None          # which key slot opened them (set by unlock)
         self.slot_label = None
-        self._aead = AESGCM(data_key) if data_key else None
+        # "none" or "padme": set from the config by Repository (padding is a repository option, authenticated there).
+        self.padding = "none"
 
     @property
     def encrypted(self):
-        return self._aead is not None
+        return bool(self.data_key)
 
     @classmethod
     def create(cls, passphrase, scrypt_params=None, label="passphrase"):
@@ -213,13 +229,26 @@ class RepositoryKeys:
             packed = compressor.compress(data)
             if len(packed) < len(data):
                 body, flags = packed, FLAG_ZSTD
-        if self._aead is None:
+        if not self.encrypted:
             header = HEADER.pack(ENVELOPE_MAGIC, kind, flags | FLAG_CHECKSUM)
             return [header, body, _checksum(header, name, body)]
         flags |= FLAG_ENCRYPTED
+        if self.padding == "padme":
+            flags |= FLAG_PADDED
+            # Pad so that the whole stored object, not only its body, has a Padme length: that is what storage shows.
+            unpadded = HEADER.size + SALT_SIZE + NONCE_SIZE + PADDED_LENGTH.size + len(body) + TAG_SIZE
+            body = b"".join((PADDED_LENGTH.pack(len(body)), body, bytes(padme(unpadded) - unpadded)))
         header = HEADER.pack(ENVELOPE_MAGIC, kind, flags)
+        salt = os.urandom(SALT_SIZE)
+        # A random nonce as well, although the key is already unique: a repeated salt (broken RNG) then still needs
+        # a repeated nonce before anything leaks.
         nonce = os.urandom(NONCE_SIZE)
-        return [header, nonce, self._aead.encrypt(nonce, body, header + name.encode("utf-8"))]
+        return [header, salt, nonce, self._object_cipher(kind, salt).encrypt(nonce, body, header + salt + name.encode("utf-8"))]
+
+    def _object_cipher(self, kind, salt):
+        """AES-256-GCM under the object's own key: HKDF-SHA256(data key, salt, info = label | kind)."""
+        info = OBJECT_KEY_INFO + struct.pack(">B", kind)
+        return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(self.data_key))
 
     def unseal(self, kind, name, blob):
         """Return the plaintext of ``blob`` stored under ``name``; raise ValueError if it is damaged."""
@@ -241,14 +270,22 @@ class RepositoryKeys:
             if _checksum(blob[:HEADER.size], name, body) != stored:
                 raise ValueError("checksum mismatch (corrupt, or stored under another name)")
         if flags & FLAG_ENCRYPTED:
-            if self._aead is None:
+            if not self.encrypted:
                 raise ValueError("object is encrypted but the repository has no key")
-            nonce = bytes(body[:NONCE_SIZE])
+            if len(body) < SALT_SIZE + NONCE_SIZE + TAG_SIZE:
+                raise ValueError("object is truncated (%d bytes)" % len(blob))
+            salt = bytes(body[:SALT_SIZE])
+            nonce = bytes(body[SALT_SIZE:SALT_SIZE + NONCE_SIZE])
             try:
-                body = self._aead.decrypt(nonce, bytes(body[NONCE_SIZE:]), bytes(blob[:HEADER.size]) + name.encode("utf-8"))
+                body = self._object_cipher(kind, salt).decrypt(nonce, bytes(body[SALT_SIZE + NONCE_SIZE:]),
+                                                               bytes(blob[:HEADER.size]) + salt + name.encode("utf-8"))
             except InvalidTag:
                 raise ValueError("authentication failed (corrupt or tampered)")
-        elif self._aead is not None:
+            if flags & FLAG_PADDED:
+                body = _unpad(body)
+        elif flags & FLAG_PADDED:
+            raise ValueError("padding flag on a plain object (tampered)")
+        elif self.encrypted:
             raise ValueError("object is not encrypted in an encrypted repository (tampered)")
         elif not flags & FLAG_CHECKSUM:
             raise ValueError("plain object without its checksum (tampered)")
@@ -258,6 +295,32 @@ class RepositoryKeys:
             except zstandard.ZstdError as err:
                 raise ValueError("zstd decompression failed: %s" % err)
         return bytes(body)
+
+
+def padme(length):
+    """``length`` rounded up by Padme: at most about 12 % more (11.1 % at worst, less for large lengths), and only
+    O(log log length) bits of the length remain visible.
+
+    Algorithm 1 of Nikitin, Barman, Lueks, Underwood, Hubaux, Ford, "Reducing Metadata Leakage from Encrypted Files
+    and Communication with PURBs", PoPETs 2019 (4), https://doi.org/10.2478/popets-2019-0056 (also
+    https://lbarman.ch/blog/padme/; restic pull request 5410 pads pack files with it): with E = floor(log2 L) and
+    S = floor(log2 E) + 1, clear the low E - S bits of L, rounding up.
+    """
+    if length < 2:
+        return length
+    exponent = length.bit_length() - 1
+    mask = (1 << (exponent - exponent.bit_length())) - 1
+    return (length + mask) & ~mask
+
+
+def _unpad(inner):
+    """The body inside a padded plaintext (``length | body | zeros``); authenticated already, so a bad length is damage."""
+    if len(inner) < PADDED_LENGTH.size:
+        raise ValueError("padded object is truncated")
+    (length,) = PADDED_LENGTH.unpack_from(inner)
+    if length > len(inner) - PADDED_LENGTH.size:
+        raise ValueError("padded object's length field is damaged")
+    return memoryview(inner)[PADDED_LENGTH.size:PADDED_LENGTH.size + length]
 
 
 def _checksum(header, name, body):

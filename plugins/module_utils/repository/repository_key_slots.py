@@ -88,8 +88,8 @@ def _replace_config(repo, config, passphrase, s3_options):
     try:
         _check_written(repo.location, s3_options, passphrase, repo.keys)
     except Exception:
-        repo.store.put("config", previous)
-        repo.store.flush()
+        # Put back with retention too (Object Lock): every version of the config is locked (issue 13, point 3).
+        repository_config.write_config_bytes(repo.store, previous, repo.config)
         raise
     repo.config = config
 
@@ -275,7 +275,7 @@ def import_keys(location, passphrase, path, s3_options=None, check_mode=False):
         if previous is None:
             store.delete("config")
         else:
-            store.put("config", previous)
+            repository_config.write_config_bytes(store, previous, config)
         store.flush()
         raise
     return _result(repo, True, "Wrote the config of %s back from %s." % (store.location, path), key_file=path)

@@ -435,6 +435,15 @@ class LocalStore(_StoreClock):
         """Refresh the mtime of an object that must still exist; False if it is gone (utime never creates a file)."""
         return self.touch(key)
 
+    def list_versions(self, key):
+        """A local directory keeps no earlier versions of an object."""
+        raise RepositoryError("Repository %s is a local directory: it keeps no earlier versions of %s to recover from." % (self.root, key),
+                              hint="Restore the file from a copy of the directory, or write the config back from a key export "
+                                   "(state: key_imported with key_file).", location=self.root)
+
+    def get_version(self, key, version_id):
+        return self.list_versions(key)
+
     def _storage_time(self):
         """The filesystem's clock: the mtime of a file created now (on NFS the server's). A repository that cannot
         be written (read-only mount: listing, restore, verify) falls back to the kernel clock, the same clock on a
@@ -710,6 +719,59 @@ class S3Store(_StoreClock):
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise self._error(err, "touch of %s" % key)
+
+    @_network_errors("retention")
+    def extend_retention(self, key, retain_until, mode=None):
+        """Set the Object Lock retention of the current version of ``key`` to ``retain_until`` (epoch s) in ``mode``
+        (default: the store's). Compliance retention can be extended, never shortened: callers only ever extend."""
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket, Key=self._key(key),
+                Retention={"Mode": mode or self.lock_mode,
+                           "RetainUntilDate": datetime.datetime.fromtimestamp(retain_until, datetime.timezone.utc)})
+        except botocore_exceptions.ClientError as err:
+            raise self._error(err, "retention of %s" % key)
+
+    @_network_errors("upload")
+    def put_retained(self, key, data, retain_until, mode=None):
+        """``put`` with Object Lock retention in ``mode`` (default: the store's), e.g. the repository's own mode for config."""
+        try:
+            answer = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data), ObjectLockMode=mode or self.lock_mode,
+                                            ObjectLockRetainUntilDate=datetime.datetime.fromtimestamp(retain_until, datetime.timezone.utc))
+        except botocore_exceptions.ClientError as err:
+            raise self._error(err, "upload of %s" % key)
+        return answer.get("ETag")
+
+    @_network_errors("listing of versions")
+    def list_versions(self, key):
+        """Every version and delete marker of ``key``, newest first: dicts with version_id, mtime (storage time), latest,
+        delete_marker and size (None for a marker). On a bucket without versioning there is one version, id "null"."""
+        found = []
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(key)):
+                for kind, items in (("version", page.get("Versions", [])), ("marker", page.get("DeleteMarkers", []))):
+                    for item in items:
+                        if item["Key"] != self._key(key):
+                            continue        # another key with this one as prefix (config.bak...)
+                        found.append({"version_id": item.get("VersionId"), "mtime": _epoch(item["LastModified"]),
+                                      "latest": bool(item.get("IsLatest")), "delete_marker": kind == "marker",
+                                      "size": item.get("Size")})
+        except botocore_exceptions.ClientError as err:
+            raise self._error(err, "listing of the versions of %s" % key)
+        # Newest first; the latest flag breaks ties of equal LastModified (one-second resolution on some endpoints).
+        found.sort(key=lambda version: (version["mtime"], version["latest"]), reverse=True)
+        return found
+
+    @_network_errors("download")
+    def get_version(self, key, version_id):
+        """The bytes of one version of ``key``; KeyError if that version does not exist (or is a delete marker)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), VersionId=version_id)["Body"].read()
+        except botocore_exceptions.ClientError as err:
+            if _code(err) in ("NoSuchKey", "NoSuchVersion", "404", "MethodNotAllowed", "405", "InvalidArgument"):
+                raise KeyError(key)
+            raise self._error(err, "download of version %s of %s" % (version_id, key))
 
     def _conditional_put(self, key, body, what, **condition):
         """PUT only if ``condition`` (IfNoneMatch="*" or IfMatch=<etag>) holds: the new ETag, or None if it did not
