@@ -254,6 +254,39 @@ def _medians(runs):
     return dict((k, statistics.median(m[k] for m in runs)) for k in keys)
 
 
+def per_gib(medians, gib):
+    """{tool: {step: {cpu_per_gib, cpu_to_wall, speedup_vs_restic}}} from the medians (CPU seconds per GiB of image)."""
+    out = {}
+    restic = medians.get("restic") or {}
+    for name, m in medians.items():
+        if not isinstance(m, dict):
+            continue
+        for step in ("full", "incr", "restore_raw", "restore_vhdx"):
+            wall, cpu = m.get(step), m.get(step + "_cpu")
+            if wall is None or cpu is None:
+                continue
+            out.setdefault(name, {})[step] = {
+                "cpu_per_gib": cpu / gib, "cpu_to_wall": cpu / wall if wall else None,
+                "restic_wall_ratio": restic[step] / wall if restic.get(step) and wall else None,
+                "restic_cpu_ratio": restic[step + "_cpu"] / cpu if restic.get(step + "_cpu") and cpu else None}
+    return out
+
+
+def print_per_gib(medians, gib):
+    """CPU s per GiB of image, CPU-to-wall ratio (cores busy) and restic's time over ours, per step (medians)."""
+    print("\n| tool | step | CPU s per GiB | CPU / wall | restic wall / ours | restic CPU / ours |")
+    print("| --- | --- | --- | --- | --- | --- |")
+
+    def fmt(value, pattern):
+        return "-" if value is None else pattern % value
+
+    for name, steps in per_gib(medians, gib).items():
+        for step, v in steps.items():
+            print("| %s | %s | %s | %s | %s | %s |" % (
+                name, step, fmt(v["cpu_per_gib"], "%.2f"), fmt(v["cpu_to_wall"], "%.2f"),
+                fmt(v["restic_wall_ratio"], "%.2fx"), fmt(v["restic_cpu_ratio"], "%.2fx")))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
@@ -296,10 +329,11 @@ def main():
         rss = "/".join("%d MiB" % (m[k] // MiB) for k in ("full_rss", "incr_rss", "restore_rss") if k in m) or "-"
         cells = ["%.2f (%.2f)" % (m.get(step, float("nan")), m.get(step + "_cpu", float("nan"))) for step in ("full", "incr", "restore_raw")]
         print("| %s | %s | %s | %s | %s | %s |" % tuple([name] + cells + [m.get("repo_bytes", "-"), rss]))
+    print_per_gib(medians, args.size_mib / 1024.0)
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,
-                       "runs": results, "cpus": os.cpu_count(), "load": os.getloadavg()}, out, indent=1)
+                       "per_gib": per_gib(medians, args.size_mib / 1024.0), "runs": results, "cpus": os.cpu_count(), "load": os.getloadavg()}, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import random
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import KIND_BACKUP, KIND_MANIFEST, Repository
 
 from test_repository import CHUNK, FAST_KDF, image, read_all, write_backup
@@ -47,7 +48,9 @@ def _referencing(repo, backups, chunk_id):
     out = set()
     for backup, _data in backups:
         manifest = repo.load_disk_manifest(backup.backup_id, "disk0")
-        if chunk_id in manifest.chunk_ids:
+        pages, chunks = set(), set()          # the damaged object may be one of the index pages being walked
+        chunk_index.walk(manifest.index, pages, lambda _index, cid: chunks.add(cid), lambda _err, _first: None)
+        if chunk_id in chunks | pages:
             out.add(backup.backup_id)
     return out
 

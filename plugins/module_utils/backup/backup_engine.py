@@ -135,7 +135,7 @@ class ChunkCopier:
             self._count(length)
             if compare is not None:
                 parent_manifest = compare
-                parent_id = parent_manifest.chunk_ids[index] if index < len(parent_manifest.chunk_ids) else None
+                parent_id = parent_manifest.chunk_id(index) if index < parent_manifest.chunk_count else None
                 if parent_id and self.repo.keys.chunk_id(buf) == parent_id:
                     writer.reuse_chunk(index, parent_manifest)
                     with self._lock:
@@ -460,22 +460,23 @@ class BackupRun:
                     "block_size": disk.get("block_size"), "file_name": location.windows_path.replace("/", "\\").rsplit("\\", 1)[-1]}
         # the files read (own VirtualDiskId, chain top to base): the next backup compares them (issue 12, point 4)
         metadata.update(planning.identity_metadata(disk))
-        writer = session.add_disk(key, disk["virtual_size"], source_path=location.windows_path, rct_id=disk.get("rct_id"),
-                                  metadata=metadata)
-        before = (copier.read_bytes, copier.reused_after_compare)
         started = time.monotonic()
-        compare = None
+        compare = base = None
         if self.type.type == "incremental":
             parent_manifest = self.repo.load_disk_manifest(self.type.parent.backup_id, key, self.type.parent)
+            # RCT: the new index starts as the parent's and only changed chunks are put (cost ~ the change, not the disk).
+            # VSS reads every allocated chunk: the index starts empty (a chunk no longer allocated is zeros now) and each
+            # chunk equal to the parent's takes the parent's id.
             if self.method == "rct":
-                wanted = set(estimate["indexes"])
-                for index in range(writer.chunk_count):
-                    if index not in wanted:
-                        writer.reuse_chunk(index, parent_manifest)
+                base = parent_manifest
             else:
                 compare = parent_manifest
+        writer = session.add_disk(key, disk["virtual_size"], source_path=location.windows_path, rct_id=disk.get("rct_id"),
+                                  metadata=metadata, base=base)
+        before = (copier.read_bytes, copier.reused_after_compare)
         copier.copy(source, writer, estimate["indexes"], compare)
         writer.wait()
+        writer.finish_index()           # the changed index pages are stored now, and the counts below are final
         stats = writer.stats
         return {"disk_key": key, "disk_id": disk.get("disk_id"), "path": location.path, "access": location.kind,
                 "virtual_size": disk["virtual_size"], "bytes_estimated": estimate["bytes_to_read"],

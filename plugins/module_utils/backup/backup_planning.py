@@ -23,8 +23,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import bisect
 import operator
 import re
+from array import array
+from collections.abc import Sequence
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 
@@ -93,20 +96,99 @@ def select_disks(disks, exclude_disks=None):
     return kept, excluded
 
 
+class ChunkIndexes(Sequence):
+    """A sorted sequence of chunk indexes kept as runs [first, end): memory ~ runs, not chunks.
+
+    A whole 64 TiB disk at 1 MiB chunks is 64 Mi indexes; as a list (or the set that built it) that is gigabytes,
+    as one run it is two numbers. Iterating yields the indexes in order; ``len``, ``in`` and ``[i]`` cost a
+    bisection. ``runs()`` gives the (first, end) runs to callers that can work a run at a time. Equal to any
+    sequence holding the same indexes (a list in a test, say).
+    """
+
+    def __init__(self, starts, ends):
+        self._starts, self._ends = starts, ends
+        self._before = array("q")           # indexes in the runs before run i
+        total = 0
+        for first, end in zip(starts, ends):
+            self._before.append(total)
+            total += end - first
+        self._length = total
+
+    def __len__(self):
+        return self._length
+
+    def __iter__(self):
+        for first, end in zip(self._starts, self._ends):
+            yield from range(first, end)
+
+    def __contains__(self, index):
+        if not isinstance(index, int):
+            return False
+        run = bisect.bisect_right(self._starts, index) - 1
+        return run >= 0 and index < self._ends[run]
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(self._length))]
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError("chunk index position %d out of range (%d indexes)" % (position, self._length))
+        run = bisect.bisect_right(self._before, position) - 1
+        return self._starts[run] + position - self._before[run]
+
+    def __eq__(self, other):
+        if isinstance(other, ChunkIndexes):
+            return list(self.runs()) == list(other.runs())
+        if isinstance(other, (list, tuple, Sequence)):
+            return len(other) == self._length and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def __repr__(self):
+        return "ChunkIndexes(%s)" % ", ".join("%d..%d" % (first, end - 1) for first, end in self.runs())
+
+    def runs(self):
+        """(first, end) of each run of consecutive indexes, in order."""
+        return zip(self._starts, self._ends)
+
+
 def chunk_indexes(ranges, chunk_size, virtual_size):
-    """Sorted indexes of the chunks that ``ranges`` [(offset, length)] touch (chunk-aligned cover)."""
+    """Sorted indexes of the chunks that ``ranges`` [(offset, length)] touch (chunk-aligned cover), as ChunkIndexes.
+
+    Costs ~ the number of ranges (sorted), never the number of chunks."""
     last = (virtual_size - 1) // chunk_size
-    out = set()
+    covers = []
     for offset, length in ranges:
         if length <= 0:
             continue
         first = max(0, int(offset) // chunk_size)
-        end = min(last, (int(offset) + int(length) - 1) // chunk_size)
-        out.update(range(first, end + 1))
-    return sorted(out)
+        end = min(last, (int(offset) + int(length) - 1) // chunk_size) + 1
+        if first < end:
+            covers.append((first, end))
+    covers.sort()
+    starts, ends = array("q"), array("q")
+    for first, end in covers:
+        if ends and first <= ends[-1]:
+            ends[-1] = max(ends[-1], end)      # overlapping or adjacent: one run
+        else:
+            starts.append(first)
+            ends.append(end)
+    return ChunkIndexes(starts, ends)
 
 
 def chunk_bytes(indexes, chunk_size, virtual_size):
+    """Bytes of the chunks ``indexes`` (the last chunk of the disk may be short)."""
+    if isinstance(indexes, ChunkIndexes):
+        total = 0
+        for first, end in indexes.runs():
+            total += min(end * chunk_size, virtual_size) - first * chunk_size
+        return total
     return sum(min(chunk_size, virtual_size - i * chunk_size) for i in indexes)
 
 

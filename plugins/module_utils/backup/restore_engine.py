@@ -23,25 +23,28 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import concurrent.futures
-import errno
 import os
 import re
 import threading
 import time
 
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import load_configuration
-from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import chunk_indexes, names_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_planning import names_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress import ProgressReporter
+from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_verify import VIRTUAL_DISK_FORMATS, verify_file
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import ZERO_ID, iso, parse_time
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import iso, parse_time
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import ALIGN, DirectChannel, aligned_buffer
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx
 
 FORMATS = ("vhdx", "vhd", "raw")
-VIRTUAL_DISK_FORMATS = ("vhdx", "vhd")      # what Hyper-V attaches; VHD for 2008 / 2008 R2 hosts
 TEMP_SUFFIX = ".restoring"
 WRITEBACK_EVERY = 256 * 1024 * 1024     # raw restore: start pushing written data to storage this often
+MiB = 1024 * 1024
+VHDX_MAX_BLOCKS = 2 * 1024 * 1024       # payload blocks of a restored VHDX at most: a 16 MiB BAT, up to 64 TiB
+ZERO_PAGE = bytes(ALIGN)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
 
 
@@ -156,11 +159,54 @@ def safe_target(destination, name):
 
 # --- reading the backup in order -----------------------------------------------------------------------
 
+def restore_block_size(virtual_size):
+    """VHDX block size of a restored disk: the smallest of 1, 2, 4 ... 32 MiB that keeps the BAT to VHDX_MAX_BLOCKS.
+
+    A block takes its whole size in the file as soon as one sector of it is written. On this side the unwritten rest
+    is a hole, but on the host's NTFS, in a copy or an upload it is not: 256 scattered MiB in 32 MiB blocks made a
+    9.5 GiB file (issue 14). Small blocks keep the file near its data; the cap keeps the BAT, which writer and reader
+    hold in memory, at 16 MiB whatever the size (32 MiB blocks, Hyper-V's default, at 64 TiB).
+    """
+    block = MiB
+    while block < 32 * MiB and -(-virtual_size // block) > VHDX_MAX_BLOCKS:
+        block *= 2
+    return block
+
+
+def _data_runs(buf, length):
+    """[(start, end)] of ``buf[:length]`` that are not whole, aligned zero pages (a short tail stays in its run).
+
+    Zero pages inside a data chunk are left unwritten: the new file (or fresh VHDX/VHD block) reads as zeros there and
+    stays a hole. One find decides for most chunks (~25 us per MiB); only a chunk with a zero page is walked page by
+    page (~80 us per MiB).
+    """
+    if buf.find(ZERO_PAGE, 0, length) < 0:
+        return [(0, length)] if length else []
+    runs, start = [], None
+    for page in range(0, length, ALIGN):
+        zero = page + ALIGN <= length and buf[page:page + ALIGN] == ZERO_PAGE
+        if zero and start is not None:
+            runs.append((start, page))
+            start = None
+        elif not zero and start is None:
+            start = page
+    if start is not None:
+        runs.append((start, length))
+    return runs
+
+
+def _searchable(data):
+    """``data`` as something with find and slicing (bytes or bytearray; a padded chunk comes as a memoryview)."""
+    return data if isinstance(data, (bytes, bytearray)) else bytes(data)
+
+
 def _write_virtual_disk(path, fmt, reader, progress, logical_sector_size):
-    """A dynamic VHDX or VHD with the backup's non-zero chunks written in place (fresh blocks read as zeros).
+    """A dynamic VHDX or VHD with the backup's non-zero data written in place (fresh blocks read as zeros).
 
     Writing chunk by chunk (rather than vdisk.write_vhdx_from's whole-image stream) never assembles or
-    compares a whole block: zero chunks cost nothing and each data chunk is one pwrite.
+    compares a whole block: zero chunks and zero pages cost nothing, so a block with no data gets no BAT entry
+    and no space. A VHDX's payload is copied into one page-aligned buffer and written with O_DIRECT
+    (direct_io.py); a VHD's blocks start after a 512-byte bitmap, never aligned, so it stays buffered.
     """
     if fmt == "vhd":
         if logical_sector_size != 512:
@@ -168,18 +214,34 @@ def _write_virtual_disk(path, fmt, reader, progress, logical_sector_size):
                                     % logical_sector_size, hint="Restore it with format: vhdx (Windows Server 2012 or later).")
         writer_cm = create_vhd(path, reader.virtual_size)
     else:
-        writer_cm = create_vhdx(path, reader.virtual_size, logical_sector_size=logical_sector_size)
+        writer_cm = create_vhdx(path, reader.virtual_size, block_size=restore_block_size(reader.virtual_size),
+                                logical_sector_size=logical_sector_size)
     with writer_cm as writer:
-        for offset, data in reader.iter_chunks(skip_zero=True):
-            writer.write(offset, data)
-            progress.advance(len(data))
+        direct = getattr(writer, "enable_direct_io", lambda: False)()
+        buf = aligned_buffer(reader.chunk_size) if direct else None
+        view = memoryview(buf) if direct else None
+        try:
+            for offset, data in reader.iter_chunks(skip_zero=True):
+                length = len(data)
+                if direct:
+                    view[:length] = data
+                    source, source_view = buf, view
+                else:
+                    source = _searchable(data)
+                    source_view = memoryview(source)
+                for start, end in _data_runs(source, length):
+                    writer.write(offset + start, source_view[start:end])
+                progress.advance(length)
+        finally:
+            if view is not None:
+                view.release()
 
 
-def _fetch_chunk(repo, manifest, index):
-    """Plaintext of chunk ``index`` (checked against its id), or RepositoryError saying which chunk is bad."""
-    cid = manifest.chunk_ids[index]
+def _fetch_chunk(repo, manifest, index, cid, check_id=True):
+    """Plaintext of chunk ``index`` whose id is ``cid`` (checked against it unless ``check_id`` is False: the verify
+    hashes the written copy anyway), or RepositoryError saying which chunk is bad."""
     try:
-        return repo.read_chunk(cid, manifest.chunk_length(index))
+        return repo.read_chunk(cid, manifest.chunk_length(index), check_id=check_id)
     except KeyError:
         problem = "is missing"
     except ValueError as err:
@@ -189,38 +251,55 @@ def _fetch_chunk(repo, manifest, index):
                           hint="Run verify on the repository and restore from another backup.", chunk_id=cid, offset=offset)
 
 
-def _write_raw(path, repo, manifest, progress):
-    """A sparse raw image: each worker fetches, checks, decompresses and pwrites its chunk (zero chunks never written).
+def _write_raw(path, repo, reader, progress, check_ids=True):
+    """A sparse raw image: ftruncate to the disk's size, then each worker fetches, decompresses and writes the non-zero
+    pages of its chunk (zero chunks and zero pages are never written: they stay holes).
 
-    The page-cache copy of pwrite is as costly as decompression here, so it runs in the workers too. Every
-    WRITEBACK_EVERY bytes a background fdatasync pushes what is written so far to storage while the workers go
-    on, so the final fsync (restore_disk, during the verify) has only the tail left to wait for.
+    Writes go through O_DIRECT from a page-aligned buffer per worker where the filesystem allows it (direct_io.py),
+    else through the page cache. Every WRITEBACK_EVERY bytes a background fdatasync pushes what is written so far
+    (data, or the block allocations of direct writes) to storage while the workers go on, so the final fsync
+    (restore_disk, during the verify) has only the tail left to wait for. ``check_ids`` False skips the chunk-id hash
+    at fetch, for a restore whose verify hashes every written chunk anyway.
     """
     # a new file only: O_EXCL (and O_NOFOLLOW) fail on anything planted at the name since it was cleared, a
     # symlink included, instead of writing through it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o640)
+    channel = DirectChannel(fd, writable=True)
     try:
+        manifest = reader.manifest
         os.ftruncate(fd, manifest.virtual_size)
         lock = threading.Lock()
         written = [0]          # bytes written since the last background writeback started
         syncing = []           # the writeback in progress (at most one)
+        local = threading.local()
 
-        def one(index):
-            data = _fetch_chunk(repo, manifest, index)
-            os.pwrite(fd, data, index * manifest.chunk_size)
-            progress.advance(len(data))
+        def one(index, cid):
+            data = _fetch_chunk(repo, manifest, index, cid, check_ids)
+            length = len(data)
+            if channel.direct:
+                buf = getattr(local, "buf", None)
+                if buf is None:
+                    buf = local.buf = aligned_buffer(manifest.chunk_size)
+                buf[:length] = data
+                source = buf
+            else:
+                source = _searchable(data)
+            offset = index * manifest.chunk_size
+            with memoryview(source) as view:
+                for start, end in _data_runs(source, length):
+                    channel.pwrite(view[start:end], offset + start)
+            progress.advance(length)
             with lock:
                 written[0] += len(data)
                 if written[0] >= WRITEBACK_EVERY and not (syncing and not syncing[0].done()):
                     written[0] = 0
                     syncing[:] = [syncer.submit(os.fdatasync, fd)]
 
-        indexes = [i for i, cid in enumerate(manifest.chunk_ids) if cid]
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="restore-writeback") as syncer, \
                 concurrent.futures.ThreadPoolExecutor((os.cpu_count() or 2) + 2, thread_name_prefix="restore") as pool:
             window = []
-            for index in indexes:        # a bounded window of tasks: memory stays a few chunks
-                window.append(pool.submit(one, index))
+            for index, cid in reader.iter_ids():        # a bounded window of tasks: memory stays a few chunks
+                window.append(pool.submit(one, index, cid))
                 if len(window) >= 2 * ((os.cpu_count() or 2) + 2):
                     window.pop(0).result()
             for future in window:
@@ -228,6 +307,7 @@ def _write_raw(path, repo, manifest, progress):
         for future in syncing:           # the executor has finished it; a write-back error is an error
             future.result()
     finally:
+        channel.close()
         os.close(fd)
 
 
@@ -240,98 +320,13 @@ def _fsync_file(path):
         os.close(fd)
 
 
-class _RawFile:
-    """A restored raw image seen like a VirtualDisk: readinto and the ranges that hold data."""
-
-    def __init__(self, path):
-        self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
-        self.virtual_size = os.fstat(self._fd).st_size
-
-    def readinto(self, offset, buffer):
-        view = memoryview(buffer)
-        while len(view):
-            got = os.preadv(self._fd, [view], offset)
-            if got <= 0:
-                raise HyperVBackupError("%s ends at offset %d, before its size %d." % (self.path, offset, self.virtual_size))
-            view, offset = view[got:], offset + got
-
-    def allocated_ranges(self):
-        """The data extents (SEEK_DATA / SEEK_HOLE): a hole reads as zeros, so it needs no reading to be checked."""
-        ranges, position = [], 0
-        try:
-            while position < self.virtual_size:
-                try:
-                    start = os.lseek(self._fd, position, os.SEEK_DATA)
-                except OSError as err:
-                    if err.errno == errno.ENXIO:       # no data after position
-                        break
-                    raise
-                end = os.lseek(self._fd, start, os.SEEK_HOLE)
-                ranges.append((start, end - start))
-                position = end
-        except OSError:                                # a filesystem without SEEK_DATA: read everything
-            return [(0, self.virtual_size)]
-        return ranges
-
-    def close(self):
-        os.close(self._fd)
-
-
-# --- verify --------------------------------------------------------------------------------------------
-
-def verify_file(repo, manifest, path, fmt, workers=None):
-    """Re-read ``path`` and compare every chunk with the manifest; returns {verified_chunks, mismatches, hashes}.
-
-    Chunks outside the file's allocated ranges (VHDX blocks not in the BAT, raw holes) read as zeros by
-    definition and are counted as zero chunks without being read. The rest is read into one reused buffer per
-    thread (a fresh buffer per chunk costs more in page faults than the read itself).
-    """
-    disk = open_disk(path) if fmt in VIRTUAL_DISK_FORMATS else _RawFile(path)
-    try:
-        if disk.virtual_size != manifest.virtual_size:
-            return {"verified_chunks": 0, "mismatches": [{"offset": 0, "problem": "size %d, expected %d" % (
-                disk.virtual_size, manifest.virtual_size)}], "manifest_hash": None, "restored_hash": None}
-        chunk_size = manifest.chunk_size
-        with_data = set(chunk_indexes(disk.allocated_ranges(), chunk_size, manifest.virtual_size))
-        zero = bytes(chunk_size)
-        ids = [None] * len(manifest.chunk_ids)
-        local = threading.local()
-
-        def check(index):
-            if index not in with_data:
-                return                         # ids[index] stays None: zeros
-            length = manifest.chunk_length(index)
-            buf = getattr(local, "buf", None)
-            if buf is None:
-                buf = local.buf = bytearray(chunk_size)
-            data = buf if length == chunk_size else memoryview(buf)[:length]
-            disk.readinto(index * chunk_size, data)
-            if not (buf == zero if length == chunk_size else bytes(data) == zero[:length]):
-                ids[index] = repo.keys.chunk_id(data)
-
-        with concurrent.futures.ThreadPoolExecutor(workers or (os.cpu_count() or 2)) as pool:
-            list(pool.map(check, sorted(with_data)))
-    finally:
-        disk.close()
-    mismatches = [{"offset": i * manifest.chunk_size, "expected": want or "zeros", "found": got or "zeros"}
-                  for i, (want, got) in enumerate(zip(manifest.chunk_ids, ids)) if want != got]
-    return {"verified_chunks": len(ids), "mismatches": mismatches[:20], "mismatch_count": len(mismatches),
-            "manifest_hash": _list_hash(repo, manifest.chunk_ids), "restored_hash": _list_hash(repo, ids)}
-
-
-def _list_hash(repo, ids):
-    """One hash over the chunk id list (zeros as the zero id): equal lists, equal disks."""
-    return repo.keys.chunk_id(b"".join(bytes.fromhex(cid) if cid else ZERO_ID for cid in ids))
-
-
 # --- the restore ---------------------------------------------------------------------------------------
 
 def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     """Write one disk to ``target`` (through a temporary name), verify, rename. Returns its result entry."""
     started = time.monotonic()
-    manifest = repo.load_disk_manifest(record.backup_id, disk["disk_key"], record)
     reader = repo.open_disk_reader(record.backup_id, disk["disk_key"])
+    manifest = reader.manifest
     temp = target + TEMP_SUFFIX
     try:
         if os.path.lexists(temp):       # lexists: a dangling symlink there is removed too, never written through
@@ -340,7 +335,8 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
             meta = disk.get("metadata") or {}
             _write_virtual_disk(temp, fmt, reader, progress, int(meta.get("logical_sector_size") or 512))
         else:
-            _write_raw(temp, repo, manifest, progress)
+            # a verified restore hashes every written chunk in verify_file: the fetch need not hash it first
+            _write_raw(temp, repo, reader, progress, check_ids=not verify)
         written = time.monotonic()
         # the raw image's write-back to storage (the VHDX writer syncs on close) overlaps the verify's re-read;
         # both end before the rename, so only a verified, durable file gets the target name
@@ -350,6 +346,9 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
             if durable is not None:
                 durable.result()
         if check is not None and (check["mismatch_count"] or check["manifest_hash"] != check["restored_hash"]):
+            if fmt == "raw" and check["mismatches"]:
+                # the raw writer skipped the id check at fetch: a chunk that is bad in the repository is named as such
+                _recheck_chunk(repo, manifest, check["mismatches"][0]["offset"])
             raise HyperVBackupError("The restored disk %s does not match backup %s: %d chunk(s) differ (first at offset %d)."
                                     % (target, record.backup_id, check["mismatch_count"], check["mismatches"][0]["offset"]),
                                     hint="The file was removed. Run verify on the repository; restore another backup.",
@@ -365,7 +364,7 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
         _discard(temp)
         raise
     entry = {"disk_key": disk["disk_key"], "path": target, "format": fmt, "virtual_size": manifest.virtual_size,
-             "chunks": len(manifest.chunk_ids), "data_chunks": sum(1 for c in manifest.chunk_ids if c),
+             "chunks": manifest.chunk_count, "data_chunks": int((manifest.header.get("stats") or {}).get("chunks") or 0),
              "write_seconds": round(written - started, 3), "duration_seconds": round(time.monotonic() - started, 3)}
     if check is not None:
         entry.update(verified=True, verified_chunks=check["verified_chunks"], manifest_hash=check["manifest_hash"],
@@ -373,6 +372,14 @@ def restore_disk(repo, record, disk, target, fmt, progress, verify=True):
     else:
         entry["verified"] = False
     return entry
+
+
+def _recheck_chunk(repo, manifest, offset):
+    """Fetch the backup's chunk at ``offset`` with its id checked: RepositoryError if the repository's copy is bad."""
+    index = offset // manifest.chunk_size
+    cid = manifest.chunk_id(index)
+    if cid:
+        _fetch_chunk(repo, manifest, index, cid)
 
 
 def _discard(path):

@@ -38,6 +38,8 @@ The leases in use (later work, e.g. parallel VMs per host or async role tasks, r
     ``method_choice.parallel_safety``'s serialization key; taken with the VM lease and released with it.
     A CSV queue's lease lives on the CSV (``<CSV>\\hyperv.backup\\locks``), which every node sees, so two
     nodes never snapshot one CSV at once; a host queue's lives on the host. RCT VMs have no key and run at once.
+    The queue lease names the VM it is held for (``held_for``, the VM lease's path): the run's other VMs on the
+    queue (same owner: parallel jobs of the role, other nodes of the cluster) are refused like another run's.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -150,7 +152,8 @@ def process_gone(process, proxy):
 class Lease:
     """One lease file on the host: ``acquire`` / ``renew`` / ``release`` / ``status``."""
 
-    def __init__(self, bridge, name, owner, seconds=VM_LEASE_SECONDS, proxy=None, operation="lock", bound=True, directory=None):
+    def __init__(self, bridge, name, owner, seconds=VM_LEASE_SECONDS, proxy=None, operation="lock", bound=True, directory=None,
+                 held_for=None):
         if "\\" in name:          # a hold names the lease by its full path (a CSV queue lives on the CSV)
             directory, name = name.rsplit("\\", 1)
         self.bridge = bridge
@@ -162,6 +165,8 @@ class Lease:
         self.operation = operation
         self.holds = []
         self.bound = bound          # written with this process's identity: not live once the process is gone
+        # what the lease is held for (a queue lease: the VM lease of its VM); the same owner re-enters only for the same one
+        self.held_for = held_for
         self.path = win_join(self.directory, name)
 
     # -- state ------------------------------------------------------------------------------
@@ -178,15 +183,21 @@ class Lease:
         age = (now - modified).total_seconds() if now and modified else 0.0
         owner_gone = process_gone(doc.get("process"), doc.get("proxy"))
         return {"exists": True, "owner": doc.get("owner"), "proxy": doc.get("proxy"), "holds": list(doc.get("holds") or []),
+                "held_for": doc.get("held_for"),
                 "live": age <= seconds and not owner_gone, "owner_gone": owner_gone, "age_seconds": age,
                 "remaining_seconds": seconds - age, "modified": entry[0].get("modified")}
+
+    def _same_purpose(self, state):
+        """Whether this owner's lease ``state`` may be re-entered: held for nothing in particular, or for what we hold it for."""
+        return not state.get("held_for") or not self.held_for or state["held_for"] == self.held_for
 
     def _document(self):
         now = parse_dmtf(self.bridge.host_environment().get("now"))
         expires = iso(now + datetime.timedelta(seconds=self.seconds)) if now else None
         process = process_identity() if self.bound and self.proxy == default_proxy() else None
         return json.dumps({"owner": self.owner, "proxy": self.proxy, "seconds": self.seconds, "expires": expires,
-                           "holds": list(self.holds), "name": self.name, "process": process}, sort_keys=True).encode("utf-8")
+                           "holds": list(self.holds), "name": self.name, "process": process, "held_for": self.held_for},
+                          sort_keys=True).encode("utf-8")
 
     # -- taking and giving back ---------------------------------------------------------------
     def try_acquire(self):
@@ -200,7 +211,7 @@ class Lease:
         state = self.status()
         if not state["exists"]:
             return self.try_acquire_once()
-        if state["owner"] == self.owner:
+        if state["owner"] == self.owner and self._same_purpose(state):
             self.holds = sorted(set(self.holds) | set(state.get("holds") or []))
             self.renew()
             return True
@@ -248,6 +259,8 @@ class Lease:
         state = self.status()
         if not state["exists"] and not create:
             return
+        if state["exists"] and state["owner"] == self.owner and self.held_for is None:
+            self.held_for = state.get("held_for")      # a renewer does not know what the lease is for: keep it
         if state["exists"] and state["owner"] != self.owner:
             raise HostOperationError(host_name(self.bridge), self.operation, "busy",
                                      "%s was taken over by run %s after it expired" % (self.name, state["owner"]),
@@ -315,17 +328,27 @@ def take_run_leases(bridge, vm_id, owner, serialization_key=None, seconds=VM_LEA
                                  holder=state.get("owner"))
     if serialization_key:
         queue = serial_lease(bridge, serialization_key, owner, seconds, operation=operation)
+        # held for this VM: the run's other VMs on the queue (other nodes of the cluster, parallel jobs) wait their turn
+        queue.held_for = lease.path
         if not queue.try_acquire():
             state = queue.status()
             lease.release()
             raise HostOperationError(host_name(bridge), operation, "busy",
-                                     "run %s holds the queue %s (one VM at a time on this CSV / host)"
-                                     % (state.get("owner"), serialization_key),
+                                     "run %s holds the queue %s for %s (one VM at a time on this CSV / host)"
+                                     % (state.get("owner"), serialization_key, _vm_of_lease(state.get("held_for"))),
                                      hint="Back up these VMs one after the other (serial: 1, or throttle by serialization_key).",
                                      serialization_key=serialization_key, holder=state.get("owner"))
         lease.holds = [queue.path]
         lease.renew()
     return lease
+
+
+def _vm_of_lease(path):
+    """'VM <id>' for a VM lease's path (what a queue lease is held for), else 'another VM'."""
+    name = str(path or "").rsplit("\\", 1)[-1]
+    if name.startswith("vm-") and name.endswith(".lease"):
+        return "VM %s" % name[3:-len(".lease")]
+    return "another VM"
 
 
 def release_run_leases(bridge, vm_id, owner):

@@ -21,8 +21,10 @@ import contextlib
 import datetime
 import fcntl
 import json
+import marshal
 import os
 import tempfile
+import time
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_locale import LOCALES
@@ -173,9 +175,38 @@ def write_json_atomic(path, document):
         os.close(dir_fd)
 
 
+# Parsed documents by path, kept as marshal bytes with the stat of the file they came from. The lab host answers each
+# bridge call from its files (a 64 TiB change list is 65536 calls, each reading host.json, vm.json and the RCT file);
+# a file unchanged since (same inode, size, mtime and ctime: every write replaces the file, write_json_atomic) is not
+# parsed again. marshal gives every caller fresh objects to change, about five times faster than parsing the JSON.
+# File times come from a coarse clock (a few ms) and a freed inode number may be given to the next file, so a file
+# is only remembered once its times are older than _SETTLED_NS when it was read (git's "racy" rule): any later
+# write then carries a later time.
+_PARSED = {}
+_PARSED_KEEP = 256
+_SETTLED_NS = 200 * 1000 * 1000
+
+
 def read_json(path):
+    try:
+        before = os.stat(path)
+    except OSError:
+        before = None
+    stamp = (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) if before is not None else None
+    cached = _PARSED.get(path)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return marshal.loads(cached[1])
     with open(path) as handle:
-        return json.load(handle)
+        document = json.load(handle)
+    try:
+        settled = stamp is not None and max(before.st_mtime_ns, before.st_ctime_ns) < time.time_ns() - _SETTLED_NS
+        if settled and os.stat(path) == before:      # not replaced while it was read
+            if len(_PARSED) >= _PARSED_KEEP:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[path] = (stamp, marshal.dumps(document))
+    except (OSError, ValueError):       # ValueError: marshal cannot take the document (cannot happen for JSON)
+        _PARSED.pop(path, None)
+    return document
 
 
 def make_private_dir(path):

@@ -239,10 +239,18 @@ ASSOCIATIONS = {
 }
 
 
+# class_table per (namespace, era): the tables are constants, and the lab answers every bridge call (one per 1 GiB page
+# of an RCT change list: 65536 for a 64 TiB disk) through them, so they are built once per process, not per call.
+_CLASS_TABLES = {}
+
+
 def class_table(namespace, era):
-    """{class: (keys, [properties])} of the classes ``era`` has in ``namespace`` (None: no such namespace)."""
+    """{class: (keys, (properties))} of the classes ``era`` has in ``namespace`` (None: no such namespace). Shared: do not modify."""
     if era not in NAMESPACE_ERAS.get(namespace, ()):
         return None
+    cached = _CLASS_TABLES.get((namespace, era))
+    if cached is not None:
+        return cached
     out = {}
     for name, (since, keys, text) in CLASSES[namespace].items():
         if not available(since, era):
@@ -252,7 +260,8 @@ def class_table(namespace, era):
             prop, _sep, prop_since = word.partition("@")
             if available(prop_since, era):
                 props.append(prop)
-        out[name] = (keys, props)
+        out[name] = (keys, tuple(props))
+    _CLASS_TABLES[(namespace, era)] = out
     return out
 
 
@@ -291,9 +300,15 @@ NOT_EMULATED = {
 }
 
 
+_ALL_PROPERTIES = {}
+
+
 def all_properties(namespace, class_name):
-    """Every property name of the class in any era (what a provider may set; the era filters)."""
-    return [word.partition("@")[0] for word in CLASSES[namespace][class_name][2].split()]
+    """Every property name of the class in any era (what a provider may set; the era filters), as a frozenset."""
+    cached = _ALL_PROPERTIES.get((namespace, class_name))
+    if cached is None:
+        cached = _ALL_PROPERTIES[(namespace, class_name)] = frozenset(word.partition("@")[0] for word in CLASSES[namespace][class_name][2].split())
+    return cached
 
 
 def era_properties(namespace, class_name, era):

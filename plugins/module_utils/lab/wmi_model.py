@@ -76,6 +76,10 @@ def format_path(computer, namespace, class_name, keys):
     return text
 
 
+# {id(class table): (table, {lower-case class name: class name})}: WMI class names are case-insensitive
+_LOWER_NAMES = {}
+
+
 def parse_path(path):
     """(namespace, class, {key: value}) of an object or class path; WBEM_E_NOT_FOUND when it is none."""
     if isinstance(path, Ref):
@@ -215,9 +219,12 @@ class Model:
 
     def class_info(self, namespace, class_name):
         table = self.table(namespace)
-        for name, info in table.items():
-            if name.lower() == str(class_name).lower():
-                return name, info
+        cached = _LOWER_NAMES.get(id(table))
+        if cached is None or cached[0] is not table:     # class tables are built once per process (wmi_classes)
+            cached = _LOWER_NAMES[id(table)] = (table, dict((name.lower(), name) for name in table))
+        name = cached[1].get(str(class_name).lower())
+        if name is not None:
+            return name, table[name]
         raise wbem(WBEM_E_INVALID_CLASS, "Invalid class \"%s\" in %s on this host (%s)" % (class_name, namespace, self.era))
 
     def make(self, namespace, class_name, props):

@@ -18,10 +18,11 @@ import re
 import struct
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
 
-FORMAT_VERSION = 3                  # 2: authenticated config, key slots; 3: per-object keys, padding (issue 13); docs/repository.md
+FORMAT_VERSION = 4                  # 2: authenticated config, key slots; 3: per-object keys, padding (issue 13); 4: chunk index tree (issue 14)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-ZERO_ID = bytes(32)                 # manifest entry of an all-zero (not stored) chunk
+ZERO_ID = chunk_index.ZERO_ID       # index entry of an all-zero (not stored) chunk
 MANIFEST_MAGIC = b"HVDM"
 MANIFEST_HEAD = struct.Struct(">4sI")
 
@@ -137,38 +138,57 @@ class BackupRecord:
 
 
 class DiskManifest:
-    """The chunk table of one disk in one backup: ``chunk_ids[i]`` is the hex id at offset i*chunk_size, or None (zeros)."""
+    """One disk in one backup: its header (sizes, source, stats) and the root of its chunk index (chunk_index.py).
 
-    def __init__(self, header, chunk_ids):
+    The manifest object holds the header only; chunk ids are read from the index pages through ``fetch_page`` (given
+    by the repository when it loads the manifest), so opening a manifest costs the same for 16 GiB and 64 TiB."""
+
+    def __init__(self, header, fetch_page=None):
         self.header = header
-        self.chunk_ids = chunk_ids
         self.virtual_size = header["virtual_size"]
         self.chunk_size = header["chunk_size"]
+        self.chunk_count = header["chunk_count"]
         self.disk_key = header["disk_key"]
         self.backup_id = header["backup_id"]
+        index = header.get("index")
+        if not isinstance(index, dict) or index.get("fanout") != chunk_index.FANOUT:
+            raise ValueError("no chunk index of this format (fanout %d)" % chunk_index.FANOUT)
+        if self.chunk_count != (self.virtual_size + self.chunk_size - 1) // self.chunk_size:
+            raise ValueError("chunk_count %r does not fit virtual size %r" % (self.chunk_count, self.virtual_size))
+        self.root = index.get("root")
+        self.index = chunk_index.IndexReader(fetch_page, self.chunk_count, self.root, index.get("depth"))
 
     def encode(self):
-        table = b"".join(bytes.fromhex(cid) if cid else ZERO_ID for cid in self.chunk_ids)
         head = json_bytes(self.header)
-        return MANIFEST_HEAD.pack(MANIFEST_MAGIC, len(head)) + head + table
+        return MANIFEST_HEAD.pack(MANIFEST_MAGIC, len(head)) + head
 
     @classmethod
-    def decode(cls, data):
+    def decode(cls, data, fetch_page=None):
         magic, head_len = MANIFEST_HEAD.unpack_from(data)
         if magic != MANIFEST_MAGIC:
             raise ValueError("not a disk manifest")
         start = MANIFEST_HEAD.size
+        if len(data) != start + head_len:
+            raise ValueError("manifest has %d bytes, its header says %d" % (len(data), start + head_len))
         header = json.loads(data[start:start + head_len].decode("utf-8"))
         if header.get("format", 0) > FORMAT_VERSION:
             raise ValueError("manifest format %s is newer than this code (%d)" % (header.get("format"), FORMAT_VERSION))
-        table = data[start + head_len:]
-        if len(table) != 32 * header["chunk_count"]:
-            raise ValueError("chunk table has %d bytes, expected %d" % (len(table), 32 * header["chunk_count"]))
-        ids = []
-        for pos in range(0, len(table), 32):
-            raw = table[pos:pos + 32]
-            ids.append(None if raw == ZERO_ID else raw.hex())
-        return cls(header, ids)
+        return cls(header, fetch_page)
+
+    @staticmethod
+    def index_header(root, chunk_count):
+        return {"root": root, "depth": chunk_index.tree_depth(chunk_count), "fanout": chunk_index.FANOUT}
+
+    def chunk_id(self, index):
+        """Hex id of chunk ``index``, or None (zeros). Raises chunk_index.IndexDamaged if a page cannot be read."""
+        return self.index.chunk_id(index)
+
+    def iter_chunks(self, start=0):
+        """(index, hex id) of every non-zero chunk, in order."""
+        return self.index.iter_chunks(start)
+
+    def page_ids(self):
+        return self.index.page_ids()
 
     def chunk_length(self, index):
         return min(self.chunk_size, self.virtual_size - index * self.chunk_size)

@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import concurrent.futures
 import os
 import re
@@ -25,6 +26,7 @@ import time
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import (
     FORMAT_VERSION, BackupRecord, DiskManifest, chunk_key, iso, json_bytes, utc_now,
 )
@@ -39,6 +41,8 @@ TOUCH_AFTER_SECONDS = 10 * 60       # a deduplicated chunk older than this is to
 SWEEP_WAIT_SECONDS = 30 * 60        # how long a new backup waits for a running GC sweep before it gives up
 SWEEP_POLL_SECONDS = 2
 REFERENCE_HEAD_LIMIT = 1000         # at commit, more chunks to check than this: one listing instead of one HEAD each
+REFERENCE_BATCH = 16384             # ids checked at a time at commit (memory stays flat whatever the disk size)
+KNOWN_CHUNKS_LIMIT = 65536          # ids a session remembers as stored or touched (~8 MiB)
 
 
 class BackupSession:
@@ -57,7 +61,9 @@ class BackupSession:
         self.started = started
         self._started_monotonic = time.monotonic()
         self.disks = []
-        self.known_chunks = set()       # ids stored or touched by this session (safe from GC while it is live)
+        # ids this session stored or touched lately: a chunk seen again needs no HEAD. Bounded (a 64 TiB full backup
+        # has 64 Mi chunks); one that fell out is looked up again, which is only slower.
+        self.known_chunks = collections.OrderedDict()
         self.expired = False            # set when a heartbeat finds the marker gone (GC reaped it as stale)
         self._lock = threading.Lock()
         self._pool = None
@@ -134,12 +140,14 @@ class BackupSession:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.repo.workers, thread_name_prefix="chunk")
             return self._pool
 
-    def add_disk(self, disk_key, virtual_size, source_path=None, rct_id=None, metadata=None):
+    def add_disk(self, disk_key, virtual_size, source_path=None, rct_id=None, metadata=None, base=None):
+        """A disk of this backup. ``base``: the parent's DiskManifest of the same size, whose entries the new index starts
+        from (RCT incrementals: only changed chunks are put; the rest is shared page by page)."""
         if any(d.disk_key == disk_key for d in self.disks):
             raise RepositoryError("Disk %r was added twice to backup %s." % (disk_key, self.backup_id))
         if not isinstance(virtual_size, int) or virtual_size <= 0:
             raise RepositoryError("Disk %r: virtual_size must be a positive number of bytes, got %r." % (disk_key, virtual_size))
-        disk = DiskWriter(self, len(self.disks), disk_key, virtual_size, source_path, rct_id, metadata or {})
+        disk = DiskWriter(self, len(self.disks), disk_key, virtual_size, source_path, rct_id, metadata or {}, base)
         self.disks.append(disk)
         return disk
 
@@ -159,6 +167,7 @@ class BackupSession:
         cid = repo.keys.chunk_id(data)
         with self._lock:
             if cid in self.known_chunks:
+                self.known_chunks.move_to_end(cid)
                 return cid, 0, "dedup"
         key = chunk_key(cid)
         with repo.store.chunk_guard():
@@ -169,14 +178,18 @@ class BackupSession:
                 fresh = info.mtime >= repo.store.now() - TOUCH_AFTER_SECONDS
                 locked = self.retain_until is None or (info.retain_until or 0) >= self.retain_until
                 if (fresh and locked) or repo.store.touch(key, self.retain_until):
-                    with self._lock:
-                        self.known_chunks.add(cid)
+                    self._remember(cid)
                     return cid, 0, "dedup"
         parts = repo.keys.seal_parts(KIND_CHUNK, key, data, repo.compressor())
         repo.store.put(key, parts, retain_until=self.retain_until, durable=False)   # synced in batch by commit
-        with self._lock:
-            self.known_chunks.add(cid)
+        self._remember(cid)
         return cid, sum(len(part) for part in parts), "new"
+
+    def _remember(self, cid):
+        with self._lock:
+            self.known_chunks[cid] = True
+            if len(self.known_chunks) > KNOWN_CHUNKS_LIMIT:
+                self.known_chunks.popitem(last=False)
 
     def abort(self):
         """Give up: nothing becomes visible; chunks already written are left for GC."""
@@ -199,6 +212,8 @@ class BackupSession:
             for disk in self.disks:
                 disk.wait()
             self._check_session()
+            for disk in self.disks:
+                disk.finish_index()
             self._check_references()
             repo = self.repo
             repo.store.flush()                      # chunk renames durable before anything points at them
@@ -250,33 +265,50 @@ class BackupSession:
         if self.expired or self.repo.store.stat(self._marker) is None:
             raise self._expired_error()
 
+    def _check_batch(self, batch, missing, present):
+        """Check ``batch`` (ids); append the missing ones to ``missing``; returns the listing of chunks if one was made."""
+        repo = self.repo
+        if not batch:
+            return present
+        ids = sorted(batch)
+        if self.retain_until is not None:
+            # touch returns False for a missing chunk
+            kept = list(self.pool.map(lambda cid: repo.store.touch(chunk_key(cid), self.retain_until), ids))
+            missing.extend(cid for cid, there in zip(ids, kept) if not there)
+        elif present is not None or (repo.store.kind == "s3" and len(ids) > REFERENCE_HEAD_LIMIT):
+            if present is None:
+                present = set(info.key.rsplit("/", 1)[1] for info in repo.store.list("chunks/"))
+            missing.extend(cid for cid in ids if cid not in present)
+        else:
+            exists = list(self.pool.map(lambda cid: repo.store.stat(chunk_key(cid)) is not None, ids))
+            missing.extend(cid for cid, there in zip(ids, exists) if not there)
+        return present
+
     def _check_references(self):
         """Refuse to commit a backup that references a chunk which is not there.
 
         Chunks this session stored, or found and touched, are protected by its live marker (checked just before).
-        Every other referenced chunk (taken from the parent's manifest by ``reuse_chunk``) is checked now: one HEAD
-        each, or one listing of the chunks when there are many; with Object Lock, one touch each, which also extends
-        its retention to this backup's.
+        The other entries of the leaf pages this session changed (taken from the parent) are checked now: one HEAD
+        each, or one listing of the chunks when there are many. Pages shared whole with the parent were checked when
+        the parent was committed, and GC cannot take them while this session lives (verify finds damage done since).
+        With Object Lock every referenced chunk and page is touched, which also extends its retention to this
+        backup's (issue 13, point 3): a walk of the whole index, as long as the data it references.
         """
         repo = self.repo
-        check = set()
+        everything = self.retain_until is not None
+        missing = []
+        present = None                  # S3 without Object Lock, many ids: one listing instead of a HEAD each
         for disk in self.disks:
-            check.update(cid for cid in disk.chunk_ids if cid)
-        with self._lock:
-            check.difference_update(self.known_chunks)
-        if not check:
-            return
-        if self.retain_until is not None:
-            # Object Lock: a reused chunk must stay locked as long as this backup's record (issue 13, point 3), so each
-            # is touched (HEAD, and a retention extension when it is shorter); touch returns False for a missing chunk.
-            kept = list(self.pool.map(lambda cid: repo.store.touch(chunk_key(cid), self.retain_until), sorted(check)))
-            missing = [cid for cid, there in zip(sorted(check), kept) if not there]
-        elif repo.store.kind == "s3" and len(check) > REFERENCE_HEAD_LIMIT:
-            present = set(info.key.rsplit("/", 1)[1] for info in repo.store.list("chunks/"))
-            missing = sorted(cid for cid in check if cid not in present)
-        else:
-            exists = list(self.pool.map(lambda cid: repo.store.stat(chunk_key(cid)) is not None, sorted(check)))
-            missing = [cid for cid, there in zip(sorted(check), exists) if not there]
+            batch = set()
+            try:
+                for cid in disk.references(everything):
+                    batch.add(cid)
+                    if len(batch) >= REFERENCE_BATCH:
+                        present = self._check_batch(batch, missing, present)
+                        batch = set()
+            except chunk_index.IndexDamaged as err:
+                raise disk._parent_damaged(err)
+            present = self._check_batch(batch, missing, present)
         if missing:
             raise RepositoryError("Backup %s cannot be committed: %d chunk(s) it references are missing (first: %s); a "
                                   "concurrent prune/GC or damaged storage removed them." % (self.backup_id, len(missing), missing[0]),
@@ -301,12 +333,12 @@ def check_attachment_name(name):
 
 
 class DiskWriter:
-    """The chunks of one disk in a backup session. ``put_chunk`` is thread-safe."""
+    """The chunks of one disk in a backup session, and its chunk index (chunk_index.py). ``put_chunk`` is thread-safe."""
 
     COUNTERS = ("chunks", "zero_chunks", "new_chunks", "dedup_chunks", "reused_chunks", "bytes_read", "new_bytes",
                 "stored_bytes", "referenced_bytes")
 
-    def __init__(self, session, ordinal, disk_key, virtual_size, source_path, rct_id, metadata):
+    def __init__(self, session, ordinal, disk_key, virtual_size, source_path, rct_id, metadata, base=None):
         self.session = session
         self.ordinal = ordinal
         self.disk_key = disk_key
@@ -316,18 +348,86 @@ class DiskWriter:
         self.metadata = dict(metadata)
         self.chunk_size = session.repo.chunk_size
         self.chunk_count = (virtual_size + self.chunk_size - 1) // self.chunk_size
-        self.chunk_ids = [None] * self.chunk_count
+        if base is not None and (base.chunk_size != self.chunk_size or base.virtual_size != virtual_size):
+            raise RepositoryError("Disk %r: the parent's index (%d bytes in chunks of %d) cannot be the base of a disk of %d bytes "
+                                  "in chunks of %d." % (disk_key, base.virtual_size, base.chunk_size, virtual_size, self.chunk_size),
+                                  hint="Take a full backup of this disk.")
+        self.base = base
+        try:
+            self._index = chunk_index.IndexBuilder(self.chunk_count, self._store_page, self._fetch_page,
+                                                   base=base.index if base is not None else None)
+        except chunk_index.IndexDamaged as err:
+            raise self._parent_damaged(err)
+        self._own = {}                      # leaf -> bitmaps of the entries this session put / set (the rest came from the parent)
+        # counts of the index kept as entries change (a walk of the finished tree would cost as much as its data): the
+        # parent's to start with, from its manifest
+        parent_stats = (base.header.get("stats") or {}) if base is not None else {}
+        self._inherited = (int(parent_stats.get("chunks") or 0), int(parent_stats.get("referenced_bytes") or 0))
+        self._live = list(self._inherited)
+        self._inherited_replaced = 0
+        self._stored_pages = set()          # index pages this session stored (the others are the parent's)
+        self.root = None
+        self._finished = False
         self._counts = dict((k, 0) for k in self.COUNTERS)
         self._lock = threading.Lock()
         self._futures = []
         self._zero = bytes(self.chunk_size)
 
+    def _fetch_page(self, page_id):
+        try:
+            return self.session.repo.fetch_page(page_id)
+        except KeyError:
+            raise self._parent_damaged(chunk_index.IndexDamaged(page_id, "is missing"))
+        except ValueError as err:
+            raise self._parent_damaged(chunk_index.IndexDamaged(page_id, "is corrupt (%s)" % err))
+
+    def _parent_damaged(self, err):
+        return RepositoryError("Backup %s, disk %r: %s; the index this backup builds on cannot be read." % (
+            self.session.backup_id, self.disk_key, err),
+            hint="Run verify on the repository; take a full backup of this VM (hyperv_backup backup_type: full).",
+            backup_id=self.session.backup_id, disk_key=self.disk_key, chunk_id=err.page_id)
+
+    def _store_page(self, data):
+        cid, stored, outcome = self.session._store_chunk(data)
+        self._stored_pages.add(cid)
+        if outcome == "new":
+            self._counts["stored_bytes"] += stored        # called with self._lock held (set -> eviction, or finish)
+        return cid
+
     def _check_index(self, index):
         if not isinstance(index, int) or not 0 <= index < self.chunk_count:
             raise RepositoryError("Disk %r: chunk index %r is outside 0..%d." % (self.disk_key, index, self.chunk_count - 1))
+        if self._finished:
+            raise RepositoryError("Disk %r: its index is already sealed; no chunk can be added." % self.disk_key)
 
     def expected_length(self, index):
         return min(self.chunk_size, self.virtual_size - index * self.chunk_size)
+
+    def _set(self, index, cid, own):
+        """Entry ``index`` := ``cid``; keeps the counts of the index up to date without walking it (self._lock held)."""
+        old = self._index.get(index)
+        self._index.set(index, cid)
+        leaf, entry = divmod(index, chunk_index.FANOUT)
+        bitmaps = self._own.get(leaf)
+        if bitmaps is None:         # [entries put by this session, entries set at all by this session]
+            bitmaps = self._own[leaf] = (bytearray(chunk_index.FANOUT // 8), bytearray(chunk_index.FANOUT // 8))
+        own_bits, set_bits = bitmaps
+        byte, bit = entry // 8, 1 << (entry % 8)
+        if old and not set_bits[byte] & bit:
+            self._inherited_replaced += 1            # a chunk of the parent this backup no longer shares
+        set_bits[byte] |= bit
+        if own:
+            own_bits[byte] |= bit
+        else:
+            own_bits[byte] &= ~bit & 0xFF
+        length = self.expected_length(index)
+        self._live[0] += (1 if cid else 0) - (1 if old else 0)
+        self._live[1] += (length if cid else 0) - (length if old else 0)
+
+    def _is_own(self, index):
+        leaf, entry = divmod(index, chunk_index.FANOUT)
+        bitmaps = self._own.get(leaf)
+        return bitmaps is not None and bool(bitmaps[0][entry // 8] & (1 << (entry % 8)))
 
     def put_chunk(self, index, data):
         """Store the bytes at offset index*chunk_size (exactly one chunk; the last may be short)."""
@@ -343,7 +443,7 @@ class DiskWriter:
         else:
             cid, stored, outcome = self.session._store_chunk(data)
         with self._lock:
-            self.chunk_ids[index] = cid
+            self._set(index, cid, True)
             counts = self._counts
             counts["bytes_read"] += len(data)
             counts[outcome + "_chunks"] += 1
@@ -374,28 +474,66 @@ class DiskWriter:
             future.result()
 
     def reuse_chunk(self, index, parent_disk_manifest):
-        """Incremental: take the parent's chunk reference for this unchanged range (zeros past the parent's end)."""
+        """Take the parent's chunk reference for this unchanged chunk (zeros past the parent's end).
+
+        Needed only without a ``base`` (VSS incrementals compare chunk by chunk); with one, unchanged chunks need no call."""
         self._check_index(index)
         parent = parent_disk_manifest
         if parent.chunk_size != self.chunk_size:
             raise RepositoryError("Disk %r: parent manifest has chunk_size %d, this repository uses %d." % (
                 self.disk_key, parent.chunk_size, self.chunk_size))
-        cid = parent.chunk_ids[index] if index < len(parent.chunk_ids) else None
-        if cid and index == len(parent.chunk_ids) - 1 and parent.chunk_length(index) != self.expected_length(index):
+        cid = parent.chunk_id(index) if index < parent.chunk_count else None
+        if cid and index == parent.chunk_count - 1 and parent.chunk_length(index) != self.expected_length(index):
             raise RepositoryError("Disk %r: the last chunk of the parent is short (the disk grew); read chunk %d again." % (
                 self.disk_key, index))
         with self._lock:
-            self.chunk_ids[index] = cid
+            self._set(index, cid, False)
             self._counts["reused_chunks" if cid else "zero_chunks"] += 1
         return cid
+
+    def chunk_id(self, index):
+        """The entry of chunk ``index`` as it stands (hex id or None)."""
+        with self._lock:
+            return self._index.get(index)
+
+    def finish_index(self):
+        """Store the changed index pages and count what the index references; called by commit after every chunk."""
+        with self._lock:
+            if self._finished:
+                return self.root
+            self.root = self._index.finish()
+            self._finished = True
+            counts = self._counts
+            if self.base is not None:
+                counts["reused_chunks"] += self._inherited[0] - self._inherited_replaced
+            counts["chunks"], counts["referenced_bytes"] = self._live
+            return self.root
+
+    def reader(self):
+        """The finished index, for reading (after ``finish_index``)."""
+        return chunk_index.IndexReader(self._fetch_page, self.chunk_count, self.root)
+
+    def references(self, everything=False):
+        """Yield the ids (hex) of the finished index that commit must check, the ones this session put left out: the
+        entries of the leaves it changed that came from the parent, or (``everything``) every chunk and page of the
+        tree that this session did not store. An id may come twice (the same data at two offsets)."""
+        reader = self.reader()
+        if everything:
+            for index, cid in reader.iter_chunks():
+                if not self._is_own(index):
+                    yield cid
+            yield from reader.page_ids() - self._stored_pages
+            return
+        for leaf in sorted(self._own):
+            data = reader.leaf(leaf)
+            for pos in chunk_index.nonzero_entries(data):
+                if not self._is_own(leaf * chunk_index.FANOUT + pos // chunk_index.ENTRY_BYTES):
+                    yield data[pos:pos + chunk_index.ENTRY_BYTES].hex()
 
     @property
     def stats(self):
         with self._lock:
-            out = dict(self._counts)
-        out["chunks"] = sum(1 for cid in self.chunk_ids if cid)
-        out["referenced_bytes"] = sum(self.expected_length(i) for i, cid in enumerate(self.chunk_ids) if cid)
-        return out
+            return dict(self._counts)
 
     def manifest(self, completed):
         values = self.session.values
@@ -404,8 +542,8 @@ class DiskWriter:
                   "chunk_count": self.chunk_count, "source_path": self.source_path, "rct_id": self.rct_id,
                   "method": values["method"], "type": values["type"], "consistency": values["consistency"],
                   "parent_backup_id": values["parent_backup_id"], "created": values["created"], "completed": iso(completed),
-                  "metadata": self.metadata, "stats": self.stats}
-        return DiskManifest(header, list(self.chunk_ids))
+                  "metadata": self.metadata, "stats": self.stats, "index": DiskManifest.index_header(self.finish_index(), self.chunk_count)}
+        return DiskManifest(header, self.session.repo.fetch_page)
 
     def summary(self):
         out = {"disk_key": self.disk_key, "manifest": manifest_key(self.session.backup_id, self.ordinal),
@@ -416,64 +554,3 @@ class DiskWriter:
                    new_chunks=stats["new_chunks"], reused_chunks=stats["reused_chunks"], dedup_chunks=stats["dedup_chunks"],
                    zero_chunks=self.chunk_count - stats["chunks"])
         return out
-
-
-class DiskReader:
-    """Reads one disk of one backup; every chunk is checked against its id, a bad one raises RepositoryError."""
-
-    def __init__(self, repo, record, manifest):
-        self.repo = repo
-        self.record = record
-        self.manifest = manifest
-        self.backup_id = record.backup_id
-        self.disk_key = manifest.disk_key
-        self.virtual_size = manifest.virtual_size
-        self.chunk_size = manifest.chunk_size
-        self._cache = (None, None)
-
-    def _chunk(self, index):
-        cid = self.manifest.chunk_ids[index]
-        length = self.manifest.chunk_length(index)
-        if cid is None:
-            return bytes(length)
-        try:
-            return self.repo.read_chunk(cid, length)
-        except KeyError:
-            problem = "is missing"
-        except ValueError as err:
-            problem = "is corrupt (%s)" % err
-        raise RepositoryError("Backup %s, disk %r: chunk %s at offset %d %s; refusing to return wrong data." % (
-            self.backup_id, self.disk_key, cid, index * self.chunk_size, problem),
-            hint="Run verify on the repository and restore from another backup.",
-            backup_id=self.backup_id, disk_key=self.disk_key, chunk_id=cid, offset=index * self.chunk_size)
-
-    def read(self, offset, length):
-        """Bytes [offset, offset+length) of the virtual disk (never short inside the disk)."""
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise RepositoryError("Read of %d bytes at %d is outside disk %r (%d bytes)." % (length, offset, self.disk_key, self.virtual_size))
-        parts = []
-        end = offset + length
-        while offset < end:
-            index = offset // self.chunk_size
-            if self._cache[0] != index:
-                self._cache = (index, self._chunk(index))
-            data = self._cache[1]
-            start = offset - index * self.chunk_size
-            piece = data[start:start + (end - offset)]
-            parts.append(piece)
-            offset += len(piece)
-        return b"".join(parts)
-
-    def iter_chunks(self, skip_zero=True, prefetch=None):
-        """Yield (offset, bytes) in order, fetching ahead on a thread pool; zero chunks skipped unless asked."""
-        indexes = [i for i, cid in enumerate(self.manifest.chunk_ids) if cid or not skip_zero]
-        window = prefetch or self.repo.workers * 2
-        with concurrent.futures.ThreadPoolExecutor(self.repo.workers) as pool:
-            pending = []
-            position = 0
-            while position < len(indexes) or pending:
-                while position < len(indexes) and len(pending) < window:
-                    pending.append((indexes[position], pool.submit(self._chunk, indexes[position])))
-                    position += 1
-                index, future = pending.pop(0)
-                yield index * self.chunk_size, future.result()

@@ -36,12 +36,14 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_re
     utc_now,
 )
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_session import (  # noqa: F401 pylint: disable=unused-import
-    SESSION_TIMEOUT_SECONDS, TOUCH_AFTER_SECONDS, BackupSession, DiskReader, DiskWriter, attachment_key, check_attachment_name,
+    SESSION_TIMEOUT_SECONDS, TOUCH_AFTER_SECONDS, BackupSession, DiskWriter, attachment_key, check_attachment_name,
     manifest_key,
 )
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (  # noqa: F401 pylint: disable=unused-import
     KIND_BACKUP, KIND_CATALOG, KIND_CHUNK, KIND_MANIFEST, KIND_STATUS, RepositoryKeys, new_compressor, require_libraries,
 )
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.disk_reader import DiskReader
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_config
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_memory
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import (
@@ -197,15 +199,22 @@ class Repository:
         # equal to the record's (a reused chunk is extended when its retention is shorter than the record's).
         return float(math.ceil(self.store.now() + self.object_lock_days * 86400))
 
-    def read_chunk(self, chunk_id, expected_length=None):
-        """Plaintext of a chunk, checked against its id; raises KeyError (missing) or ValueError (corrupt)."""
+    def read_chunk(self, chunk_id, expected_length=None, check_id=True):
+        """Plaintext of a chunk, checked against its id; raises KeyError (missing) or ValueError (corrupt).
+
+        ``check_id=False`` skips the content hash (the envelope's checksum or authentication is still checked): only for a
+        caller that hashes the same bytes again anyway, as a verified restore does when it re-reads what it wrote."""
         key = chunk_key(chunk_id)
         data = self.keys.unseal(KIND_CHUNK, key, self.store.get(key))
-        if self.keys.chunk_id(data) != chunk_id:
+        if check_id and self.keys.chunk_id(data) != chunk_id:
             raise ValueError("content does not match its id (hash mismatch)")
         if expected_length is not None and len(data) != expected_length:
             raise ValueError("chunk has %d bytes, the manifest expects %d" % (len(data), expected_length))
         return data
+
+    def fetch_page(self, page_id):
+        """A page of a chunk index (chunk_index.py): stored and checked like a chunk."""
+        return self.read_chunk(page_id, chunk_index.PAGE_BYTES)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -246,7 +255,7 @@ class Repository:
         record = record or self.get_backup(backup_id)
         disk = record.disk(disk_key)
         try:
-            return DiskManifest.decode(self._get_sealed(KIND_MANIFEST, disk["manifest"]))
+            return DiskManifest.decode(self._get_sealed(KIND_MANIFEST, disk["manifest"]), self.fetch_page)
         except KeyError:
             raise RepositoryError("Backup %s: the manifest of disk %r is missing (%s)." % (backup_id, disk_key, disk["manifest"]),
                                   hint="The backup cannot be restored; run verify and use another backup.", backup_id=backup_id)
@@ -451,7 +460,13 @@ class Repository:
         ids = [check_backup_id(backup_id, self.location) for backup_id in backup_ids] if backup_ids else self._committed_ids()
         results = []
         wanted = {}                # chunk id -> expected length
+        seen_pages = set()         # index pages read (and so checked) once, whichever backups share them
+        damaged_pages = {}         # page id -> IndexDamaged
         per_backup = []
+
+        def page_damage(err, _first):
+            damaged_pages[err.page_id] = err
+
         for backup_id, record, manifests in self._load_backups(ids, strict=False):
             entry = {"backup_id": backup_id, "missing_chunks": [], "corrupt_chunks": [], "problems": []}
             if isinstance(record, RepositoryError):
@@ -463,9 +478,7 @@ class Repository:
                     entry["problems"].append(manifest.message)
                     manifests.remove(manifest)
                     continue
-                for index, cid in enumerate(manifest.chunk_ids):
-                    if cid:
-                        wanted[cid] = manifest.chunk_length(index)
+                chunk_index.walk(manifest.index, seen_pages, _wanted_adder(wanted, manifest), page_damage)
             per_backup.append((entry, manifests))
         outcome = {}
         checked_bytes = [0]
@@ -484,18 +497,13 @@ class Repository:
             for cid, problem, size in pool.map(check, wanted.items()):
                 outcome[cid] = problem
                 checked_bytes[0] += size
+        any_bad = damaged_pages or any(outcome.values())
         for entry, manifests in per_backup:
             counts = {"missing": 0, "corrupt": 0}
-            for manifest in manifests:
-                for index, cid in enumerate(manifest.chunk_ids):
-                    problem = outcome.get(cid) if cid else None
-                    if not problem:
-                        continue
-                    kind = "missing" if problem == "missing" else "corrupt"
-                    counts[kind] += 1
-                    if counts[kind] <= MAX_LISTED_PROBLEMS:
-                        entry[kind + "_chunks"].append({"disk_key": manifest.disk_key, "offset": index * manifest.chunk_size,
-                                                        "chunk_id": cid, "problem": problem})
+            for manifest in manifests if any_bad else ():
+                # Damage found: walk this backup's whole index again (its own pages, shared ones included) to say
+                # which of its chunks and pages are bad. A clean repository never takes this second pass.
+                _attribute_damage(entry, counts, manifest, outcome)
             entry["missing_count"], entry["corrupt_count"] = counts["missing"], counts["corrupt"]
             entry["ok"] = not (counts["missing"] or counts["corrupt"] or entry["problems"])
             results.append(entry)
@@ -513,6 +521,7 @@ class Repository:
             results.extend(repository_memory.disappeared_entries(self, record_status))
         damaged = [e["backup_id"] for e in results if not e["ok"]]
         return {"ok": not damaged, "backups_checked": len(results), "chunks_checked": len(wanted), "bytes_checked": checked_bytes[0],
+                "index_pages_checked": len(seen_pages),
                 "damaged_backups": damaged, "backups": results}
 
     # -- prune and garbage collection ---------------------------------------------------------
@@ -634,12 +643,14 @@ class Repository:
         else:
             report["stale_sessions_removed"] = len(stale_markers)
         referenced = set()
+        seen_pages = set()
         committed = self._committed_ids()
         # Any unreadable record or manifest stops GC here, before it deletes any chunk (its references are unknown).
         try:
             for _backup_id, _record, manifests in self._load_backups(committed, strict=True):
                 for manifest in manifests:
-                    referenced.update(cid for cid in manifest.chunk_ids if cid)
+                    chunk_index.walk(manifest.index, seen_pages, lambda _index, cid: referenced.add(cid), _index_unreadable(manifest))
+            referenced.update(seen_pages)           # the index pages are objects under chunks/ too
         except RepositoryError as err:
             raise RepositoryError("Garbage collection stopped before deleting anything: %s" % err.message,
                                   hint="Run verify to list the damaged backups, and restore the missing object from a copy "
@@ -698,6 +709,43 @@ class Repository:
                 if store.delete(info.key):
                     report["chunks_removed"] += 1
                     report["bytes_removed"] += fresh.size
+
+
+def _attribute_damage(entry, counts, manifest, outcome):
+    """Add to a verify ``entry`` the bad chunks (``outcome``: id -> problem) and unreadable pages of ``manifest``'s tree."""
+    def chunk_problem(index, cid):
+        problem = outcome.get(cid)
+        if problem:
+            _count_problem(entry, counts, "missing" if problem == "missing" else "corrupt",
+                           {"disk_key": manifest.disk_key, "offset": index * manifest.chunk_size, "chunk_id": cid, "problem": problem})
+
+    def index_problem(err, first):
+        _count_problem(entry, counts, "missing" if err.problem == "is missing" else "corrupt",
+                       {"disk_key": manifest.disk_key, "offset": first * manifest.chunk_size, "chunk_id": err.page_id,
+                        "problem": "index page %s" % err.problem})
+
+    chunk_index.walk(manifest.index, set(), chunk_problem, index_problem)
+
+
+def _wanted_adder(wanted, manifest):
+    def add(index, cid):
+        wanted[cid] = manifest.chunk_length(index)
+    return add
+
+
+def _count_problem(entry, counts, kind, item):
+    counts[kind] += 1
+    if counts[kind] <= MAX_LISTED_PROBLEMS:
+        entry[kind + "_chunks"].append(item)
+
+
+def _index_unreadable(manifest):
+    """GC's reaction to an index page it cannot read: stop (the chunks below it are referenced, but unknown)."""
+    def stop(err, first):
+        raise RepositoryError("Backup %s, disk %r: %s (near offset %d)." % (manifest.backup_id, manifest.disk_key, err,
+                                                                            first * manifest.chunk_size),
+                              backup_id=manifest.backup_id, disk_key=manifest.disk_key, chunk_id=err.page_id)
+    return stop
 
 
 def _check_gc_grace(grace_seconds):

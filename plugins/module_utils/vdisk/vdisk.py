@@ -196,6 +196,12 @@ class VirtualDisk:
             else:
                 _zero(sub)
 
+    def enable_direct_io(self):
+        """Read aligned payload with O_DIRECT where a layer can (direct_io.py): a verify that re-reads a whole restored
+        disk then reads the device, without filling the page cache. True if the top file reads directly."""
+        enabled = [getattr(layer, "enable_direct_io", lambda: False)() for layer in self._layers or ()]
+        return bool(enabled and enabled[0])
+
     def allocated_ranges(self):
         """Merged, sorted [(offset, length)] that may hold non-zero data, from the BATs of the chain."""
         return [(start, end - start) for start, end in self._allocated(0)]

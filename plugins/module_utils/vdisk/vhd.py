@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
 import struct
 import uuid
 from array import array
@@ -114,9 +115,8 @@ class VhdImage:
             self.bat.byteswap()
         self.bitmap_size = -(-(self.block_size // SECTOR // 8) // SECTOR) * SECTOR
         seen = set()
-        for block, entry in enumerate(self.bat):
-            if entry == UNALLOCATED:
-                continue
+        for block in self.allocated_blocks():
+            entry = self.bat[block]
             if entry in seen:
                 self._fail("two BAT entries point at sector %d" % entry)
             seen.add(entry)
@@ -194,19 +194,33 @@ class VhdImage:
                 _add(out, start, stop - start, RUN_PARENT, 0)
             sector = run_end
 
+    def _allocation_map(self):
+        """bytes, one per block: 0xFF where the BAT entry is UNALLOCATED, another value where the block has data.
+
+        The AND of an entry's four bytes is 0xFF only for 0xFFFFFFFF; done on whole byte strings, not per block, so
+        listing a sparse 2 TiB VHD (1 Mi blocks of 2 MiB) costs its allocated blocks, not a Python loop over the BAT."""
+        raw = self.bat.tobytes()
+        count = len(self.bat)
+        if not count:
+            return b""
+        both = int.from_bytes(raw[0::4], "little") & int.from_bytes(raw[1::4], "little")
+        both &= int.from_bytes(raw[2::4], "little") & int.from_bytes(raw[3::4], "little")
+        return both.to_bytes(count, "little")
+
+    def allocated_blocks(self):
+        """The numbers of the blocks that have a BAT entry, in order."""
+        return (match.start() for match in re.finditer(b"[^\xff]", self._allocation_map()))
+
     def block_map(self):
         if self.disk_type == TYPE_FIXED:
             return [(0, self.virtual_size, RUN_DATA)]
         out = []
         missing = RUN_PARENT if self.has_parent else RUN_ZERO
-        for block in range(self.block_count):
-            kind = missing if self.bat[block] == UNALLOCATED else RUN_DATA
-            start = block * self.block_size
-            length = min(self.block_size, self.virtual_size - start)
-            if out and out[-1][2] == kind:
-                out[-1] = (out[-1][0], out[-1][1] + length, kind)
-            else:
-                out.append((start, length, kind))
+        # runs of unallocated (0xFF) and allocated (anything else) blocks
+        for match in re.finditer(b"\xff+|[^\xff]+", self._allocation_map()):
+            start = match.start() * self.block_size
+            end = min(match.end() * self.block_size, self.virtual_size)
+            out.append((start, end - start, missing if match.string[match.start()] == 0xFF else RUN_DATA))
         return out
 
     def read_data(self, view, file_offset):

@@ -22,6 +22,7 @@ from array import array
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -301,12 +302,70 @@ def pread_into(fd, path, view, offset):
         done += got
 
 
+# A read-only image holds a BAT up to this size in memory; a larger one (a 64 TiB disk of 1 MiB blocks: 512 MiB) is
+# read in pages as it is used (PagedBat), so that a module process stays well under 256 MiB for any VHDX.
+BAT_IN_MEMORY_LIMIT = 64 * MiB
+
+
+def _low_bytes(entries):
+    """bytes: the low byte (the state bits live there) of each entry of an array('Q'), without copying the array."""
+    raw = memoryview(entries).cast("B")
+    return (raw[0::8] if sys.byteorder == "little" else raw[7::8]).tobytes()
+
+
+class PagedBat:
+    """The BAT of a read-only VhdxImage read in pages on demand: ``bat[i]``, ``len(bat)`` and the entry states.
+
+    Memory is KEEP pages of PAGE_ENTRIES entries (16 MiB) plus one byte per entry for the states, instead of eight."""
+
+    PAGE_ENTRIES = 1 << 16
+    KEEP = 32
+
+    def __init__(self, image, offset, count):
+        self._image, self._offset, self._count = image, offset, count
+        self._pages = {}
+
+    def __len__(self):
+        return self._count
+
+    def _read(self, first, count):
+        page = array("Q", bytes(8)) * count
+        self._image._read_structure_into(memoryview(page).cast("B"), self._offset + first * 8)
+        if sys.byteorder != "little":
+            page.byteswap()
+        return page
+
+    def __getitem__(self, index):
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("BAT entry %d out of range (%d entries)" % (index, self._count))
+        number, within = divmod(index, self.PAGE_ENTRIES)
+        page = self._pages.get(number)
+        if page is None:
+            first = number * self.PAGE_ENTRIES
+            page = self._read(first, min(self.PAGE_ENTRIES, self._count - first))
+            if len(self._pages) >= self.KEEP:
+                self._pages.pop(next(iter(self._pages)))
+            self._pages[number] = page
+        return page[within]
+
+    def states(self, table):
+        """The state of every entry through ``table`` (one byte each), read through the whole BAT a few pages at a time."""
+        out = bytearray()
+        step = self.PAGE_ENTRIES * 16
+        for first in range(0, self._count, step):
+            out += _low_bytes(self._read(first, min(step, self._count - first))).translate(table)
+        return out
+
+
 class VhdxImage:
-    """One VHDX or AVHDX file, validated, with its BAT in memory. Read-only unless ``writable``."""
+    """One VHDX or AVHDX file, validated, with its BAT in memory (paged when huge). Read-only unless ``writable``."""
 
     def __init__(self, path, writable=False, opener=None):
         self.path = str(path)
         self.writable = writable
+        self._channel = None        # O_DIRECT reads, once enable_direct_io is called
         try:
             self.fd = open_file(self.path, writable, opener)
         except OSError as err:
@@ -353,12 +412,17 @@ class VhdxImage:
             self._fail("a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
                        % (offset, offset + length, self.file_size))
         buf = bytearray(length)
+        self._read_structure_into(memoryview(buf), offset)
+        return buf
+
+    def _read_structure_into(self, view, offset):
+        """Fill ``view`` (zeroed, unsigned bytes) from ``offset`` with the log replay applied; bounds checked by the caller."""
+        length = len(view)
         available = max(0, min(length, file_size_of(self.fd) - offset))
         if available:   # past the real end but inside the log's LastFileOffset reads as zeros
-            pread_into(self.fd, self.path, memoryview(buf)[:available], offset)
+            pread_into(self.fd, self.path, view[:available], offset)
         if self.overlay:
-            self._apply_overlay(buf, offset)
-        return buf
+            self._apply_overlay(view, offset)
 
     def _apply_overlay(self, buf, offset):
         first = offset - offset % (4 * KiB)
@@ -471,9 +535,17 @@ class VhdxImage:
         entries = bat_entry_count(self.virtual_size, self.block_size, self.logical_sector_size, self.has_parent)
         if entries * 8 > bat_length:
             self._fail("the BAT region (%d bytes) is too small for %d entries" % (bat_length, entries))
-        self.bat = array("Q", bytes(self.read_structure(bat_offset, entries * 8)))
-        if sys.byteorder != "little":
-            self.bat.byteswap()
+        if bat_offset + entries * 8 > self.file_size:
+            self._fail("the BAT at bytes %d..%d lies beyond the end of the file (%d bytes)" % (bat_offset, bat_offset + entries * 8, self.file_size))
+        if self.writable or entries * 8 <= BAT_IN_MEMORY_LIMIT:
+            # read straight into the array: held once, not three times (a read buffer, its bytes copy and the array)
+            self.bat = array("Q", bytes(8)) * entries
+            self._read_structure_into(memoryview(self.bat).cast("B"), bat_offset)
+            if sys.byteorder != "little":
+                self.bat.byteswap()
+        else:
+            # a 64 TiB disk of 1 MiB blocks has a 512 MiB BAT: a reader keeps a few pages of it, not all of it
+            self.bat = PagedBat(self, bat_offset, entries)
         self.bitmaps = {}
         self._validate_layout()
 
@@ -610,32 +682,45 @@ class VhdxImage:
                 self._add(out, start, stop - start, RUN_PARENT, 0)
             done += run
 
-    def entry_states(self):
-        """bytes: the state (low 3 bits) of every BAT entry, payload and sector bitmap entries alike."""
-        raw = self.bat.tobytes()
-        low = raw[0::8] if sys.byteorder == "little" else raw[7::8]
-        return low.translate(_STATE_TABLE)
+    def entry_states(self, table=_STATE_TABLE):
+        """bytes: the state (low 3 bits) of every BAT entry, payload and sector bitmap entries alike, through ``table``."""
+        if isinstance(self.bat, PagedBat):
+            return self.bat.states(table)
+        return _low_bytes(self.bat).translate(table)
 
-    def payload_states(self):
-        """bytes: the state of each payload block 0 .. block_count-1 (sector bitmap entries left out)."""
-        states = self.entry_states()
-        ratio = self.chunk_ratio
-        payload = b"".join(states[start:start + ratio] for start in range(0, len(states), ratio + 1))
-        return payload[:self.block_count]
+    def payload_states(self, table=_STATE_TABLE):
+        """bytearray: the state of each payload block 0 .. block_count-1 (sector bitmap entries left out), through ``table``.
+
+        One byte per BAT entry: the sector bitmap entries are deleted in place (a huge BAT's states come as a bytearray)."""
+        states = self.entry_states(table)
+        if not isinstance(states, bytearray):
+            states = bytearray(states)
+        del states[self.chunk_ratio::self.chunk_ratio + 1]
+        del states[self.block_count:]
+        return states
 
     def block_map(self):
         """Per-block [(offset, length, kind)] over the whole disk: data (incl. partial), zero or parent; merged."""
-        kinds = self.payload_states().translate(_KIND_TABLE_PARENT if self.has_parent else _KIND_TABLE)
+        kinds = self.payload_states(_KIND_TABLE_PARENT if self.has_parent else _KIND_TABLE)
         out = []
+        # one match per run of blocks of one kind: a sparse 64 TiB disk is a few runs, whatever its block count
         for match in re.finditer(b"D+|P+|Z+", kinds):
             start = match.start() * self.block_size
             end = min(match.end() * self.block_size, self.virtual_size)
-            out.append((start, end - start, _KIND_NAMES[match.group()[:1]]))
+            out.append((start, end - start, _KIND_NAMES[bytes(kinds[match.start():match.start() + 1])]))   # not group(): a copy of the run
         return out
+
+    def enable_direct_io(self):
+        """Read 4 KiB-aligned payload into page-aligned buffers with O_DIRECT (direct_io.py); True if available."""
+        if self._channel is None and isinstance(self.fd, int):
+            self._channel = DirectChannel(self.fd)
+        return self._channel is not None and self._channel.direct
 
     def read_data(self, view, file_offset):
         """Read payload bytes at ``file_offset`` into ``view`` (log overlay applied if the log touched them)."""
-        pread_into(self.fd, self.path, view, file_offset)
+        channel = self._channel
+        if channel is None or channel.preadinto(view, file_offset) != len(view):
+            pread_into(self.fd, self.path, view, file_offset)      # (a short read: pread_into says where the file ended)
         if self.overlay and self._overlay_hits(file_offset, len(view)):
             buf = bytearray(view)
             self._apply_overlay(buf, file_offset)
@@ -690,6 +775,9 @@ class VhdxImage:
         }
 
     def close(self):
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self.fd is not None:
             close_file(self.fd)
             self.fd = None

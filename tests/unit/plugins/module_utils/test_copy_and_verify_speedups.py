@@ -11,6 +11,7 @@ import os
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.backup import restore_engine
+from ansible_collections.hyperv.backup.plugins.module_utils.backup import restore_verify
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import ChunkCopier, CopyOptions
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
@@ -93,8 +94,8 @@ def test_verify_accepts_a_sparse_raw_image_and_reads_only_its_data(tmp_path, ima
     path = str(tmp_path / "disk.raw")
     _sparse_image(path, image)
     reads = []
-    real_readinto = restore_engine._RawFile.readinto
-    monkeypatch.setattr(restore_engine._RawFile, "readinto", lambda self, offset, buf: (reads.append(offset), real_readinto(self, offset, buf)))
+    real_readinto = restore_verify.RawFile.readinto
+    monkeypatch.setattr(restore_verify.RawFile, "readinto", lambda self, offset, buf: (reads.append(offset), real_readinto(self, offset, buf)))
     check = verify_file(repo, manifest, path, "raw")
     assert check["mismatch_count"] == 0 and check["manifest_hash"] == check["restored_hash"]
     assert check["verified_chunks"] == 7

@@ -91,6 +91,11 @@ def read_all(repo, backup_id, disk_key="disk0"):
     return bytes(out)
 
 
+def all_ids(manifest):
+    """Every entry of a (small) disk's index, None for zeros: a list the size of the disk, for tests only."""
+    return [manifest.chunk_id(index) for index in range(manifest.chunk_count)]
+
+
 def chunk_keys(repo):
     return sorted(info.key for info in repo.store.list("chunks/"))
 
@@ -125,9 +130,9 @@ def test_zero_chunks_are_not_stored(backend):
     disk = record.disks[0]
     assert disk["zero_chunks"] == 3
     assert disk["chunk_count"] == 7                  # 6 random full chunks + the short tail
-    assert len(chunk_keys(repo)) == 7
+    assert len(chunk_keys(repo)) == 7 + 1             # + the index page (one leaf: the disk has under 1024 chunks)
     all_zero = write_backup(repo, bytes(5 * CHUNK), vm_id="vm-z", vm_name="empty")
-    assert all_zero.disks[0]["chunk_count"] == 0 and len(chunk_keys(repo)) == 7
+    assert all_zero.disks[0]["chunk_count"] == 0 and len(chunk_keys(repo)) == 7 + 1     # an all-zero disk: no page at all
     assert read_all(repo, all_zero.backup_id) == bytes(5 * CHUNK)
 
 
@@ -180,7 +185,7 @@ def test_verify_names_missing_and_corrupt_chunks_by_backup(backend):
     good = write_backup(repo, image(6, chunks=4), vm_id="vm-a", vm_name="a")
     hurt = write_backup(repo, image(7, chunks=6), vm_id="vm-b", vm_name="b")
     manifest = repo.load_disk_manifest(hurt.backup_id, "disk0")
-    corrupt_id, missing_id = manifest.chunk_ids[0], manifest.chunk_ids[2]
+    corrupt_id, missing_id = manifest.chunk_id(0), manifest.chunk_id(2)
     damage(repo, corrupt_id, "corrupt")
     damage(repo, missing_id, "missing")
     report = repo.verify()
@@ -216,7 +221,7 @@ def test_restore_refuses_a_bad_chunk(backend, how):
     repo = new_repo(backend)
     data = image(8, chunks=5)
     record = write_backup(repo, data)
-    bad = repo.load_disk_manifest(record.backup_id, "disk0").chunk_ids[3]
+    bad = repo.load_disk_manifest(record.backup_id, "disk0").chunk_id(3)
     damage(repo, bad, how)
     reader = repo.open_disk_reader(record.backup_id, "disk0")
     assert reader.read(0, CHUNK) == data[:CHUNK]                  # good chunks still read
@@ -230,7 +235,7 @@ def test_restore_refuses_a_bad_chunk(backend, how):
 def test_chunk_swapped_under_another_name_is_detected(backend):
     repo = new_repo(backend)
     record = write_backup(repo, image(9, chunks=3, zero_every=99))
-    ids = repo.load_disk_manifest(record.backup_id, "disk0").chunk_ids
+    ids = all_ids(repo.load_disk_manifest(record.backup_id, "disk0"))
     repo.store.put(chunk_key(ids[0]), repo.store.get(chunk_key(ids[2])))
     report = repo.verify([record.backup_id])
     assert report["backups"][0]["corrupt_count"] == 1
@@ -359,7 +364,7 @@ def test_prune_removes_backups_and_gc_frees_their_chunks(backend):
     assert [r["backup_id"] for r in report["removed"]] == [old.backup_id]
     assert sorted(k["backup_id"] for k in report["kept"]) == sorted([middle.backup_id, newest.backup_id])
     old_only = before - set(chunk_keys(repo))
-    assert report["gc"]["chunks_removed"] == len(old_only) == 4
+    assert report["gc"]["chunks_removed"] == len(old_only) == 4 + 1          # its 4 chunks and its index page
     assert [r.backup_id for r in repo.list_backups()] == [middle.backup_id, newest.backup_id]
     assert repo.verify()["ok"]
     assert read_all(repo, middle.backup_id) == shared
@@ -468,7 +473,7 @@ def test_object_lock_keeps_locked_backups_and_prune_reports_them(s3_server):
     # Someone with the repository credentials tries to destroy a backup's data for good: refused.
     client = s3_server.client()
     bucket, prefix = location[len("s3://"):].split("/", 1)
-    cid = repo.load_disk_manifest(first.backup_id, "disk0").chunk_ids[0]
+    cid = repo.load_disk_manifest(first.backup_id, "disk0").chunk_id(0)
     versions = client.list_object_versions(Bucket=bucket, Prefix="%s/%s" % (prefix, chunk_key(cid)))["Versions"]
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
         client.delete_object(Bucket=bucket, Key=versions[0]["Key"], VersionId=versions[0]["VersionId"])
@@ -526,7 +531,7 @@ def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
         assert set(r["backup_id"] for r in report["removed"]) == set(written) - expected
         for backup_id in expected:
             assert read_all(repo, backup_id) == written[backup_id][2]
-        assert len(chunk_keys(repo)) == 1 + len(expected)           # the shared chunk and each kept backup's own
+        assert len(chunk_keys(repo)) == 1 + 2 * len(expected)       # the shared chunk, each kept backup's own and its index page
         assert repo.verify(record_status=False)["ok"]
 
 

@@ -48,10 +48,10 @@ def test_reused_chunks_get_the_retention_of_the_incremental_that_reuses_them(s3_
     full = write_backup(repo, data)
     parent = repo.load_disk_manifest(full.backup_id, "disk0")
     advance_storage_clock(repo.store, 3 * 3600)
-    incremental = write_backup(repo, data, backup_type="incremental", parent=parent, reuse=set(range(len(parent.chunk_ids))))
+    incremental = write_backup(repo, data, backup_type="incremental", parent=parent, reuse=set(range(parent.chunk_count)))
     assert incremental.retain_until > full.retain_until + 3 * 3600 - 60
-    reused = [cid for cid in repo.load_disk_manifest(incremental.backup_id, "disk0").chunk_ids if cid]
-    assert reused and set(reused) == set(cid for cid in parent.chunk_ids if cid)
+    reused = [cid for _i, cid in repo.load_disk_manifest(incremental.backup_id, "disk0").iter_chunks()]
+    assert reused and set(reused) == set(cid for _i, cid in parent.iter_chunks())
     short = dict((cid, repo.store.stat(chunk_key(cid)).retain_until) for cid in reused)
     short = dict((cid, until) for cid, until in short.items() if until < incremental.retain_until)
     assert short == {}, "reused chunks keep the parent's shorter retention: %r" % short
@@ -225,7 +225,7 @@ def test_prune_and_gc_on_a_versioned_bucket_only_add_delete_markers(s3_server): 
     repo = Repository.init(location, passphrase=PASSPHRASE, s3_options=options, chunk_size=CHUNK, scrypt_params=FAST_KDF)
     old = write_backup(repo, image(36, chunks=4, zero_every=9))
     kept = write_backup(repo, image(37, chunks=4, zero_every=9))
-    old_keys = sorted(set(chunk_key(cid) for cid in repo.load_disk_manifest(old.backup_id, "disk0").chunk_ids if cid))
+    old_keys = sorted(set(chunk_key(cid) for _i, cid in repo.load_disk_manifest(old.backup_id, "disk0").iter_chunks()))
     age(repo.store, "chunks/", 3600)
     report = repo.prune(RetentionPolicy(keep_last=1))
     assert [entry["backup_id"] for entry in report["removed"]] == [old.backup_id]

@@ -54,7 +54,7 @@ def warnings_of(repo):
 
 def lose_a_chunk(repo, record):
     manifest = repo.load_disk_manifest(record.backup_id, record.disks[0]["disk_key"])
-    repo.store.delete(chunk_key([cid for cid in manifest.chunk_ids if cid][0]))
+    repo.store.delete(chunk_key(next(manifest.iter_chunks())[1]))
 
 
 def states(repo):

@@ -105,8 +105,8 @@ def test_a_mismatch_fails_and_removes_the_file(backed_up, monkeypatch):
     repo, ids, _states, tmp_path = backed_up
     real_write = restore_engine._write_raw
 
-    def corrupting_write(path, repo_, manifest, progress):
-        real_write(path, repo_, manifest, progress)
+    def corrupting_write(path, repo_, manifest, progress, **options):
+        real_write(path, repo_, manifest, progress, **options)
         with open(path, "r+b") as handle:       # one flipped byte in the second chunk
             handle.seek(CHUNK + 100)
             byte = handle.read(1)
