@@ -365,6 +365,7 @@ class DiskWriter:
         self._inherited = (int(parent_stats.get("chunks") or 0), int(parent_stats.get("referenced_bytes") or 0))
         self._live = list(self._inherited)
         self._inherited_replaced = 0
+        self._entries_set = 0
         self._stored_pages = set()          # index pages this session stored (the others are the parent's)
         self.root = None
         self._finished = False
@@ -413,8 +414,10 @@ class DiskWriter:
             bitmaps = self._own[leaf] = (bytearray(chunk_index.FANOUT // 8), bytearray(chunk_index.FANOUT // 8))
         own_bits, set_bits = bitmaps
         byte, bit = entry // 8, 1 << (entry % 8)
-        if old and not set_bits[byte] & bit:
-            self._inherited_replaced += 1            # a chunk of the parent this backup no longer shares
+        if not set_bits[byte] & bit:
+            self._entries_set += 1
+            if old:
+                self._inherited_replaced += 1        # a chunk of the parent this backup no longer shares
         set_bits[byte] |= bit
         if own:
             own_bits[byte] |= bit
@@ -505,7 +508,10 @@ class DiskWriter:
             self._finished = True
             counts = self._counts
             if self.base is not None:
-                counts["reused_chunks"] += self._inherited[0] - self._inherited_replaced
+                # as if every chunk not put had been taken from the parent: non-zero ones are reused, the rest zeros
+                reused = self._inherited[0] - self._inherited_replaced
+                counts["reused_chunks"] += reused
+                counts["zero_chunks"] += self.chunk_count - self._entries_set - reused
             counts["chunks"], counts["referenced_bytes"] = self._live
             return self.root
 
