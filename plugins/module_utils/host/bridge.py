@@ -47,6 +47,24 @@ Calls (every method raises ``BridgeError`` on a WMI / service / file failure)
     A method that the class lacks raises ``BridgeError`` (0x80041055, WBEM_E_METHOD_NOT_IMPLEMENTED
     or 0x8004102E WBEM_E_INVALID_METHOD); a *failed* method is not an exception: callers read
     ``ReturnValue`` and ``job`` (``hyperv/wmi.py`` does this once for everyone).
+``invoke_paged(namespace, path, method, arguments, paging) -> dict``
+    Calls a paged method (``GetVirtualDiskChanges``) again and again *on the host*, in one round trip:
+    ``paging`` (a ``Paging``) names the offset and length parameters, the out-parameter that says how much a
+    call processed, the window ``[start, end)``, the longest length to ask, the most calls to make and the
+    array out-parameters to collect. Each call gets ``arguments`` plus offset = where the previous one
+    stopped and length = ``min(end - offset, max_length)``. The loop ends at ``end``, after ``max_calls``,
+    at the first call that does not succeed (ReturnValue other than 0, or 4096 with a failed job), or after a
+    call that processed nothing. Returns::
+
+        {"calls": int,                  # calls that succeeded
+         "next_offset": int,            # where the next call would start
+         "collected": {name: [value]},  # the collected out-arrays of the successful calls, concatenated
+         "counts": {name: [[count, times]]},   # items each successful call gave, run-length encoded
+         "stopped": None | {"offset": int, "length": int, "reason": "failed" | "no_progress",
+                            "result": <invoke's dict for that call>}}
+
+    The page-by-page logic (what a refused length means, which ranges to trust) stays in ``hyperv/``: this
+    only saves a round trip per page, which is what made change lists of huge disks cost per page (issue 14).
 ``service(name, start=False) -> {"name", "display_name", "status", "start_type", "previous_status"}``
     ``status``/``start_type`` as PowerShell's ServiceController prints them (``Running``, ``Stopped``,
     ``Automatic``, ``Manual``, ``Disabled``). ``start=True`` starts a stopped service and waits for it;
@@ -140,6 +158,70 @@ class Embedded(object):
         return "Embedded(%r, %r, based_on=%r)" % (self.class_name, self.properties, self.based_on)
 
 
+class Paging(object):
+    """How ``invoke_paged`` pages a method: parameter names, the window and the bounds of one round trip."""
+
+    def __init__(self, offset, length, processed, start, end, max_length, max_calls, collect=()):
+        self.offset = offset
+        self.length = length
+        self.processed = processed
+        self.start = int(start)
+        self.end = int(end)
+        self.max_length = int(max_length)
+        self.max_calls = int(max_calls)
+        self.collect = tuple(collect)
+
+    def names(self):
+        return (self.offset, self.length, self.processed) + self.collect
+
+
+def call_succeeded(result):
+    """True when an ``invoke`` result is a success: ReturnValue 0, or 4096 with a job that completed without error."""
+    code = result.get("ReturnValue")
+    if code == 0:
+        return True
+    job = result.get("job")
+    return code == JOB_STARTED and job is not None and job.get("JobState") in JOB_SUCCESS_STATES and not job.get("ErrorCode")
+
+
+def page_through(invoke_once, arguments, paging):
+    """The loop of ``invoke_paged`` over ``invoke_once(arguments) -> invoke result`` (see the module docstring).
+
+    The lab and bridges without a host-side loop run it here; the PowerShell bridge runs the same loop on the
+    host (``bridge_scripts_wmi.INVOKE_PAGED``).
+    """
+    collected = dict((name, []) for name in paging.collect)
+    counts = dict((name, []) for name in paging.collect)
+    offset, calls, stopped = paging.start, 0, None
+    end, max_length, max_calls, processed_name = paging.end, paging.max_length, paging.max_calls, paging.processed
+    values = dict(arguments or {})
+    while offset < end and calls < max_calls:
+        length = min(end - offset, max_length)
+        values[paging.offset] = offset
+        values[paging.length] = length
+        result = invoke_once(dict(values))
+        if result.get("ReturnValue") != 0 and not call_succeeded(result):
+            stopped = {"offset": offset, "length": length, "reason": "failed", "result": result}
+            break
+        calls += 1
+        out = result.get("out") or {}
+        for name, items in collected.items():
+            got = out.get(name)
+            got = () if got is None else (got if isinstance(got, list) else [got])
+            items.extend(got)
+            runs = counts[name]
+            if runs and runs[-1][0] == len(got):
+                runs[-1][1] += 1
+            else:
+                runs.append([len(got), 1])
+        processed = int(out.get(processed_name) or 0)
+        if processed <= 0:
+            stopped = {"offset": offset, "length": length, "reason": "no_progress", "result": result}
+            break
+        offset += processed
+    return {"calls": calls, "next_offset": offset, "collected": collected, "counts": counts, "stopped": stopped}
+
+
 def class_path(namespace, class_name):
     """The path of a class (for static methods and spawning): ``\\\\.\\<namespace>:<Class>``."""
     return "\\\\.\\%s:%s" % (namespace, class_name)
@@ -158,6 +240,10 @@ class Bridge(object):
 
     def invoke(self, namespace, path, method, arguments=None):
         raise NotImplementedError
+
+    def invoke_paged(self, namespace, path, method, arguments, paging):
+        """The paged calls one ``invoke`` at a time; transports that can loop on the host override it."""
+        return page_through(lambda values: self.invoke(namespace, path, method, values), arguments, paging)
 
     def service(self, name, start=False):
         raise NotImplementedError

@@ -37,7 +37,7 @@ __metaclass__ = type
 
 from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts_host import (
     DISKSHADOW, HOST_ENVIRONMENT, LIST_DIRECTORY, READ_FILE, REMOVE_FILE, SERVICE, VSS_WRITERS, WRITE_FILE)
-from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts_wmi import ASSOCIATORS, INVOKE, QUERY
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge_scripts_wmi import ASSOCIATORS, INVOKE, INVOKE_PAGED, QUERY
 
 
 class BridgeScript(object):
@@ -388,6 +388,10 @@ _DEFINITIONS = (
     ("associators", (("string", "Namespace"), ("string", "Path"), ("string", "AssocClass"), ("string", "ResultClass")), ASSOCIATORS),
     ("invoke", (("string", "Namespace"), ("string", "Path"), ("string", "Method"), ("string[]", "Arguments"),
                 ("int", TIMEOUT_PARAMETER)), INVOKE),
+    ("invoke_paged", (("string", "Namespace"), ("string", "Path"), ("string", "Method"), ("string[]", "Arguments"),
+                      ("string", "OffsetParameter"), ("string", "LengthParameter"), ("string", "ProcessedParameter"),
+                      ("long", "StartOffset"), ("long", "EndOffset"), ("long", "MaxLength"), ("int", "MaxCalls"),
+                      ("string[]", "Collect"), ("int", TIMEOUT_PARAMETER)), INVOKE_PAGED),
     ("service", (("string", "Name"), ("bool", "Start"), ("int", TIMEOUT_PARAMETER)), SERVICE),
     ("vss_writers", (("int", TIMEOUT_PARAMETER),), VSS_WRITERS),
     ("diskshadow", (("string", "Script"), ("int", TIMEOUT_PARAMETER)), DISKSHADOW),

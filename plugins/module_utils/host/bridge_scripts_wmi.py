@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Bodies of the WMI bridge scripts: query, associators, invoke (``function Invoke-HvBridge``).
+"""Bodies of the WMI bridge scripts: query, associators, invoke, invoke_paged (``function Invoke-HvBridge``).
 
 PowerShell 2.0 only; the shared functions they call (``Read-HvSpec``, ``ConvertTo-HvInstance``,
 ``Invoke-HvProcess``, ...) are in ``bridge_scripts.PRELUDE``, which ``bridge_scripts`` puts before each body.
@@ -79,7 +79,7 @@ function Invoke-HvBridge {
 }
 """
 
-INVOKE = r"""
+INVOKE_SHARED = r"""
 function New-HvEmbedded {
     # An embedded instance built client-side: a copy of an existing instance ([wmi] path, Clone) with
     # properties changed, or a new one spawned from its class ([wmiclass].CreateInstance, os-win
@@ -162,7 +162,8 @@ function Get-HvAffected {
     return ,$list
 }
 
-function Invoke-HvBridge {
+function Get-HvMethodTarget {
+    # The instance or class at $Path, after checking that its class has $Method (else 0x8004102E).
     Assert-HvNamespace -Name $Namespace
     $objectPath = New-Object -TypeName System.Management.ManagementPath -ArgumentList $Path
     if ($objectPath.IsClass) { $target = [wmiclass]$Path } else { $target = [wmi]$Path }
@@ -172,21 +173,41 @@ function Invoke-HvBridge {
     if (-not $known) {
         throw (New-HvError -Code 2147749934 -Message ('class ' + $class.psbase.ClassPath.ClassName + ' has no method ' + $Method))  # 0x8004102E
     }
-    $spec = Read-HvSpec -Lines $Arguments
+    return $target
+}
+
+function New-HvBuiltInstances {
+    # The embedded instances of the arguments, nested ones first.
+    param($Spec)
     $built = @{}
-    foreach ($id in $spec.order) {
-        $built[$id] = New-HvEmbedded -Definition $spec.embedded[$id] -Entries (Get-HvEntries -Spec $spec -Target ('e' + $id)) -Built $built
+    foreach ($id in $Spec.order) {
+        $built[$id] = New-HvEmbedded -Definition $Spec.embedded[$id] -Entries (Get-HvEntries -Spec $Spec -Target ('e' + $id)) -Built $built
     }
-    $in = $target.psbase.GetMethodParameters($Method)
-    foreach ($entry in (Get-HvEntries -Spec $spec -Target 'a')) {
-        $parameter = $null
-        if ($null -ne $in) { foreach ($candidate in $in.psbase.Properties) { if ($candidate.Name -eq $entry.name) { $parameter = $candidate } } }
-        if ($null -eq $parameter) {
-            throw (New-HvError -Code 2147749935 -Message ('method ' + $Method + ' has no parameter ' + $entry.name))  # 0x8004102F
-        }
-        $in.psbase.SetPropertyValue($parameter.Name, (Resolve-HvEntry -Entry $entry -Built $built -CimType ([string]$parameter.Type)))
+    return $built
+}
+
+function Find-HvMethodParameter {
+    # The in-parameter called $Name of $Method; a name the method lacks is 0x8004102F.
+    param($MethodInput, [string]$Name)
+    if ($null -ne $MethodInput) { foreach ($candidate in $MethodInput.psbase.Properties) { if ($candidate.Name -eq $Name) { return $candidate } } }
+    throw (New-HvError -Code 2147749935 -Message ('method ' + $Method + ' has no parameter ' + $Name))  # 0x8004102F
+}
+
+function New-HvMethodInput {
+    # The in-parameters of $Method: the typed arguments of the spec (embedded instances from $Built).
+    param($Target, $Spec, $Built)
+    $in = $Target.psbase.GetMethodParameters($Method)
+    foreach ($entry in (Get-HvEntries -Spec $Spec -Target 'a')) {
+        $parameter = Find-HvMethodParameter -MethodInput $in -Name $entry.name
+        $in.psbase.SetPropertyValue($parameter.Name, (Resolve-HvEntry -Entry $entry -Built $Built -CimType ([string]$parameter.Type)))
     }
-    $out = $target.psbase.InvokeMethod($Method, $in, $null)
+    return $in
+}
+
+function Invoke-HvMethodOnce {
+    # One InvokeMethod: ReturnValue, out-parameters, and for 4096 the finished job and its affected elements.
+    param($Target, $MethodInput)
+    $out = $Target.psbase.InvokeMethod($Method, $MethodInput, $null)
     $returnValue = [long]$out.psbase.GetPropertyValue('ReturnValue')
     $values = @{}
     $jobPath = $null
@@ -202,5 +223,73 @@ function Invoke-HvBridge {
         $affected = Get-HvAffected -JobPath $jobPath
     }
     return @{ ReturnValue = $returnValue; out = $values; job = $job; affected = $affected }
+}
+"""
+
+INVOKE = INVOKE_SHARED + r"""
+function Invoke-HvBridge {
+    $target = Get-HvMethodTarget
+    $spec = Read-HvSpec -Lines $Arguments
+    $built = New-HvBuiltInstances -Spec $spec
+    $in = New-HvMethodInput -Target $target -Spec $spec -Built $built
+    return (Invoke-HvMethodOnce -Target $target -MethodInput $in)
+}
+"""
+
+INVOKE_PAGED = INVOKE_SHARED + r"""
+function Add-HvRun {
+    # Run-length encoding of a per-call number: [value, times] pairs.
+    param($Runs, $Value)
+    if ($Runs.Count -gt 0 -and $Runs[$Runs.Count - 1][0] -eq $Value) { $Runs[$Runs.Count - 1][1] += 1 }
+    else { [void]$Runs.Add(@($Value, 1)) }
+}
+
+function Invoke-HvBridge {
+    # The loop of bridge.page_through, on the host: one round trip for many pages of a paged method.
+    $target = Get-HvMethodTarget
+    foreach ($name in (@($OffsetParameter, $LengthParameter, $ProcessedParameter) + @($Collect))) { Assert-HvName -Name $name -What 'parameter' }
+    $spec = Read-HvSpec -Lines $Arguments
+    $built = New-HvBuiltInstances -Spec $spec
+    $collected = @{}
+    $counts = @{}
+    foreach ($name in @($Collect)) {
+        $collected[$name] = New-Object System.Collections.ArrayList
+        $counts[$name] = New-Object System.Collections.ArrayList
+    }
+    $offset = [decimal]$StartOffset
+    $end = [decimal]$EndOffset
+    $calls = 0
+    $stopped = $null
+    while ($offset -lt $end -and $calls -lt $MaxCalls) {
+        $length = $end - $offset
+        if ($length -gt [decimal]$MaxLength) { $length = [decimal]$MaxLength }
+        $in = New-HvMethodInput -Target $target -Spec $spec -Built $built
+        $in.psbase.SetPropertyValue((Find-HvMethodParameter -MethodInput $in -Name $OffsetParameter).Name, $offset)
+        $in.psbase.SetPropertyValue((Find-HvMethodParameter -MethodInput $in -Name $LengthParameter).Name, $length)
+        $answer = Invoke-HvMethodOnce -Target $target -MethodInput $in
+        $ok = ($answer.ReturnValue -eq 0)
+        if ($answer.ReturnValue -eq 4096 -and $null -ne $answer.job) {
+            $ok = (($HvSuccessStates -contains $answer.job.JobState) -and $answer.job.ErrorCode -eq 0)
+        }
+        if (-not $ok) {
+            $stopped = @{ offset = $offset; length = $length; reason = 'failed'; result = $answer }
+            break
+        }
+        $calls += 1
+        foreach ($name in @($Collect)) {
+            $number = 0
+            $items = $answer.out[$name]
+            if ($null -ne $items) { foreach ($item in $items) { [void]$collected[$name].Add($item); $number += 1 } }
+            Add-HvRun -Runs $counts[$name] -Value $number
+        }
+        $processed = [decimal]0
+        if ($null -ne $answer.out[$ProcessedParameter]) { $processed = [decimal]$answer.out[$ProcessedParameter] }
+        if ($processed -le 0) {
+            $stopped = @{ offset = $offset; length = $length; reason = 'no_progress'; result = $answer }
+            break
+        }
+        $offset += $processed
+    }
+    return @{ calls = $calls; next_offset = $offset; collected = $collected; counts = $counts; stopped = $stopped }
 }
 """

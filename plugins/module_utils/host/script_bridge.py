@@ -263,6 +263,15 @@ class ScriptBridge(Bridge):
         check_name(method, "method")
         return self._call("invoke", Namespace=check_namespace(namespace), Path=path, Method=method, Arguments=encode_arguments(arguments))
 
+    def invoke_paged(self, namespace, path, method, arguments, paging):
+        check_name(method, "method")
+        for name in paging.names():
+            check_name(name, "parameter")
+        return self._call("invoke_paged", Namespace=check_namespace(namespace), Path=path, Method=method,
+                          Arguments=encode_arguments(arguments), OffsetParameter=paging.offset, LengthParameter=paging.length,
+                          ProcessedParameter=paging.processed, StartOffset=paging.start, EndOffset=paging.end,
+                          MaxLength=paging.max_length, MaxCalls=paging.max_calls, Collect=list(paging.collect))
+
     def service(self, name, start=False):
         return self._call("service", Name=name, Start=bool(start))
 

@@ -18,6 +18,13 @@ TargetSnapshotId (UNCONFIRMED: null or ""): it names a VHD Set snapshot, which w
 sends "" (the empty string of hyperv_wmi.md's sequence). If a call still fails with 32773 at the shortest
 length, it is tried once more with null; if that works, null is remembered for the bridge.
 Failures are category 'change_tracking' (the caller then takes a full backup), 32779 'not_found'.
+
+``max_pages`` > 1 (issue 14): the pages of the window are asked in one bridge round trip (``invoke_paged``,
+the loop runs on the host), up to ``max_pages`` calls, and the answer is their union: processed_byte_length
+is what all of them processed, the changed ranges are concatenated in order. A page the host refuses is asked
+again alone, through the single-page path above (shorter lengths, null TargetSnapshotId), and paging goes on
+after it. A 64 TiB disk is 65,536 pages of 1 GiB in the lab; one round trip per page cost 0.28 ms of CPU each
+(and on a real host a WinRM round trip each).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,6 +32,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HostOperationError
+from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import BridgeError, Paging
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import disks as vm_disks
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.checkpoints import RCT_MIN_BUILD
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.points_common import call, fail, namespace, os_build, the_service
@@ -33,6 +41,7 @@ OPERATION = "get_disk_changes"
 INVALID_PARAMETER = 32773
 SECTOR = 512
 SHRINK_ATTEMPTS = 6
+COLLECTED = ("ChangedByteOffsets", "ChangedByteLengths")
 _STATE = "_hvb_change_tracking"
 
 
@@ -64,16 +73,61 @@ def _ask(bridge, ns, ims, path, limit_id, target, offset, length):
                 hint="The change-tracking id is no longer valid (or tracking was reset); a full backup starts a new chain.")
 
 
-def get_disk_changes(bridge, path, limit_id, byte_offset, byte_length):
-    """{processed_byte_length, changed_byte_offsets, changed_byte_lengths} of one page."""
+def get_disk_changes(bridge, path, limit_id, byte_offset, byte_length, max_pages=1):
+    """{processed_byte_length, changed_byte_offsets, changed_byte_lengths, pages} of up to ``max_pages`` pages."""
     if os_build(bridge, OPERATION) < RCT_MIN_BUILD:
         fail(bridge, OPERATION, "unsupported", "GetVirtualDiskChanges needs Windows Server 2016 or later",
              hint="Use VSS full backups on this host.")
-    if int(byte_offset) < 0 or int(byte_length) <= 0:
-        fail(bridge, OPERATION, "failed", "byte_offset %s / byte_length %s: the offset must be >= 0 and the length > 0"
-             % (byte_offset, byte_length), hint="Page with byte_offset += processed_byte_length until the virtual size.")
+    budget = 1 if max_pages is None else int(max_pages)
+    if int(byte_offset) < 0 or int(byte_length) <= 0 or budget < 1:
+        fail(bridge, OPERATION, "failed", "byte_offset %s / byte_length %s / max_pages %s: the offset must be >= 0, the length "
+             "and max_pages > 0" % (byte_offset, byte_length, max_pages),
+             hint="Page with byte_offset += processed_byte_length until the virtual size.")
     ns = namespace(bridge, OPERATION)
     ims = the_service(bridge, ns, "Msvm_ImageManagementService", OPERATION)
+    start, end = int(byte_offset), int(byte_offset) + int(byte_length)
+    offset, pages, offsets, lengths = start, 0, [], []
+    while offset < end and pages < budget:
+        stopped = None
+        if budget - pages > 1:
+            answer = _ask_paged(bridge, ns, ims, path, limit_id, offset, end, budget - pages)
+            pages += answer["calls"]
+            offsets.extend(int(v) for v in answer["collected"].get(COLLECTED[0]) or [])
+            lengths.extend(int(v) for v in answer["collected"].get(COLLECTED[1]) or [])
+            offset = int(answer["next_offset"])
+            stopped = answer.get("stopped")
+            if stopped is None:
+                continue
+            if stopped.get("reason") == "no_progress":
+                break
+        page = _one_page(bridge, ns, ims, path, limit_id, offset, end - offset)
+        pages += 1
+        offsets.extend(page["changed_byte_offsets"])
+        lengths.extend(page["changed_byte_lengths"])
+        if page["processed_byte_length"] <= 0:
+            break
+        offset += page["processed_byte_length"]
+    return {"processed_byte_length": offset - start, "changed_byte_offsets": offsets, "changed_byte_lengths": lengths,
+            "pages": pages}
+
+
+def _ask_paged(bridge, ns, ims, path, limit_id, offset, end, max_calls):
+    """The pages of [offset, end) in one round trip, with what this bridge has learnt (strict length, target id)."""
+    state = _state(bridge)
+    size_or_window = end - offset
+    max_length = shorter_lengths(size_or_window)[0] if state["strict_length"] and shorter_lengths(size_or_window) else size_or_window
+    paging = Paging("ByteOffset", "ByteLength", "ProcessedByteLength", offset, end, max_length, max_calls, COLLECTED)
+    try:
+        return bridge.invoke_paged(ns, ims["__PATH"], "GetVirtualDiskChanges",
+                                   {"Path": path, "LimitId": limit_id, "TargetSnapshotId": state["target"]}, paging)
+    except BridgeError:
+        # Whatever refused the round trip (a bridge without the paged script, a call Windows rejected before
+        # the first page), the single-page path asks again and reports it as it always has.
+        return {"calls": 0, "next_offset": offset, "collected": {}, "counts": {}, "stopped": {"reason": "failed"}}
+
+
+def _one_page(bridge, ns, ims, path, limit_id, byte_offset, byte_length):
+    """{processed_byte_length, changed_byte_offsets, changed_byte_lengths} of one page (the issue point 12 retries)."""
     state = _state(bridge)
     lengths = [int(byte_length)] + shorter_lengths(byte_length)
     if state["strict_length"] and len(lengths) > 1:

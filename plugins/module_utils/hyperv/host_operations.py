@@ -126,10 +126,12 @@ OPERATIONS = dict((op.name, op) for op in [
         "{id, removed: bool}",
         "Destroy a reference point of ours (RCT); another product's or a log-based one is refused ('unsupported')."),
     _op("get_disk_changes", {
-        "path": (str, True), "limit_id": (str, True), "byte_offset": (int, True), "byte_length": (int, True)},
-        "{processed_byte_length, changed_byte_offsets: [int], changed_byte_lengths: [int]}",
-        "One page of the RCT change list of a frozen disk since limit_id (GetVirtualDiskChanges); "
-        "an invalid or unknown limit_id raises category 'change_tracking'."),
+        "path": (str, True), "limit_id": (str, True), "byte_offset": (int, True), "byte_length": (int, True),
+        # optional (issue 14): up to this many pages in one round trip (the loop runs on the host); default 1
+        "max_pages": (int, False)},
+        "{processed_byte_length, changed_byte_offsets: [int], changed_byte_lengths: [int], pages: int}",
+        "Pages of the RCT change list of a frozen disk since limit_id (GetVirtualDiskChanges), from byte_offset within "
+        "byte_length: one page, or up to max_pages; an invalid or unknown limit_id raises category 'change_tracking'."),
     _op("get_vm_configuration", {"vm_id": (str, True), "recovery_point_id": (str, False)},
         "{vm_id, name, generation, configuration_version, memory_bytes: null, processor_count: null, "
         "files: [{name, path, content (base64), length}], skipped_files: [{name, length, reason}], "

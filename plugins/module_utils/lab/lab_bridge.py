@@ -21,7 +21,7 @@ __metaclass__ = type
 
 from ansible_collections.hyperv.backup.plugins.module_utils.host.bridge import (
     NAMESPACE_V1, NAMESPACE_V2, WBEM_E_INVALID_METHOD, WBEM_E_INVALID_METHOD_PARAMETERS, WBEM_E_INVALID_NAMESPACE,
-    WBEM_E_METHOD_NOT_IMPLEMENTED, WBEM_E_NOT_FOUND, Bridge, BridgeError)
+    WBEM_E_METHOD_NOT_IMPLEMENTED, WBEM_E_NOT_FOUND, Bridge, BridgeError, page_through)
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import (
     wmi_classes, wmi_host, wmi_methods_v1, wmi_methods_v2, wmi_methods_vsms, wmi_v1, wmi_v2, wmi_world)
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout, host_faults
@@ -120,7 +120,8 @@ class LabBridge(Bridge):
     def associators(self, namespace, path, assoc_class, result_class=None):
         return self.model(namespace).associators(namespace, path, assoc_class, result_class=result_class)
 
-    def invoke(self, namespace, path, method, arguments=None):
+    def _method(self, namespace, path, method, arguments):
+        """(model, namespace, target, method name, handler, parameter names) of a method call, as Windows checks it."""
         model = self.model(namespace)
         namespace = Model.canonical_namespace(namespace)
         target_namespace, class_name, keys = parse_path(path)
@@ -144,12 +145,41 @@ class LabBridge(Bridge):
         if unknown:
             raise wbem(WBEM_E_INVALID_METHOD_PARAMETERS, "Invalid method parameter(s): %s.%s has no parameter %s"
                        % (class_name, matches[0], ", ".join(sorted(unknown))))
-        call = Call(model, namespace, target, matches[0], arguments, self)
+        return model, namespace, target, matches[0], handler, parameters
+
+    def invoke(self, namespace, path, method, arguments=None):
+        model, namespace, target, name, handler, _parameters = self._method(namespace, path, method, arguments)
+        call = Call(model, namespace, target, name, arguments, self)
         answer = handler(call)
         return self._answer(namespace, answer, call.job_doc)
 
+    def invoke_paged(self, namespace, path, method, arguments, paging):
+        """The host-side loop of the PowerShell bridge (bridge.page_through), with the method resolved once.
+
+        The calls share ``Call.memo``: a handler may keep there what it looked up for the first page (the disk
+        behind a path, its change-tracking file), because the host answers all pages of one round trip from the
+        same frozen disk. Each page is still answered by the same handler as a single ``invoke``.
+        """
+        model, namespace, target, name, handler, parameters = self._method(namespace, path, method, arguments)
+        missing = [n for n in (paging.offset, paging.length) if n not in parameters]
+        if missing:
+            raise wbem(WBEM_E_INVALID_METHOD_PARAMETERS, "Invalid method parameter(s): %s has no parameter %s"
+                       % (name, ", ".join(missing)))
+        call = Call(model, namespace, target, name, arguments, self)
+        call.memo = {}
+
+        def once(values):
+            call.args, call.job_doc = values, None      # page_through hands each call a fresh dict
+            answer = handler(call)
+            # a page answered without a job is already what page_through reads (ReturnValue and out)
+            return answer if call.job_doc is None else self._answer(namespace, answer, call.job_doc)
+
+        return page_through(once, arguments, paging)
+
     def _answer(self, namespace, answer, job_doc):
-        out = dict((key, value) for key, value in answer["out"].items() if key not in ("Job", "ReturnValue"))
+        out = answer["out"]
+        if "Job" in out or "ReturnValue" in out:
+            out = dict((key, value) for key, value in out.items() if key not in ("Job", "ReturnValue"))
         result = {"ReturnValue": answer["ReturnValue"], "out": out, "job": None, "affected": []}
         if job_doc is not None:
             result["job"] = {"InstanceID": job_doc["InstanceID"], "JobState": job_doc["JobState"],

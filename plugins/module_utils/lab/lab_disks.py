@@ -18,11 +18,16 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import os
 import random
 import shutil
+import time
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_disk, disk_info, open_disk, open_disk_for_write
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_state
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import (
+    MAX_CHAIN_DEPTH, create_disk, disk_info, open_disk, open_disk_for_write)
 
 MIB = 1024 * 1024
 # File name extensions Hyper-V gives base disks and checkpoint children of each format.
@@ -73,8 +78,7 @@ def base_disk_path(disks_dir, vm_name, index, disk_format):
 def child_disk_path(base_path, parent_path, checkpoint_id):
     """The checkpoint child's name: ``<base stem>_<CHECKPOINT ID>.avhdx`` (or ``.avhd`` over a VHD parent)."""
     stem = os.path.splitext(os.path.basename(base_path))[0]
-    with open_disk(parent_path) as parent:
-        extension = CHILD_EXTENSIONS[parent.format]
+    extension = CHILD_EXTENSIONS[disk_info(parent_path)["format"]]
     return os.path.join(os.path.dirname(base_path), "%s_%s%s" % (stem, checkpoint_id.upper(), extension))
 
 
@@ -120,20 +124,61 @@ def copy_in(source, destination):
     return destination
 
 
+# describe() answers per process from here while no file of the chain changed (inode, size, mtime, ctime; remembered
+# only once the files have settled): one backup asks for the facts of each disk a dozen times.
+_DESCRIBED = {}
+
+
+def _file_key(path):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _settled(keys):
+    """True when no file of ``keys`` changed within the last moments (lab_state's "racy" rule): a later write then
+    carries a later time, so a remembered answer cannot hide it."""
+    return all(max(key[3], key[4]) < time.time_ns() - lab_state.SETTLED_NS for _path, key in keys)
+
+
+def _chain(path, facts):
+    """The files of the differencing chain from ``path`` up, found from each file's metadata (no BAT is read)."""
+    chain, seen = [path], {os.path.realpath(path)}
+    while facts.get("parent_path"):
+        parent = facts["parent_path"]
+        if os.path.realpath(parent) in seen or len(chain) >= MAX_CHAIN_DEPTH:
+            raise VirtualDiskError(path, "the differencing chain loops or is deeper than %d files" % MAX_CHAIN_DEPTH)
+        chain.append(parent)
+        seen.add(os.path.realpath(parent))
+        facts = disk_info(parent)
+    if facts.get("type") == "differencing":
+        raise VirtualDiskError(chain[-1], "the parent disk was not found")
+    return chain
+
+
 def describe(path):
     """Facts of the disk file at ``path`` read from the file itself: format, type, sizes, disk_id, chain."""
+    known = _DESCRIBED.get(path)
+    try:
+        if known is not None and all(_file_key(member) == key for member, key in known[0]):
+            return copy.deepcopy(known[1])
+    except OSError:
+        pass
     facts = disk_info(path)
-    with open_disk(path) as disk:
-        facts["chain"] = list(disk.chain)
+    facts["chain"] = _chain(path, facts)
     facts["disk_id"] = facts["disk_id"].lower()
+    try:
+        keys = [(member, _file_key(member)) for member in facts["chain"]]
+        if _settled(keys):
+            _DESCRIBED[path] = (keys, copy.deepcopy(facts))
+    except OSError:
+        _DESCRIBED.pop(path, None)
     return facts
 
 
 def create_child(parent_path, child_path):
     """A differencing child (in the parent's format) over the now frozen ``parent_path``; the VM writes there from now on."""
-    with open_disk(parent_path) as parent:
-        virtual_size, sector = parent.virtual_size, parent.logical_sector_size
-        block_size = parent.block_size
+    parent = disk_info(parent_path)         # sizes from the metadata: a 64 TiB parent's BAT is not read
+    virtual_size, sector, block_size = parent["virtual_size"], parent["logical_sector_size"], parent["block_size"]
     writer = create_disk(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path)
     writer.close()
     os.chmod(child_path, 0o600)

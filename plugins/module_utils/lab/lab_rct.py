@@ -44,6 +44,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import bisect
+import functools
 import os
 from array import array
 
@@ -167,9 +168,18 @@ def _merged_granules(tracking, since_seq, upto_seq):
 
 def changes(tracking, since_seq, upto_seq, byte_offset, byte_length, virtual_size):
     """One page of changes: (processed_byte_length, offsets, lengths), ranges merged and clipped."""
+    return window_finder(tracking, since_seq, upto_seq)(byte_offset, byte_length, virtual_size)
+
+
+def window_finder(tracking, since_seq, upto_seq):
+    """``page(byte_offset, byte_length, virtual_size)`` -> one page of ``changes``, the merged records looked up once."""
+    starts, ends = _merged_granules(tracking, since_seq, upto_seq)
+    return functools.partial(_window, starts, ends)
+
+
+def _window(starts, ends, byte_offset, byte_length, virtual_size):
     processed = min(byte_length, MAX_PAGE_BYTES, max(0, virtual_size - byte_offset))
     window_end = byte_offset + processed
-    starts, ends = _merged_granules(tracking, since_seq, upto_seq)
     offsets, lengths = [], []
     # the first interval that ends after the window starts; intervals are disjoint, so ends are sorted too
     index = bisect.bisect_right(ends, byte_offset // GRANULE)

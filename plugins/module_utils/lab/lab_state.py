@@ -180,11 +180,11 @@ def write_json_atomic(path, document):
 # a file unchanged since (same inode, size, mtime and ctime: every write replaces the file, write_json_atomic) is not
 # parsed again. marshal gives every caller fresh objects to change, about five times faster than parsing the JSON.
 # File times come from a coarse clock (a few ms) and a freed inode number may be given to the next file, so a file
-# is only remembered once its times are older than _SETTLED_NS when it was read (git's "racy" rule): any later
+# is only remembered once its times are older than SETTLED_NS when it was read (git's "racy" rule): any later
 # write then carries a later time.
 _PARSED = {}
 _PARSED_KEEP = 256
-_SETTLED_NS = 200 * 1000 * 1000
+SETTLED_NS = 200 * 1000 * 1000
 
 
 def read_json(path):
@@ -199,8 +199,10 @@ def read_json(path):
     with open(path) as handle:
         document = json.load(handle)
     try:
-        settled = stamp is not None and max(before.st_mtime_ns, before.st_ctime_ns) < time.time_ns() - _SETTLED_NS
-        if settled and os.stat(path) == before:      # not replaced while it was read
+        settled = stamp is not None and max(before.st_mtime_ns, before.st_ctime_ns) < time.time_ns() - SETTLED_NS
+        after = os.stat(path)
+        # not replaced while it was read (the stamp, not the whole stat: reading moves atime under relatime)
+        if settled and (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == stamp:
             if len(_PARSED) >= _PARSED_KEEP:
                 _PARSED.pop(next(iter(_PARSED)))
             _PARSED[path] = (stamp, marshal.dumps(document))

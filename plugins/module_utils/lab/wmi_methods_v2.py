@@ -253,38 +253,55 @@ def _owner(world, local):
     return None, None, None
 
 
-def get_virtual_disk_changes(call):
+def _change_source(call):
+    """What every page of GetVirtualDiskChanges needs before its window: an answer when the call is refused, or
+    (virtual size, whether the host has the strict ByteLength reading, the page function of lab_rct). Within one invoke_paged round trip it is looked up once (``call.memo``): the
+    pages read the same frozen disk, whose change records do not move while the checkpoint holds them."""
+    key = ("GetVirtualDiskChanges", call.args.get("Path"), call.args.get("LimitId"))     # strings, never Refs
+    if call.memo is not None and key in call.memo:
+        return None, call.memo[key]
     path, local = _local_disk(call)
-    offset, length = call.arg("ByteOffset"), call.arg("ByteLength")
-    if not isinstance(path, str) or not path or not isinstance(offset, int) or not isinstance(length, int) \
-            or not isinstance(call.arg("LimitId"), str):
-        return call.finish(32773)
+    if not isinstance(path, str) or not path or not isinstance(call.arg("LimitId"), str):
+        return call.finish(32773), None
     if local is None:
-        return call.finish(32779)
+        return call.finish(32779), None
     world = call.world
     vm, disk, info = _owner(world, local)
     if vm is None:
-        return call.failed_job(0, 32768, "Resilient change tracking is not enabled for %s. (%s)" % (path, ERROR_CHANGE_TRACKING_DISABLED))
+        return call.failed_job(0, 32768, "Resilient change tracking is not enabled for %s. (%s)" % (path, ERROR_CHANGE_TRACKING_DISABLED)), None
     if "rct_invalid" in world.faults(vm):
         return call.failed_job(0, 32768, "The specified change tracking identifier is not valid: %s (lab fault 'rct_invalid'). "
-                               "(%s)" % (call.arg("LimitId"), lab_rct.ERROR_VHD_INVALID_CHANGE_TRACKING_ID))
+                               "(%s)" % (call.arg("LimitId"), lab_rct.ERROR_VHD_INVALID_CHANGE_TRACKING_ID)), None
     problems = change_tracking_problems(world, vm)
     if problems:
         return call.failed_job(0, 32768, "Resilient change tracking is not enabled for %s: %s. (%s)"
-                               % (path, "; ".join(problems), ERROR_CHANGE_TRACKING_DISABLED))
-    size = disk["virtual_size"]
-    # Issue point 12: the documented reading ("ByteLength must be less than the size of the virtual disk")
-    # is the host quirk "byte_length_strict"; by default size - offset is accepted, as public code passes it.
-    if offset < 0 or length <= 0 or offset + length > size or ("byte_length_strict" in world.quirks() and length >= size):
-        return call.finish(32773)
+                               % (path, "; ".join(problems), ERROR_CHANGE_TRACKING_DISABLED)), None
     with world.layout.vm_lock(vm["id"]):
         tracking = lab_rct.load(disk["rct_file"], disk["disk_id"])
     try:
         since = lab_rct.lookup(tracking, call.arg("LimitId"))
     except lab_rct.RctLookupError as exc:
-        return call.failed_job(0, 32768, "%s. (%s)" % (exc, exc.windows_error))
+        return call.failed_job(0, 32768, "%s. (%s)" % (exc, exc.windows_error)), None
     upto = tracking["sequence"] if info["to_seq"] is None else info["to_seq"]
-    processed, offsets, lengths = lab_rct.changes(tracking, since, upto, offset, length, size)
+    source = (disk["virtual_size"], "byte_length_strict" in world.quirks(), lab_rct.window_finder(tracking, since, upto))
+    if call.memo is not None:
+        call.memo[key] = source
+    return None, source
+
+
+def get_virtual_disk_changes(call):
+    offset, length = call.args.get("ByteOffset"), call.args.get("ByteLength")
+    if not isinstance(offset, int) or not isinstance(length, int):
+        return call.finish(32773)
+    refused, source = _change_source(call)
+    if refused is not None:
+        return refused
+    size, strict, page = source
+    # Issue point 12: the documented reading ("ByteLength must be less than the size of the virtual disk")
+    # is the host quirk "byte_length_strict"; by default size - offset is accepted, as public code passes it.
+    if offset < 0 or length <= 0 or offset + length > size or (strict and length >= size):
+        return call.finish(32773)
+    processed, offsets, lengths = page(offset, length, size)
     return call.finish(0, ProcessedByteLength=processed, ChangedByteOffsets=offsets, ChangedByteLengths=lengths)
 
 

@@ -417,6 +417,7 @@ class Call:
         self.args = dict(arguments or {})
         self.bridge = bridge
         self.job_doc = None
+        self.memo = None        # a dict shared by the pages of one invoke_paged round trip (lab_bridge)
 
     def arg(self, name, default=None):
         value = self.args.get(name, default)

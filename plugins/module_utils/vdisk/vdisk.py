@@ -48,10 +48,11 @@ def _signature_bytes(path, opener):
         remote.close()
 
 
-def open_layer(path, opener=None):
+def open_layer(path, opener=None, metadata_only=False):
     """Open one file (no parents) as a VhdxImage or VhdImage, by its signature.
 
     ``opener`` reads files that are not local (disk_access.SmbOpener); None means the local filesystem.
+    ``metadata_only``: a VHDX is read without its BAT (facts only: it cannot be read); a 64 TiB disk's BAT is 16 MiB.
     """
     path = str(path)
     try:
@@ -60,7 +61,7 @@ def open_layer(path, opener=None):
         raise VirtualDiskError(path, "cannot open the file: %s" % (err.strerror or err),
                                hint="Check that the path exists and is readable by this user.")
     if head == FILE_SIGNATURE:
-        return VhdxImage(path, opener=opener)
+        return VhdxImage(path, opener=opener, metadata_only=metadata_only)
     if head == VHD_COOKIE or tail[:8] == VHD_COOKIE or tail[1:9] == VHD_COOKIE:
         return VhdImage(path, opener=opener)
     raise VirtualDiskError(path, "not a VHDX or VHD file (no 'vhdxfile' signature and no 'conectix' footer)",
@@ -94,7 +95,7 @@ def _parent_candidates(child_path, hints, search_paths):
     return unique
 
 
-def _open_parent(child, search_paths, chain_real_paths, opener=None):
+def _open_parent(child, search_paths, chain_real_paths, opener=None, metadata_only=False):
     tried, mismatches = [], []
     if opener is None:
         candidates = _parent_candidates(child.path, child.parent_hints(), search_paths)
@@ -109,7 +110,7 @@ def _open_parent(child, search_paths, chain_real_paths, opener=None):
         if identity(candidate) in chain_real_paths:
             raise VirtualDiskError(child.path, "the parent chain loops back to %s" % candidate,
                                    hint="The differencing chain is corrupt (a cycle).")
-        parent = open_layer(candidate, opener)
+        parent = open_layer(candidate, opener, metadata_only)
         problem = child.parent_mismatch(parent)
         if problem is None:
             return parent
@@ -318,7 +319,7 @@ def create_disk(path, virtual_size, block_size=None, logical_sector_size=512, pa
     """
     path = str(path)
     if disk_format is None and parent is not None:
-        layer = open_layer(parent)
+        layer = open_layer(parent, metadata_only=True)
         disk_format = layer.format_name
         layer.close()
     disk_format = disk_format or format_of_path(path)
@@ -391,14 +392,14 @@ def write_vhd_from(path, source, virtual_size, block_size=VHD_DEFAULT_BLOCK_SIZE
 
 
 def disk_info(path):
-    """Describe one VHDX/AVHDX/VHD file (without opening its parents)."""
-    layer = open_layer(path)
+    """Describe one VHDX/AVHDX/VHD file (its parent only found, by the linkage in both files' metadata)."""
+    layer = open_layer(path, metadata_only=True)
     try:
         info = layer.info()
         parent_path = None
         if layer.has_parent:
             try:
-                parent = _open_parent(layer, None, {os.path.realpath(layer.path)})
+                parent = _open_parent(layer, None, {os.path.realpath(layer.path)}, metadata_only=True)
                 parent_path = parent.path
                 parent.close()
             except VirtualDiskError:

@@ -307,10 +307,23 @@ def pread_into(fd, path, view, offset):
 BAT_IN_MEMORY_LIMIT = 64 * MiB
 
 
-def _low_bytes(entries):
-    """bytes: the low byte (the state bits live there) of each entry of an array('Q'), without copying the array."""
+_STATE_SCAN_BYTES = 4096     # 512 entries: a sparse BAT is mostly zero pieces, which are compared, not converted
+
+
+def _states_of(entries, table):
+    """bytes: ``table`` applied to the low byte (the state bits live there) of each entry of an array('Q').
+
+    Most of a big disk's BAT is zero (never written): a zero piece of 512 entries only costs a compare, so the
+    states of a sparse 64 TiB disk (2 Mi entries) take a few ms instead of a strided copy of all 16 MiB."""
     raw = memoryview(entries).cast("B")
-    return (raw[0::8] if sys.byteorder == "little" else raw[7::8]).tobytes()
+    lane = 0 if sys.byteorder == "little" else 7
+    out = bytearray(table[0:1] * len(entries))
+    zero = bytes(_STATE_SCAN_BYTES)
+    for start in range(0, len(raw), _STATE_SCAN_BYTES):
+        piece = bytes(raw[start:start + _STATE_SCAN_BYTES])
+        if piece != zero:
+            out[start // 8:(start + len(piece)) // 8] = piece[lane::8].translate(table)
+    return bytes(out)
 
 
 class PagedBat:
@@ -355,16 +368,18 @@ class PagedBat:
         out = bytearray()
         step = self.PAGE_ENTRIES * 16
         for first in range(0, self._count, step):
-            out += _low_bytes(self._read(first, min(step, self._count - first))).translate(table)
+            out += _states_of(self._read(first, min(step, self._count - first)), table)
         return out
 
 
 class VhdxImage:
     """One VHDX or AVHDX file, validated, with its BAT in memory (paged when huge). Read-only unless ``writable``."""
 
-    def __init__(self, path, writable=False, opener=None):
+    def __init__(self, path, writable=False, opener=None, metadata_only=False):
         self.path = str(path)
         self.writable = writable
+        # metadata_only: headers, regions and metadata (sizes, ids, parent locator) without the BAT, for facts only
+        self.metadata_only = metadata_only and not writable
         self._channel = None        # O_DIRECT reads, once enable_direct_io is called
         try:
             self.fd = open_file(self.path, writable, opener)
@@ -404,7 +419,10 @@ class VhdxImage:
             self.file_size = max(self.file_size, self.log_end)
         self._load_region_table()
         self._load_metadata()
-        self._load_bat()
+        if self.metadata_only:
+            self.bat, self.bitmaps = None, {}
+        else:
+            self._load_bat()
 
     def read_structure(self, offset, length):
         """Read metadata/BAT/bitmap bytes with the in-memory log replay applied."""
@@ -561,9 +579,11 @@ class VhdxImage:
         bat = self.bat
         block_size = self.block_size
         states = self.entry_states()
-        for chunk, state in enumerate(states[ratio::ratio + 1]):
-            if state not in (SB_NOT_PRESENT, SB_PRESENT):
-                self._fail("BAT entry %d (a sector bitmap) has the invalid state %d" % (chunk * (ratio + 1) + ratio, state))
+        bitmap_states = states[ratio::ratio + 1]
+        if bitmap_states.translate(None, bytes((SB_NOT_PRESENT, SB_PRESENT))):
+            for chunk, state in enumerate(bitmap_states):
+                if state not in (SB_NOT_PRESENT, SB_PRESENT):
+                    self._fail("BAT entry %d (a sector bitmap) has the invalid state %d" % (chunk * (ratio + 1) + ratio, state))
         # Only entries in states 4, 6 and 7 need a closer look; finding them by regex keeps opening
         # a 2 TiB disk with 1 MiB blocks (2 M entries) fast.
         for match in re.finditer(b"[\x04\x06\x07]", states):
@@ -686,7 +706,7 @@ class VhdxImage:
         """bytes: the state (low 3 bits) of every BAT entry, payload and sector bitmap entries alike, through ``table``."""
         if isinstance(self.bat, PagedBat):
             return self.bat.states(table)
-        return _low_bytes(self.bat).translate(table)
+        return _states_of(self.bat, table)
 
     def payload_states(self, table=_STATE_TABLE):
         """bytearray: the state of each payload block 0 .. block_count-1 (sector bitmap entries left out), through ``table``.

@@ -68,7 +68,7 @@ def create_vhdx_file(path, virtual_size, block_size=32 * MiB, logical_sector_siz
     path = str(path)
     parent_locator = None
     if parent is not None:
-        parent_image = VhdxImage(parent)
+        parent_image = VhdxImage(parent, metadata_only=True)     # its ids and sizes; its BAT is not needed
         try:
             if virtual_size is None:
                 virtual_size = parent_image.virtual_size

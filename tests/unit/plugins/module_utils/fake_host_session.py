@@ -127,7 +127,8 @@ class FakeHostSession:
         self.references[vm_id] = [r for r in self.references[vm_id] if r["id"] != id]
         return {"id": id, "removed": len(self.references[vm_id]) < before}
 
-    def _get_disk_changes(self, path, limit_id, byte_offset, byte_length):
+    def _get_disk_changes(self, path, limit_id, byte_offset, byte_length, max_pages=1):
+        # one page per call: the contract says "up to max_pages", and the paging tests count the calls
         return self.pages[path](limit_id, byte_offset, byte_length)
 
     def __enter__(self):

@@ -103,6 +103,7 @@ def test_the_bridge_passes_exactly_the_declared_parameters():
     rec.query(bridge.NAMESPACE_V2, "C")
     rec.associators(bridge.NAMESPACE_V2, "p", "A")
     rec.invoke(bridge.NAMESPACE_V2, "p", "M")
+    rec.invoke_paged(bridge.NAMESPACE_V2, "p", "M", {"Path": "x"}, bridge.Paging("Off", "Len", "Done", 0, 10, 10, 4, ("A", "B")))
     rec.service("vss")
     rec.vss_writers()
     rec.diskshadow("x")

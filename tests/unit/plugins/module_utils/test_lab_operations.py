@@ -111,7 +111,7 @@ def test_vm_disk_and_checkpoint_shapes(lab):
     assert transport.run("get_vms", {"ids": [ids["web01"]]})[0]["reference_points"] == [dict(reference, type="RCT")]
     page = transport.run("get_disk_changes", {"path": disk["path"], "limit_id": reference["rct_ids"][disk["disk_id"]],
                                               "byte_offset": 0, "byte_length": disk["virtual_size"]})
-    assert set(page) == {"processed_byte_length", "changed_byte_offsets", "changed_byte_lengths"}
+    assert set(page) == {"processed_byte_length", "changed_byte_offsets", "changed_byte_lengths", "pages"}
     assert transport.run("remove_reference_point", {"vm_id": ids["web01"], "id": reference["id"]}) == {"id": reference["id"], "removed": True}
     assert transport.run("remove_reference_point", {"vm_id": ids["web01"], "id": reference["id"]})["removed"] is False
 

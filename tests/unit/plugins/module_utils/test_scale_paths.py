@@ -183,7 +183,7 @@ def test_lab_read_json_parses_an_unchanged_file_once_and_hands_out_fresh_documen
 
     path = str(tmp_path / "vm.json")
     lab_state.write_json_atomic(path, {"id": "v", "disks": [{"rct_file": "a"}]})
-    time.sleep(0.3)     # written a while ago (lab_state._SETTLED_NS): its times tell a later write apart
+    time.sleep(0.3)     # written a while ago (lab_state.SETTLED_NS): its times tell a later write apart
     parsed = []
     real_load = json.load
     monkeypatch.setattr(lab_state.json, "load", lambda handle: parsed.append(1) or real_load(handle))
