@@ -40,11 +40,16 @@ HINT_AUTH = ("The host refused the credentials: check username/password, that th
              "(or in Hyper-V Administrators), and that the auth method is enabled on the WinRM service "
              "(winrm get winrm/config/service/auth).")
 HINT_OUTPUT = "The bridge script did not print one JSON document; run it on the host by hand to see what it printed."
+HINT_KERBEROS = ("The Kerberos logon failed on this machine: check the password (or `kinit user@REALM` for transport winrm), "
+                 "that /etc/krb5.conf (or KRB5_CONFIG) names the domain's realm and KDCs, that the clocks agree within "
+                 "5 minutes, and that the host is reached by the name its SPN has (docs/kerberos.md).")
 
 # Exception class names (anywhere in the MRO) of requests, urllib3, pypsrp, pywinrm and spnego, so this
 # module needs none of those libraries to classify their errors.
 _AUTH_CLASSES = {"AuthenticationError", "InvalidCredentialsError", "BasicAuthDisabledError", "SpnegoError",
                  "NoCredentialError", "BadMechanismError"}
+# krb5 (pyspnego's password logon) and gssapi raise these before the host is asked: still the credentials.
+_KERBEROS_CLASSES = {"Krb5Error", "GSSError", "KerberosExchangeError"}
 _TLS_CLASSES = {"SSLError", "SSLCertVerificationError", "CertificateError"}
 _UNREACHABLE_CLASSES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ProxyError", "NewConnectionError",
                         "MaxRetryError", "gaierror", "timeout", "TimeoutError", "ConnectionRefusedError",
@@ -67,6 +72,8 @@ def transport_failure(host, operation, exc, secrets=()):
     names = set(cls.__name__ for cls in type(exc).__mro__)
     code = getattr(exc, "code", None)
     text = scrub("%s: %s" % (type(exc).__name__, exc), secrets)
+    if names & _KERBEROS_CLASSES:
+        return HostOperationError(host, operation, "authentication", "Kerberos logon failed (%s)" % text, hint=HINT_KERBEROS)
     if names & _AUTH_CLASSES or code == 401:
         return HostOperationError(host, operation, "authentication", "credentials refused (%s)" % text, hint=HINT_AUTH)
     if names & _TLS_CLASSES:

@@ -49,6 +49,18 @@ def test_plain_python_exceptions(exc, category):
     assert isinstance(err, HostOperationError) and err.category == category and "hv09" in str(err) and err.hint
 
 
+def test_a_kerberos_logon_failure_is_an_authentication_error_with_a_kerberos_hint():
+    # krb5 (pyspnego's password logon) raises before the host is asked; before, it read "remote call failed"
+    krb5 = pytest.importorskip("krb5")
+    ctx = krb5.init_context()
+    principal = krb5.parse_name_flags(ctx, b"nobody@NO.SUCH.REALM.INVALID")
+    creds_opts = krb5.get_init_creds_opt_alloc(ctx)
+    with pytest.raises(krb5.Krb5Error) as caught:
+        krb5.get_init_creds_password(ctx, principal, creds_opts, password=b"wrong")
+    err = transport_failure("hv09", "query", caught.value, secrets=["wrong"])
+    assert err.category == "authentication" and "Kerberos logon failed" in str(err) and "krb5.conf" in err.hint
+
+
 def test_records_hold_only_base64_and_identifiers():
     lines = encode_arguments({"A": "x y\nz", "B": Embedded("C", {"D": ["1 2", None, 3, 2.5, True]}), "E": ""}) + encode_where({"F": "'"})
     for line in lines:
