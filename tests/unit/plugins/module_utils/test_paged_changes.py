@@ -134,7 +134,7 @@ def test_a_64_tib_change_list_takes_64_round_trips(tmp_path):
     counting = CountingBridge(bridge)
     changes = rp.collect_changes(Session(counting), disk["path"], rct_id, disk["virtual_size"])
     assert changes.valid, changes.reason
-    assert [r for r in changes.ranges] == [(5 * GiB, 2 * 65536), (40 * TiB, 65536)]    # 64 KiB granules
+    assert changes.ranges == [(5 * GiB, 2 * 65536), (40 * TiB, 65536)]    # 64 KiB granules
     paged = [t for t in counting.trips if t == ("invoke_paged", "GetVirtualDiskChanges")]
     single = [t for t in counting.trips if t == ("invoke", "GetVirtualDiskChanges")]
     # 65,536 pages of 1 GiB (the lab's page, unchanged) in round trips of 1024 pages
