@@ -255,8 +255,9 @@ def _owner(world, local):
 
 def _change_source(call):
     """What every page of GetVirtualDiskChanges needs before its window: an answer when the call is refused, or
-    (virtual size, whether the host has the strict ByteLength reading, the page function of lab_rct). Within one invoke_paged round trip it is looked up once (``call.memo``): the
-    pages read the same frozen disk, whose change records do not move while the checkpoint holds them."""
+    (virtual size, whether the host has the strict ByteLength reading, the page function of lab_rct). Within one
+    invoke_paged round trip it is looked up once (``call.memo``): the pages read the same frozen disk, whose change
+    records do not move while the checkpoint holds them."""
     key = ("GetVirtualDiskChanges", call.args.get("Path"), call.args.get("LimitId"))     # strings, never Refs
     if call.memo is not None and key in call.memo:
         return None, call.memo[key]
