@@ -483,8 +483,8 @@ def collect_changes(session, path, limit_id, virtual_size, page_bytes=None):
 
     The host may process less than asked, so the loop advances by processed_byte_length until the
     virtual size; each round trip lets the host answer up to PAGES_PER_ROUND_TRIP pages. An unusable limit
-    id (category 'change_tracking'), a page that processes nothing or a range outside the disk gives ``valid=False`` with the reason: the caller falls back to a full
-    backup instead of trusting a wrong list.
+    id (category 'change_tracking'), a page that processes nothing or a range outside the disk gives
+    ``valid=False`` with the reason: the caller falls back to a full backup instead of trusting a wrong list.
     """
     if not limit_id:
         return ChangeList(False, reason="no change-tracking id of a previous reference point for %s; a full backup is needed" % path)
