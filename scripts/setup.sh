@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-APT_PACKAGES=(qemu-utils restic borgbackup chromium systemd samba)
+APT_PACKAGES=(qemu-utils restic borgbackup chromium systemd samba nbdkit nbdkit-plugin-python libnbd-bin ntfs-3g e2fsprogs xfsprogs mtools dosfstools)
+# Kerberos: gssapi, krb5 and pykerberos (the kerberos extras of pypsrp and pywinrm) build from source on Linux with
+# krb5-config (libkrb5-dev), a compiler and the Python headers; krb5-user (kinit, klist) is what `auth: kerberos`
+# users run; krb5-kdc and krb5-admin-server are the local KDC of tests/integration/test_kerberos_auth.py.
+APT_PACKAGES+=(krb5-user libkrb5-dev gcc libc6-dev python3-dev krb5-kdc krb5-admin-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +38,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# ansible-test keeps its state under ~/.ansible/test (the pip bootstrap cache, the sanity virtual environments, SSH
+# keys) with no option or variable to move it, and passes only HOME to its subprocesses. So scripts/ansible-test.sh runs
+# it with HOME=.build/home: the project's ansible-test state stays in the project and ~/.ansible is never written.
 # ansible-test downloads a pip bootstrap script from a host we cannot reach; it accepts a cached copy.
 pip_for_ansible_test=$(.venv/bin/python - <<'PY'
 import re, ansible_test, pathlib
@@ -41,8 +48,16 @@ src = (pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requir
 print(re.search(r"pip='([0-9.]+)'", src).group(1).replace(".", "_"))
 PY
 )
-mkdir -p "$HOME/.ansible/test/cache"
-cp tests/quality/get_pip_offline.py "$HOME/.ansible/test/cache/get_pip_${pip_for_ansible_test}.py"
+ANSIBLE_TEST_HOME=.build/home
+mkdir -p "$ANSIBLE_TEST_HOME/.ansible/test/cache"
+cp tests/quality/get_pip_offline.py "$ANSIBLE_TEST_HOME/.ansible/test/cache/get_pip_${pip_for_ansible_test}.py"
+# pip in ansible-test's virtual environments reads only HOME-relative configuration: link the user's (index, certificates).
+for conf in "${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf:.config/pip/pip.conf" "$HOME/.pip/pip.conf:.pip/pip.conf"; do
+  if [ -f "${conf%%:*}" ]; then
+    mkdir -p "$(dirname "$ANSIBLE_TEST_HOME/${conf#*:}")"
+    ln -sfn "${conf%%:*}" "$ANSIBLE_TEST_HOME/${conf#*:}"
+  fi
+done
 
 # Ansible finds collections under <path>/ansible_collections/<namespace>/<name>.
 mkdir -p .build/collections/ansible_collections/hyperv

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COLLECTIONS = ROOT / ".build" / "collections"
+# ansible-test units runs these tests from a collection tree (<dir>/ansible_collections/hyperv/backup) with
+# ANSIBLE_COLLECTIONS_PATH=<dir> and its own import hooks; its pytest workers read that variable, so it stays.
+UNDER_ANSIBLE_TEST = (len(ROOT.parents) > 2 and ROOT.parents[1].name == "ansible_collections"
+                      and os.environ.get("ANSIBLE_COLLECTIONS_PATH") == str(ROOT.parents[2]))
+COLLECTIONS = ROOT.parents[2] if UNDER_ANSIBLE_TEST else ROOT / ".build" / "collections"
 _link = COLLECTIONS / "ansible_collections" / "hyperv" / "backup"
 if not _link.exists():
     _link.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +36,29 @@ if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
 
 
+# pytest.ini's markers: ansible-test units runs pytest with its own ini file (and --strict-markers)
+MARKERS = {
+    "integration": "runs real playbooks against lab hosts",
+    "slow": "takes more than a few seconds",
+    "quality": "ansible-test sanity, ansible-lint, molecule",
+    "reliability": "fault injection against the lab host and the repository",
+}
+
+
+def give_subprocesses_the_whole_ansible(config):
+    """ansible-test units runs module and module_utils tests with a PYTHONPATH whose ``ansible`` package holds only
+    module_utils (so that they cannot import controller code). This process keeps that view (its sys.path is set);
+    the ansible-playbook runs some unit tests start get the installed ansible-core. Under xdist the controller leaves
+    the variable alone, so that its workers start with ansible-test's view too."""
+    if not UNDER_ANSIBLE_TEST or (getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")):
+        return
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and not _partial_ansible(p))
+
+
+def _partial_ansible(path):
+    return os.path.isfile(os.path.join(path, "ansible", "__init__.py")) and not os.path.isdir(os.path.join(path, "ansible", "cli"))
+
+
 # --- the frozen guard (tests/frozen_guard.py): markers, and its totals at the end of the run ----------------------
 # The integration and reliability suites check every backup against the disk at its recovery point after each
 # test. Here: the markers it reads, and the run's verdict on the guard itself -- a run whose tests made backups
@@ -41,6 +68,11 @@ _GUARD_TOTALS = {}
 
 
 def pytest_configure(config):
+    give_subprocesses_the_whole_ansible(config)
+    declared = set(line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers"))
+    for name, description in MARKERS.items():
+        if name not in declared:
+            config.addinivalue_line("markers", "%s: %s" % (name, description))
     config.addinivalue_line("markers", "frozen_guard_off(reason): the test damages repositories on purpose; the frozen "
                                        "guard leaves its repositories alone (say why)")
     config.addinivalue_line("markers", "frozen_guard(passphrase=None): how the frozen guard opens the test's encrypted repositories")

@@ -70,6 +70,7 @@ options:
     description:
       - The authentication method.
       - C(certificate) needs O(certificate_pem) and O(certificate_key_pem); C(basic) needs a local account and HTTPS.
+      - C(kerberos) needs a krb5.conf for the domain; O(transport=winrm) uses the C(kinit) ticket cache only (docs/kerberos.md).
       - If the value is not specified in the task, the value of environment variable E(HYPERV_AUTH) will be used instead.
     type: str
     choices: [negotiate, kerberos, ntlm, credssp, certificate, basic]
@@ -139,4 +140,9 @@ options:
       - If the value is not specified in the task, the value of environment variable E(HYPERV_LAB_DIRECTORY) will be used instead.
     type: path
     version_added: 0.1.0
+requirements:
+  - pypsrp >= 0.8.1 (transport psrp), with its kerberos extra (pypsrp[kerberos]) for auth kerberos
+  - pywinrm >= 0.4.3 (transport winrm), with its kerberos and credssp extras (pywinrm[kerberos,credssp]) for those auth methods
+  - smbprotocol >= 1.10 (disk files read or written over SMB)
+  - The Kerberos client libraries and a krb5.conf for the domain (auth kerberos; see bindep.txt)
 '''

@@ -37,6 +37,7 @@ author:
 extends_documentation_fragment:
   - hyperv.backup.connection
   - hyperv.backup.repository
+  - ansible.builtin.action_common_attributes
 options:
   vm:
     description: Name of the VM. One of O(vm) or O(vm_id) is required.
@@ -103,9 +104,27 @@ options:
   workers:
     description: Copy threads (default number of cores + 2).
     type: int
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The method and type are chosen and the data is estimated (RV(estimate)); no recovery point is created and nothing
+        is written to the repository.
+  diff_mode:
+    support: none
+    details: A backup adds data to the repository; it changes no setting that a diff could show.
+  platform:
+    platforms: posix
+    details: Runs on the controller or a backup proxy and reaches the Hyper-V host over PSRP, WinRM or the lab transport.
 notes:
   - Supports C(async); the progress file shows how far a running backup is.
   - "For tests only: the environment variable E(HYPERV_BACKUP_FAULT_AFTER_CHUNKS) makes the copy fail after that many chunks."
+seealso:
+  - module: hyperv.backup.hyperv_vss_ensure
+  - module: hyperv.backup.hyperv_recovery_point
+  - module: hyperv.backup.hyperv_restore
+  - module: hyperv.backup.hyperv_backup_repository
+  - module: hyperv.backup.hyperv_backup_info
 """
 
 EXAMPLES = r"""

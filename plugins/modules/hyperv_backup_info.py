@@ -21,6 +21,7 @@ author:
   - hyperv.backup contributors (@hyperv-backup)
 extends_documentation_fragment:
   - hyperv.backup.repository
+  - ansible.builtin.action_common_attributes
 options:
   vm_name:
     description: Only backups of the VM with this name.
@@ -46,16 +47,19 @@ options:
     default: false
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying the repository.
     support: full
     details: The module only reads.
   diff_mode:
-    description: Will return details on what has changed, when in diff mode.
     support: none
+    details: The module only reads.
   platform:
-    description: Target OS/families that can be operated against.
-    support: full
     platforms: posix
+    details: Runs on the controller or the backup proxy that reaches the repository; it never contacts a Hyper-V host.
+seealso:
+  - module: hyperv.backup.hyperv_backup
+  - module: hyperv.backup.hyperv_restore
+  - module: hyperv.backup.hyperv_backup_repository
+  - module: hyperv.backup.hyperv_backup_report
 """
 
 EXAMPLES = r"""
@@ -135,6 +139,39 @@ backups:
       description: Per disk C(disk_key), C(virtual_size), C(chunk_count), C(stored_bytes), C(referenced_bytes), C(rct_id).
       type: list
       elements: dict
+    bytes_read:
+      description: Bytes read from the host for this backup (null for a backup still being written).
+      type: int
+      sample: 1073741824
+    duration_seconds:
+      description: How long the copy took, in seconds (null for a backup still being written).
+      type: float
+      sample: 12.5
+    stats:
+      description:
+        - The backup's counters, summed over its disks - C(bytes_read), C(new_bytes), C(stored_bytes), C(new_chunks),
+          C(dedup_chunks), C(reused_chunks), C(zero_chunks), C(duration_seconds), C(bytes_per_second) and others.
+      type: dict
+      sample: {"bytes_read": 1073741824, "stored_bytes": 201326592, "new_chunks": 190, "duration_seconds": 12.5}
+    metadata:
+      description:
+        - What the backup run recorded with the backup - C(run_id), C(recovery_point) (its C(id), C(created) time, which
+          retention counts by, C(method) and C(consistency)), the VM's C(configuration), C(type_reason), C(method_reason),
+          the C(estimate), C(excluded_disks) and C(host_cluster).
+      type: dict
+      sample: {"run_id": "awx-job-77", "recovery_point": {"id": "1f2e...", "created": "2026-11-25T06:11:00Z", "method": "rct"}}
+    retain_until:
+      description: Until when (epoch seconds) S3 Object Lock keeps the backup's objects; null without Object Lock.
+      type: float
+      sample: null
+    format:
+      description: The repository format version the backup was written in (see docs/repository.md).
+      type: int
+      sample: 4
+    verify:
+      description: The result of the last O(hyperv.backup.hyperv_backup_repository#module:state=verified) run that checked this backup, when one did.
+      type: dict
+      sample: {"ok": true, "verified": "2026-11-26T02:00:00Z", "problems": []}
 vms:
   description:
     - Per VM in the result (per lineage, see RV(backups[].lineage)), its id, name, lineage, number of backups, newest

@@ -60,6 +60,13 @@ options:
   title:
     description: Title of the HTML page.
     type: str
+  copy:
+    description:
+      - The registered result of M(hyperv.backup.hyperv_backup_copy) when the run made a second copy (register it with
+        C(ignore_errors) so that a failed copy is reported); the report shows what was copied where, and a failed copy
+        makes the run C(failed).
+    type: dict
+    version_added: 0.1.0
 attributes:
   check_mode:
     support: full
@@ -72,6 +79,9 @@ attributes:
 notes:
   - The module does not fail when VMs failed; it returns RV(status) and RV(problems) so that the caller can
     end the run failed after the report is written.
+seealso:
+  - module: hyperv.backup.hyperv_backup
+  - module: hyperv.backup.hyperv_backup_info
 """
 
 EXAMPLES = r"""
@@ -102,7 +112,9 @@ summary:
   type: dict
   sample: {"vms": 12, "succeeded": 11, "failed": 1, "skipped": 0, "hosts": 3, "bytes_read": 1048576, "bytes_stored": 524288}
 report:
-  description: The whole report document (what the JSON file holds).
+  description:
+    - The whole report document (what the JSON file holds); C(copy) is the run's second copy (C(status), C(target),
+      C(copied), C(backup_ids), C(bytes_uploaded), C(same_keys), C(verified), C(error)) or null.
   returned: always
   type: dict
 json_path:
@@ -134,6 +146,7 @@ def main():
             finished=dict(type="str"),
             catalog=dict(type="list", elements="dict", default=[]),
             title=dict(type="str"),
+            copy=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -143,7 +156,7 @@ def main():
         history = combine_history(history_from_catalog(params["catalog"]), history_from_reports(params["directory"]),
                                   run_started=params["started"])
         report = build_report(params["run_id"], params["results"], started=params["started"],
-                              finished=params["finished"], history=history, title=params["title"])
+                              finished=params["finished"], history=history, title=params["title"], copy=params["copy"])
         safe = report["run_id"].replace(":", "-")
         paths = {"json": os.path.join(params["directory"], safe + ".json"),
                  "html": os.path.join(params["directory"], safe + ".html")}

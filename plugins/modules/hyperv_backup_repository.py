@@ -41,6 +41,7 @@ author:
   - hyperv.backup contributors (@hyperv-backup)
 extends_documentation_fragment:
   - hyperv.backup.repository
+  - hyperv.backup.repository_copy.keys_from
 options:
   state:
     description: What the repository should be, or which key operation to run.
@@ -73,7 +74,8 @@ options:
     aliases: [key_export_path]
   chunk_size:
     description:
-      - Chunk size in bytes of a new repository (a power of two from 64 KiB to 64 MiB). Ignored for an existing one.
+      - Chunk size in bytes of a new repository (a power of two from 64 KiB to 64 MiB). Ignored for an existing one,
+        and with O(copy_keys_from) (the new repository takes that repository's chunk size).
     type: int
     default: 1048576
   compression_level:
@@ -106,6 +108,16 @@ options:
     description: With O(state=verified), fail the task when a backup is damaged (the report is returned either way).
     type: bool
     default: true
+  check_filesystems:
+    description:
+      - With O(state=verified), also open every partition of every disk of each backup whose bytes are intact and walk
+        its guest file system's metadata (NTFS MFT, ext4 inodes and extents, FAT, XFS) with the reader of
+        M(hyperv.backup.hyperv_file_restore). A damaged or unreadable file system marks the backup damaged, naming
+        the disk, the partition and the first error (C(verify.backups[].filesystems)).
+      - Reads each file system's metadata chunks from the repository; partitions without a known file system and
+        BitLocker volumes are listed and not checked.
+    type: bool
+    default: false
   vm:
     description: With O(state=pruned), prune only the backups of this VM (name or id); all VMs when unset.
     type: str
@@ -162,7 +174,13 @@ attributes:
       reports the version it would write back.
   diff_mode:
     description: Will return details on what has changed, when in diff mode.
-    support: none
+    support: partial
+    details:
+      - O(state=present) shows the settings of a repository it creates (chunk size, compression, encryption, padding,
+        Object Lock, key slots); the key states show the key slots by label (never passphrases or key material), the
+        key file written or the config written back; O(state=pruned) shows the backups before and after and how many
+        unreferenced chunks were (or would be) deleted.
+      - O(state=verified) changes nothing and returns no diff.
   platform:
     description: Target OS/families that can be operated against.
     support: full
@@ -176,6 +194,10 @@ notes:
     given for a repository whose config says it is unencrypted is refused too (its config may have been replaced).
   - The module process disables core dumps (and, on Linux, is made non-dumpable) and removes
     E(HYPERV_BACKUP_REPOSITORY_PASSPHRASE) from its environment once read, so processes it starts do not inherit it.
+seealso:
+  - module: hyperv.backup.hyperv_backup
+  - module: hyperv.backup.hyperv_backup_info
+  - module: hyperv.backup.hyperv_restore
 """
 
 EXAMPLES = r"""
@@ -272,6 +294,11 @@ created:
   returned: always
   type: bool
   sample: false
+keys_shared:
+  description: Whether the repository has the keys of O(copy_keys_from) (copies between the two compare ids only).
+  returned: with O(state=present) and O(copy_keys_from)
+  type: bool
+  sample: true
 repository:
   description: Facts about the repository (no secrets).
   returned: when the repository exists
@@ -327,10 +354,12 @@ prune:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+from ansible_collections.hyperv.backup.plugins.module_utils.guestfs.file_restore import add_filesystem_checks
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_crypto, repository_key_slots, repository_memory
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_recovery
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_copy, repository_recovery
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.process_hardening import harden_process
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_config import check_padding, check_passphrase
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_diff import repository_diff
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_options import (
     ensure_repository, open_repository, prune_message, repository_argument_spec, s3_options_from_params, verify_message,
 )
@@ -375,6 +404,8 @@ def run(module):
     if state in KEY_STATES:
         return run_key_state(module)
     if state == "present":
+        if params["copy_keys_from"]:
+            return repository_copy.ensure_with_keys_of(params, module.check_mode)
         if module.check_mode:
             check_passphrase(params["repository_passphrase"], params["repository"])     # refused as it would be for real
             check_padding(params["padding"], params["repository_passphrase"] is not None, params["repository"])
@@ -390,6 +421,8 @@ def run(module):
     repo = open_repository(params)
     if state == "verified":
         report = repo.verify(params["backups"] or None, record_status=not module.check_mode)
+        if params["check_filesystems"]:
+            report = add_filesystem_checks(repo, report)
         result = {"changed": False, "created": False, "repository": repo.describe(), "verify": report, "msg": verify_message(report)}
         if not report["ok"] and params["fail_on_damage"]:
             result["failed"] = True
@@ -427,8 +460,11 @@ def argument_spec():
         compression_level=dict(type="int", default=1),
         object_lock_days=dict(type="int"),
         padding=dict(type="str", choices=["none", "padme"], default="none"),
+        # a repository (location and its own no_log secrets), not a secret itself
+        copy_keys_from=dict(type="dict", no_log=False, options=repository_copy.repository_dict_spec()),
         backups=dict(type="list", elements="str", default=[]),
         fail_on_damage=dict(type="bool", default=True),
+        check_filesystems=dict(type="bool", default=False),
         vm=dict(type="str"),
         keep_last=dict(type="int", default=0),
         protect_backups=dict(type="list", elements="str", default=[]),
@@ -458,6 +494,9 @@ def main():
         module.fail_json(msg=str(err), **err.details())
     for warning in repository_memory.take_warnings():   # replay or deletion noticed by a listing (issue 13, point 5)
         module.warn(warning)
+    diff = repository_diff(module.params, result, check_mode=module.check_mode) if module._diff else None
+    if diff is not None:
+        result["diff"] = diff
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

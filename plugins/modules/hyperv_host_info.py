@@ -165,6 +165,18 @@ vms:
       description: The CSV the VM lives on, or null.
       type: str
       sample: C:\ClusterStorage\Volume1
+    path:
+      description: The folder of the VM's configuration on the host (a Windows path), or null when the host does not say.
+      type: str
+      sample: C:\ProgramData\Microsoft\Windows\Hyper-V
+    windows_path:
+      description: The same folder as RV(vms[].path), always as the Windows path the host reported.
+      type: str
+      sample: C:\ProgramData\Microsoft\Windows\Hyper-V
+    scsi_controllers:
+      description: Number of SCSI controllers (a Generation 1 VM needs one for online backup on Windows Server 2012 R2).
+      type: int
+      sample: 1
     disks:
       description: Virtual disks with path, format, type, virtual size, disk id, controller and parent chain.
       type: list

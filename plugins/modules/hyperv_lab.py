@@ -29,8 +29,10 @@ author:
 options:
   transport:
     description:
-      - Accepted so that C(module_defaults) for C(group/hyperv.backup.hyperv) can carry C(transport=lab) for every
-        module of a play that targets lab hosts; this module only manages lab hosts.
+      - Accepted so that a task or C(module_defaults) can give C(transport=lab) as to the other modules; this module only
+        manages lab hosts.
+      - This module is in the C(module_defaults) group C(group/hyperv.backup.lab), not in C(group/hyperv.backup.hyperv),
+        because it takes none of the connection options (credentials) that group carries for real hosts.
     type: str
     choices: [lab]
     default: lab
@@ -209,6 +211,38 @@ options:
           from_file:
             description: A standalone VHDX or VHD file to copy in as this disk (rehearse on your own image).
             type: path
+          guest_filesystem:
+            description:
+              - A partition table and real file systems populated from local directories, made with the file system's own
+                tools without mounting anything - NTFS (mkntfs, ntfscp; files at the top level only), ext4 (mkfs.ext4 -d), XFS
+                (mkfs.xfs -p, at least 300 MiB) or FAT32 (mkfs.fat, mcopy). Modification times of the sources are kept.
+            type: dict
+            suboptions:
+              scheme:
+                description: C(gpt) or C(mbr) (at most 4 partitions).
+                type: str
+                choices: [gpt, mbr]
+                default: gpt
+              partitions:
+                description: Partitions in disk order, from 1 MiB on.
+                type: list
+                elements: dict
+                required: true
+                suboptions:
+                  type:
+                    description: The file system.
+                    type: str
+                    required: true
+                    choices: [ntfs, ext4, xfs, fat32]
+                  source:
+                    description: Directory whose files the file system gets (empty when unset).
+                    type: path
+                  size:
+                    description: Size in bytes (the last partition takes the rest of the disk when unset).
+                    type: int
+                  label:
+                    description: Volume label.
+                    type: str
           fill:
             description: Deterministic data written into a new disk (1 MiB chunks).
             type: dict
@@ -252,6 +286,50 @@ options:
         description: Exact byte offsets to write at instead of random ones.
         type: list
         elements: int
+  guest_files:
+    description:
+      - Guest file writes into a partition of a disk made with O(vms[].disks[].guest_filesystem) (create, change, delete);
+        the partition is made again from its changed files and only the blocks that differ are written as guest
+        writes, so the next incremental carries the file changes. Always changes.
+    type: list
+    elements: dict
+    suboptions:
+      vm:
+        description: VM name.
+        type: str
+        required: true
+      disk:
+        description: Disk index (controller order).
+        type: int
+        default: 0
+      partition:
+        description: Partition number (1 is the first).
+        type: int
+        default: 1
+      files:
+        description: The files to write or delete.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          path:
+            description: Path from the partition's root, for example C(/etc/app.conf).
+            type: str
+            required: true
+          content:
+            description: Text to write.
+            type: str
+          source:
+            description: A local file to copy in instead of O(guest_files[].files[].content).
+            type: path
+          mtime:
+            description: Modification time to give the file (seconds since the epoch; even seconds for FAT32).
+            type: int
+          state:
+            description: C(present) writes the file, C(absent) deletes it (or a directory with everything below it).
+            type: str
+            choices: [present, absent]
+            default: present
   resize_disk:
     description:
       - Grow a disk of a VM without checkpoints. Its RCT ids become invalid, as on Windows
@@ -308,7 +386,12 @@ attributes:
     support: full
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
+    support: partial
+    details:
+      - The diff shows the host's settings (era, locale, clock offset, quirks, cluster, CSVs, services, faults) and per VM
+        its settings, integration services, standard checkpoints and disk sizes; O(state=absent) shows the whole host going.
+      - Guest writes (O(churn)) change disk contents only, which the diff does not show.
+      - In check mode O(resize_disk), O(apply_checkpoint) and O(migrate_to) are not foreseen (a real run shows them).
   platform:
     description: Target OS/families that can be operated against.
     support: full
@@ -317,9 +400,9 @@ notes:
   - The lab host lives on the machine that runs the module (usually the controller with C(delegate_to=localhost)).
   - Files are created owner-only. Concurrent tasks on one lab host are safe (file locks per host and per VM).
 seealso:
-  - name: Lab host emulation rules
-    description: What the lab emulates and how it fails (docs/lab_host.md in the collection).
-    link: https://example.invalid/hyperv.backup/docs/lab_host.md
+  - module: hyperv.backup.hyperv_host_info
+    description: Every other module reaches a lab host with O(hyperv.backup.hyperv_host_info#module:transport=lab).
+  - module: hyperv.backup.hyperv_backup
 """
 
 EXAMPLES = r"""
@@ -466,7 +549,7 @@ applied_checkpoint:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin, lab_diff
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_host import LabTransport
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
@@ -475,7 +558,12 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import
 def argument_spec():
     disk = dict(size=dict(type="int"), block_size=dict(type="int"), logical_sector_size=dict(type="int", choices=[512, 4096]),
                 from_file=dict(type="path"),
-                fill=dict(type="dict", options=dict(seed=dict(type="int", default=0), percent=dict(type="float", required=True))))
+                fill=dict(type="dict", options=dict(seed=dict(type="int", default=0), percent=dict(type="float", required=True))),
+                guest_filesystem=dict(type="dict", options=dict(
+                    scheme=dict(type="str", choices=["gpt", "mbr"], default="gpt"),
+                    partitions=dict(type="list", elements="dict", required=True, options=dict(
+                        type=dict(type="str", required=True, choices=["ntfs", "ext4", "xfs", "fat32"]), source=dict(type="path"),
+                        size=dict(type="int"), label=dict(type="str"))))))
     integration = dict(name=dict(type="str", required=True), enabled=dict(type="bool"),
                        operational_status=dict(type="str", choices=["OK", "NoContact", "LostCommunication", "Degraded", "Error", "Disabled"]))
     vm = dict(
@@ -505,6 +593,11 @@ def argument_spec():
         faults=dict(type="list", elements="str"),
         vms=dict(type="list", elements="dict", options=vm),
         churn=dict(type="list", elements="dict", options=churn),
+        guest_files=dict(type="list", elements="dict", options=dict(
+            vm=dict(type="str", required=True), disk=dict(type="int", default=0), partition=dict(type="int", default=1),
+            files=dict(type="list", elements="dict", required=True, options=dict(
+                path=dict(type="str", required=True), content=dict(type="str"), source=dict(type="path"), mtime=dict(type="int"),
+                state=dict(type="str", choices=["present", "absent"], default="present"))))),
         resize_disk=dict(type="dict", options=dict(vm=dict(type="str", required=True), disk=dict(type="int", default=0),
                                                    size=dict(type="int", required=True))),
         apply_checkpoint=dict(type="dict", options=dict(vm=dict(type="str", required=True), checkpoint=dict(type="str", required=True))),
@@ -512,24 +605,32 @@ def argument_spec():
     )
 
 
-def apply(params, check_mode):
-    """Apply the module's parameters to the lab; returns the exit_json keyword arguments."""
+def apply(params, check_mode, planned=None):
+    """Apply the module's parameters to the lab; returns the exit_json keyword arguments.
+
+    ``planned`` (a dict) gets the host document and the VM summaries as the task writes them (check mode: would
+    write them), for --diff (lab_diff.py)."""
+    planned = {} if planned is None else planned
     layout = LabLayout(params["lab_directory"], params["host"])
     if params["state"] == "absent":
         return {"changed": lab_admin.remove_host(layout, check_mode=check_mode)}
     cluster = params["cluster"]
     if cluster is not None and not cluster.get("name"):
         cluster = {}
-    changed, _doc = lab_admin.ensure_host(layout, era=params["era"], cluster=cluster, csvs=params["csvs"],
-                                          hardware_vss_provider=params["hardware_vss_provider"], services=params["services"],
-                                          faults=params["faults"], check_mode=check_mode, locale=params["locale"],
-                                          clock_offset_seconds=params["clock_offset_seconds"], quirks=params["quirks"])
+    changed, planned["host_doc"] = lab_admin.ensure_host(
+        layout, era=params["era"], cluster=cluster, csvs=params["csvs"], hardware_vss_provider=params["hardware_vss_provider"],
+        services=params["services"], faults=params["faults"], check_mode=check_mode, locale=params["locale"],
+        clock_offset_seconds=params["clock_offset_seconds"], quirks=params["quirks"])
     result = {}
+    planned["vms"] = {}
     if not layout.exists():   # check mode on a host that does not exist yet
+        planned["host_doc"] = lab_diff.new_host_doc(planned["host_doc"], params)
+        planned["vms"] = dict((spec["name"], lab_diff.planned_vm_summary(None, spec)) for spec in params["vms"] or [] if spec["present"])
         return {"changed": changed}
     for spec in params["vms"] or []:
-        vm_changed, _vm = lab_admin.ensure_vm(layout, spec, check_mode=check_mode)
+        vm_changed, vm = lab_admin.ensure_vm(layout, spec, check_mode=check_mode)
         changed = changed or vm_changed
+        planned["vms"][spec["name"]] = lab_diff.planned_vm_summary(vm, spec) if spec["present"] else None
     if params["apply_checkpoint"]:
         item = params["apply_checkpoint"]
         discarded = lab_admin.apply_checkpoint(layout, item["vm"], item["checkpoint"], check_mode=check_mode)
@@ -543,6 +644,10 @@ def apply(params, check_mode):
                                              write_size=item["write_size"], offsets=item["offsets"], disk=item["disk"],
                                              check_mode=check_mode) for item in params["churn"]]
         changed = True
+    if params["guest_files"]:
+        result["guest_files"] = [lab_admin.guest_files(layout, item["vm"], item["files"], disk=item["disk"], partition=item["partition"],
+                                                       check_mode=check_mode) for item in params["guest_files"]]
+        changed = True
     if params["migrate_to"]:
         item = params["migrate_to"]
         changed = lab_admin.migrate_vm(layout, item["vm"], item["host"], check_mode=check_mode) or changed
@@ -553,8 +658,15 @@ def apply(params, check_mode):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
     try:
-        result = apply(module.params, module.check_mode)
+        layout = LabLayout(params["lab_directory"], params["host"])
+        before = lab_diff.host_summary(layout) if module._diff else None
+        planned = {}
+        result = apply(params, module.check_mode, planned)
+        if module._diff:
+            result["diff"] = lab_diff.lab_diff(layout, before, lab_diff.after_summary(
+                layout, before, planned, check_mode=module.check_mode, removed=params["state"] == "absent", changed=result["changed"]))
     except HyperVBackupError as err:
         module.fail_json(msg=str(err), **err.details())
     except ValueError as err:

@@ -238,6 +238,38 @@ recovery_point:
       description: Creation time (ISO 8601 UTC).
       type: str
       sample: "2026-11-25T06:11:00.000000Z"
+    vm_id:
+      description: Id of the VM.
+      type: str
+      sample: 9b0c1e8e-4a55-4d7e-9d1c-5f4f2d3b7a10
+    vm_name:
+      description: Name of the VM.
+      type: str
+      sample: web01
+    method:
+      description: How the point was made, C(rct) (a recovery checkpoint) or C(vss) (a host shadow copy).
+      type: str
+      sample: rct
+    consistency:
+      description: The consistency achieved, C(application) or C(crash).
+      type: str
+      sample: application
+    consistency_requested:
+      description: The O(consistency) asked for.
+      type: str
+      sample: application
+    consistency_fallback:
+      description: Whether the point fell back to crash consistency.
+      type: bool
+      sample: false
+    warning:
+      description: Why the point is only crash-consistent (null when it is not).
+      type: str
+      sample: null
+    configuration:
+      description: The VM configuration files captured with the point (C(files)), for a restore that registers the VM.
+      type: dict
+      sample: {"files": ["C:\\Hyper-V\\9b0c...\\Virtual Machines\\9b0c....vmcx"]}
     disks:
       description:
         - Per disk, the frozen file to read (C(path)), C(virtual_size), C(disk_id), C(parent_chain), and for RCT the
@@ -253,6 +285,11 @@ stale_removed:
   type: list
   elements: dict
   sample: [{"id": "0a1b...", "name": "hyperv.backup:20261124T220000Z-9f8e7d6c", "vm": "web01", "removed": true}]
+id:
+  description: The id of the recovery point O(state=absent) removed (or found already gone).
+  returned: when O(state=absent)
+  type: str
+  sample: 1f2e3d4c-0000-4000-8000-000000000001
 removed:
   description: Whether O(state=absent) removed the recovery point.
   returned: when O(state=absent)
@@ -269,6 +306,19 @@ removed_reference_points:
   type: list
   elements: str
   sample: ["66bb..."]
+kept_reference_points:
+  description:
+    - Older reference points of ours that O(keep_reference_points) would remove but that stay, each with the C(reason)
+      (another repository's latest backup is based on it, or it shares an RCT id with a point that is kept).
+  returned: when O(state=reference_point)
+  type: list
+  elements: dict
+  sample: [{"id": "66bb...", "reason": "the latest backup in repository 4f3e... is based on it"}]
+recovery_point_id:
+  description: The recovery point the changes were listed for (O(id)).
+  returned: when O(state=changes)
+  type: str
+  sample: 1f2e3d4c-0000-4000-8000-000000000001
 changes_valid:
   description: Whether every disk's change list can be trusted; false means the backup must be full.
   returned: when O(state=changes)

@@ -37,6 +37,7 @@ author:
 extends_documentation_fragment:
   - hyperv.backup.connection
   - hyperv.backup.repository
+  - ansible.builtin.action_common_attributes
 options:
   host:
     description: The Hyper-V host to register the VM on or deliver the disks to; needed with O(register=true) or O(smb_access=true).
@@ -134,6 +135,22 @@ notes:
   - "Without O(host_destination) files are written on the machine the module runs on only."
   - "UNCONFIRMED on real hosts: importing the configuration of a recovery checkpoint (RCT backups) with
     ImportSystemDefinition; importing a 5.0 (.xml) configuration without its saved-state folder."
+attributes:
+  check_mode:
+    support: full
+    details: RV(planned) says which files would be written or replaced; nothing is written and no VM is registered.
+  diff_mode:
+    support: none
+    details: A restore writes disk images; RV(planned) (check mode) and RV(disks) say which files, a diff would add nothing.
+  platform:
+    platforms: posix
+    details:
+      - Runs on the controller or a backup proxy; writes the files there, or on the Hyper-V host over SMB with
+        O(host_destination).
+seealso:
+  - module: hyperv.backup.hyperv_backup_info
+  - module: hyperv.backup.hyperv_backup
+  - module: hyperv.backup.hyperv_backup_repository
 """
 
 EXAMPLES = r"""

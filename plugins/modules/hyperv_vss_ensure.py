@@ -54,7 +54,10 @@ attributes:
     support: full
     details: Nothing is started or enabled; RV(would_start) and RV(vms[].would_enable) say what would be.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The status of the Volume Shadow Copy service and, per checked VM, whether its backup integration service is
+        enabled, before and after (in check mode, after as it would be). These are all the module changes.
   platform:
     platforms: posix
     details: Runs on the controller or a backup proxy and reaches the Hyper-V host over PSRP, WinRM or the lab transport.
@@ -160,6 +163,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession, connection_argument_spec
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_checks import ensure_vss_ready
+from ansible_collections.hyperv.backup.plugins.module_utils.hyperv.host_diff import vss_ready_diff
 
 
 def main():
@@ -177,6 +181,8 @@ def main():
                                       enable_backup_integration=params["enable_backup_integration"])
     except HyperVBackupError as err:
         module.fail_json(msg=str(err), **err.details())
+    if module._diff:
+        result["diff"] = vss_ready_diff(result, params["host"], check_mode=module.check_mode)
     if result["problems"] and params["fail_on_blocking"]:
         module.fail_json(msg="Host %s is not ready for online backups: %s" % (params["host"], " ".join(result["problems"])),
                          **result)

@@ -108,6 +108,11 @@ def test_ansible_builder_create_accepts_the_ee_definition(tmp_path):
     for package in ("pypsrp", "pywinrm", "blake3", "zstandard", "cryptography", "boto3"):
         assert package in pip_lines, pip_lines
     assert "krb5" in bindep_out.read_text()
+    # auth kerberos and credssp need the extras in the image, and the headers of the EE's Python to build them
+    for requirement in ("pypsrp[kerberos,credssp]", "pywinrm[kerberos,credssp]"):
+        assert requirement in pip_lines.replace(" ", ""), pip_lines
+    assert re.search(r"^libkrb5-dev \[.*compile", bindep_out.read_text(), re.M), bindep_out.read_text()
+    assert "python3.11-devel" in (context / "_build" / "bindep.txt").read_text()
 
 
 def test_awx_example_passes_syntax_check_and_uses_real_options(tmp_path):

@@ -2,7 +2,8 @@
 
 ansible-test fetches get-pip.py from a CI file host that this project's machines cannot reach, and
 accepts a copy in ~/.ansible/test/cache/get_pip_<version>.py instead. scripts/setup.sh puts this
-file there. It does what get-pip.py does with the same arguments: put pip into the running Python
+file there, in the home directory that scripts/ansible-test.sh gives ansible-test (.build/home),
+not in the user's. It does what get-pip.py does with the same arguments: put pip into the running Python
 (from the interpreter's own bundled wheel, via ensurepip), then `pip install` the requested packages
 from the package index.
 """

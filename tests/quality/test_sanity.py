@@ -24,10 +24,13 @@ def _run(cmd, cwd, timeout, isolated=False):
 def test_ansible_test_sanity(tmp_path):
     collection = copy_collection(tmp_path)
     python = "%d.%d" % sys.version_info[:2]
-    rc, out = _run([os.path.join(os.path.dirname(sys.executable), "ansible-test"), "sanity", "--python", python,
+    # scripts/ansible-test.sh keeps ansible-test's state (pip bootstrap, sanity virtualenvs) in .build/home, not ~/.ansible
+    rc, out = _run([str(ROOT / "scripts" / "ansible-test.sh"), "sanity", "--python", python,
                     "--requirements", "--color", "no"], cwd=collection, timeout=2400, isolated=True)
     problems = [line for line in out.splitlines() if line.startswith(("ERROR:", "FATAL:")) or ": error:" in line]
     assert rc == 0, "\n".join(problems[-300:]) or out[-20000:]
+    assert sorted(p.name for p in (ROOT / ".build" / "home" / ".ansible" / "test" / "venv").glob("sanity*")), \
+        "ansible-test made its sanity virtual environments outside .build/home"
 
 
 def test_ansible_lint():

@@ -7,6 +7,13 @@ A module run with ``async`` returns nothing until it ends; ``async_status`` only
 progress file is what a person (or a task polling with ``slurp``/``tail``) reads meanwhile: one JSON
 object per line, written at most once per ``interval`` seconds plus a final line, so the file stays
 small and writing it never slows the copy down.
+
+A copy started as an async job outlives the ansible-playbook run that started it (async_wrapper detaches it). The
+roles therefore set ``HYPERV_BACKUP_HEARTBEAT_FILE`` and ``HYPERV_BACKUP_HEARTBEAT_SECONDS`` on the job: the role's
+polling loop touches that file at every round, and the reporter stops the copy (``CopyAbandoned``, raised from
+``advance`` like any copy failure, so nothing is committed and the recovery point is handed back) once the file has
+not been touched for that long -- the run was cancelled or killed. The VM lease on the host then has no live process
+and the next run takes the VM over at once (hyperv/locks.py).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,6 +26,55 @@ import os
 import threading
 import time
 
+from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
+
+HEARTBEAT_FILE_ENV = "HYPERV_BACKUP_HEARTBEAT_FILE"
+HEARTBEAT_SECONDS_ENV = "HYPERV_BACKUP_HEARTBEAT_SECONDS"
+HEARTBEAT_CHECK_SECONDS = 2.0        # how often advance() looks at the heartbeat file (one stat)
+
+
+class CopyAbandoned(HyperVBackupError):
+    """The run that started this copy stopped polling it (cancelled or killed): the copy stops."""
+
+
+class Heartbeat:
+    """The role's polling loop as seen from the copy: stale once ``path`` is untouched for ``seconds`` (wall clock)."""
+
+    def __init__(self, path, seconds, clock=time.time):
+        self.path = os.path.expanduser(path)
+        self.seconds = float(seconds)
+        self._clock = clock
+        self._started = clock()
+        self._last_check = None
+
+    @classmethod
+    def from_environment(cls, environ=None):
+        environ = os.environ if environ is None else environ
+        path, seconds = environ.get(HEARTBEAT_FILE_ENV), environ.get(HEARTBEAT_SECONDS_ENV)
+        if not path or not seconds:
+            return None
+        try:
+            return cls(path, float(seconds)) if float(seconds) > 0 else None
+        except ValueError:
+            return None
+
+    def check(self):
+        """Raise CopyAbandoned when the poller has been silent for longer than ``seconds``."""
+        now = self._clock()
+        if self._last_check is not None and now - self._last_check < HEARTBEAT_CHECK_SECONDS:
+            return
+        self._last_check = now
+        try:
+            last = max(os.stat(self.path).st_mtime, self._started)
+        except OSError:
+            last = self._started         # not touched yet: the job was just started
+        if now - last > self.seconds:
+            raise CopyAbandoned(
+                "The run that started this copy has not polled it for %d seconds (its heartbeat %s is stale): it was "
+                "cancelled or killed, so the copy stops here and commits nothing." % (now - last, self.path),
+                hint="Start the backup or restore again; the recovery point of this copy is handed back and the VM is free.",
+                heartbeat_file=self.path, heartbeat_seconds=self.seconds)
+
 
 def _now_iso():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -30,8 +86,12 @@ class ProgressReporter:
     ``path`` None keeps counting (the totals end up in the module result) without writing anything.
     """
 
-    def __init__(self, path=None, total_bytes=0, operation="backup", interval=1.0, clock=time.monotonic):
+    def __init__(self, path=None, total_bytes=0, operation="backup", interval=1.0, clock=time.monotonic, heartbeat="environment"):
         self.path = path
+        if heartbeat == "environment":
+            # only a copy that writes a progress file is polled by someone
+            heartbeat = Heartbeat.from_environment() if path else None
+        self.heartbeat = heartbeat
         self.total_bytes = int(total_bytes or 0)
         self.operation = operation
         self.interval = float(interval)
@@ -59,6 +119,8 @@ class ProgressReporter:
     def advance(self, nbytes):
         with self._lock:
             self.done_bytes += int(nbytes)
+        if self.heartbeat is not None:
+            self.heartbeat.check()
         self._maybe_write()
 
     def snapshot(self):

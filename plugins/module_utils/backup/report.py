@@ -124,7 +124,28 @@ def normalize_vm_result(entry, index=0):
     return out
 
 
-def build_report(run_id, results, started=None, finished=None, history=None, title=None):
+def normalize_copy(copy):
+    """The run's second copy (issue 15) from hyperv_backup_copy's registered result, or None when the run made none.
+
+    A result with ``failed`` (the role registers it with ignore_errors) is a failed copy, its ``msg`` the error."""
+    if not copy:
+        return None
+    if not isinstance(copy, dict):
+        raise ReportError("copy must be the registered result of hyperv.backup.hyperv_backup_copy, got %s." % type(copy).__name__)
+    if copy.get("skipped"):
+        return None
+    failed = bool(copy.get("failed"))
+    copied = copy.get("copied") or []
+    return {"status": "failed" if failed else "success",
+            "target": str((copy.get("target") or {}).get("location") or copy.get("location") or ""),
+            "copied": len(copied), "backup_ids": [str(entry.get("backup_id")) for entry in copied if isinstance(entry, dict)],
+            "present": len(copy.get("present") or []), "skipped": len(copy.get("skipped") or []),
+            "same_keys": copy.get("same_keys"), "bytes_uploaded": _as_int(copy.get("bytes_uploaded"), "copy bytes_uploaded"),
+            "chunks_uploaded": _as_int(copy.get("chunks_uploaded"), "copy chunks_uploaded"),
+            "verified": bool((copy.get("verify") or {}).get("ok")), "error": str(copy.get("msg") or "") if failed else None}
+
+
+def build_report(run_id, results, started=None, finished=None, history=None, title=None, copy=None):
     """Return the report document of one run.
 
     ``results`` are VM results (see ``normalize_vm_result``); ``history`` are earlier runs as
@@ -154,6 +175,7 @@ def build_report(run_id, results, started=None, finished=None, history=None, tit
         "virtual_size": sum(v["virtual_size"] or 0 for v in vms),
     }
     duration = round((run_end - run_start).total_seconds(), 3) if run_start and run_end else None
+    second_copy = normalize_copy(copy)          # a failed second copy fails the run, as a failed VM does
     own = {"run_id": str(run_id), "started": format_time(run_start), "bytes_stored": summary["bytes_stored"],
            "bytes_read": summary["bytes_read"], "duration_seconds": duration, "vms": summary["vms"],
            "failed": summary["failed"] + summary["skipped"]}
@@ -161,7 +183,8 @@ def build_report(run_id, results, started=None, finished=None, history=None, tit
         "format": REPORT_FORMAT,
         "title": title or "Hyper-V backup run %s" % run_id,
         "run_id": str(run_id),
-        "status": "failed" if problems else "successful",
+        "status": "failed" if problems or (second_copy and second_copy["status"] == "failed") else "successful",
+        "copy": second_copy,
         "started": format_time(run_start),
         "finished": format_time(run_end),
         "duration_seconds": duration,
@@ -406,6 +429,7 @@ def render_html(report):
         % (summary["vms"], summary["hosts"], summary["succeeded"], summary["failed"], summary["skipped"],
            esc(human_bytes(summary["bytes_read"])), esc(human_bytes(summary["bytes_stored"]))),
         ('<h2>Problems</h2><ul id="problems">%s</ul>' % problems) if problems else "",
+        _copy_html(report.get("copy")),
         "<h2>Virtual machines</h2>",
         '<table id="vms"><thead><tr><th>Host</th><th>VM</th><th>Status</th><th>Type</th><th>Method</th><th>Size</th>'
         "<th>Read</th><th>Stored</th><th>Started</th><th>Finished</th><th>Duration</th><th>Error</th></tr></thead>",
@@ -416,6 +440,20 @@ def render_html(report):
         "<th>Duration</th></tr></thead><tbody>%s</tbody></table>" % history_rows,
         "</body></html>",
     ])
+
+
+def _copy_html(copy):
+    if not copy:
+        return ""
+    esc = html.escape
+    if copy["status"] == "failed":
+        text = "The copy to %s failed: %s" % (esc(copy["target"] or "the second repository"), esc(copy["error"] or "no message"))
+    else:
+        text = "Copied %d backup(s) to %s (%s uploaded, %s; %d already there, %d not copied)%s." % (
+            copy["copied"], esc(copy["target"]), esc(human_bytes(copy["bytes_uploaded"])),
+            "same keys: ids compared" if copy["same_keys"] else "re-encrypted", copy["present"], copy["skipped"],
+            ", verified there" if copy["verified"] else "")
+    return '<h2>Second copy</h2><div class="meta" id="copy" data-status="%s">%s</div>' % (esc(copy["status"], quote=True), text)
 
 
 def _write_atomic(path, text):

@@ -17,7 +17,7 @@ import copy
 import os
 import shutil
 
-from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_disks, lab_rct, lab_vm
+from ansible_collections.hyperv.backup.plugins.module_utils.lab import guest_filesystems, lab_disks, lab_rct, lab_vm
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import (
     CONFIGURATION_VERSIONS, ERAS, LOCALES, OPERATIONAL_STATUSES, RCT_ID_PER_REFERENCE_POINT, SERVICE_STATUSES, VM_STATES, LabLayout,
@@ -199,6 +199,11 @@ def _add_disk_from_spec(layout, host_doc, vm, disk_spec, index):
     fill = disk_spec.get("fill")
     if fill and float(fill.get("percent") or 0) > 0:
         lab_vm.guest_write(disk, fill.get("seed", 0), lab_disks.fill_plan(fill.get("seed", 0), fill["percent"], size))
+    if disk_spec.get("guest_filesystem"):
+        try:
+            disk["guest_filesystem"] = guest_filesystems.populate_disk(layout.vm_dir(vm["id"]), disk, disk_spec["guest_filesystem"])
+        except ValueError as exc:
+            _refuse("VM %s, disk %d: %s" % (vm["name"], index, exc))
     return disk
 
 
@@ -389,6 +394,24 @@ def churn(layout, vm_name, seed=0, writes=16, write_size=64 * 1024, offsets=None
     ranges = [{"offset": item[0], "length": item[1]} if isinstance(item, tuple) else item for item in written]
     return {"vm": vm["name"], "vm_id": vm["id"], "disk_id": target["disk_id"], "path": target["current"], "seed": seed,
             "writes": ranges}
+
+
+def guest_files(layout, vm_name, files, disk=0, partition=1, check_mode=False):
+    """Guest file writes (create, change, delete) in a partition of a disk made with guest_filesystem; the changed
+    blocks are written as guest writes, so the next incremental carries them. Returns {vm, disk_id, partition, changed}."""
+    vm = _need_vm(layout, vm_name)
+    with layout.vm_lock(vm["id"]):
+        vm = layout.read_vm(vm["id"])
+        if not 0 <= disk < len(vm["disks"]):
+            _refuse("VM %s has %d disk(s); guest_files disk index %d does not exist" % (vm["name"], len(vm["disks"]), disk))
+        target = vm["disks"][disk]
+        if check_mode:
+            return {"vm": vm["name"], "disk_id": target["disk_id"], "partition": partition, "changed": [f["path"] for f in files]}
+        try:
+            done = guest_filesystems.change_files(target, partition, files)
+        except ValueError as exc:
+            _refuse("VM %s: %s" % (vm["name"], exc))
+    return dict(done, vm=vm["name"], disk_id=target["disk_id"])
 
 
 def resize_disk(layout, vm_name, disk=0, size=None, check_mode=False):

@@ -83,7 +83,7 @@ class Repository:
 
     @classmethod
     def init(cls, location, passphrase=None, chunk_size=DEFAULT_CHUNK_SIZE, s3_options=None, object_lock_days=None,
-             compression_level=DEFAULT_COMPRESSION_LEVEL, scrypt_params=None, padding="none"):
+             compression_level=DEFAULT_COMPRESSION_LEVEL, scrypt_params=None, padding="none", keys_from=None):
         """Create a repository; RepositoryError if one exists there already.
 
         ``passphrase``: None creates a plain repository (on purpose); "" is refused (a mistake, never a choice).
@@ -119,7 +119,7 @@ class Repository:
                 repository_config.read_config(store)
         # The config is authenticated (encrypted repositories) before it is first written: repository_config.py.
         config, keys = repository_config.new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params,
-                                                    padding)
+                                                    padding, keys_from)     # keys_from: repository_copy.init_with_keys_of
         if store.kind == "local":
             for prefix in range(256):
                 make_private_dirs(os.path.join(store.root, "chunks", "%02x" % prefix))

@@ -70,11 +70,17 @@ def check_padding(padding, encrypted, location):
                                    "of a plain repository hide nothing (its contents are readable).", location=location)
 
 
-def new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params=None, padding="none"):
-    """(config, keys) of a new repository; the config is authenticated when ``passphrase`` is given."""
+def new_config(store, passphrase, chunk_size, compression_level, object_lock_days, scrypt_params=None, padding="none", keys_from=None):
+    """(config, keys) of a new repository; the config is authenticated when ``passphrase`` is given.
+
+    ``keys_from``: the RepositoryKeys of another repository, wrapped here under ``passphrase``, so that both give equal
+    chunk ids and a copy between them compares ids only (repository_copy.py checks the pairing)."""
     check_passphrase(passphrase, store.location)
     check_padding(padding, passphrase is not None, store.location)
-    if passphrase is not None:
+    if keys_from is not None and keys_from.encrypted:
+        keys = RepositoryKeys(keys_from.data_key, keys_from.id_key)
+        encryption = {"cipher": CIPHER, "key_slots": [keys.new_slot(passphrase, "passphrase", scrypt_params)]}
+    elif passphrase is not None:
         keys, encryption = RepositoryKeys.create(passphrase, scrypt_params)
     else:
         keys, encryption = RepositoryKeys(), None
