@@ -1,7 +1,7 @@
 """Issue 12 point 1, torn backups: two real runs of the hyperv_backup role that overlap, with guest writes in between.
 
 Run 1 backs up web01 with its copy slowed (``read_rate_limit``); once its progress file shows the copy under way,
-the whole run is held (SIGSTOP of its process tree, so the overlap does not depend on how fast this machine is:
+the whole run is held (SIGSTOP of its process tree and its detached async copy job, so the overlap does not depend on how fast this machine is:
 a copy stalled on a slow share), the guest writes, run 2 of the role (every VM) starts and ends, the guest
 writes again, run 1 goes on and ends. What the design promises (roles/hyperv_backup, hyperv/locks.py):
 
@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,8 +91,24 @@ def _descendants(pid):
     return out
 
 
-def _signal_tree(pid, signum):
-    for each in _descendants(pid):
+def _with_environment(marker):
+    """Processes whose environment holds ``marker``: the role's async copy jobs, which Ansible's async_wrapper
+    detaches into a session of their own (so they are not below the ansible-playbook process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _signal_all(pids, signum):
+    for each in pids:
         try:
             os.kill(each, signum)
         except ProcessLookupError:
@@ -140,6 +157,8 @@ def test_overlapping_role_runs_never_tear_a_backup(tmp_path):
     run1_output = tmp_path / "run1.out"
     host = LabTransport(str(tmp_path / "lab"), HOST)
     web01 = lab_admin.find_vm(layout, "web01")
+    # the role runs each copy as an async job and gives it its own progress file (roles/hyperv_backup/vars/main.yml)
+    progress = Path(os.path.expanduser("~/.ansible_async")) / ("hyperv.backup-%s" % RUN_1) / ("%s.progress" % web01["id"])
 
     with open(str(run1_output), "w") as out:
         run1 = subprocess.Popen(_command(tmp_path, run1_play, RUN_1, ["web01"]), stdout=out, stderr=subprocess.STDOUT,
@@ -147,7 +166,9 @@ def test_overlapping_role_runs_never_tear_a_backup(tmp_path):
     held = False
     try:
         _wait_copying(run1, progress, run1_output)
-        _signal_tree(run1.pid, signal.SIGSTOP)
+        # the whole run: ansible-playbook's tree and its detached async copy job (same environment as run 1)
+        run1_pids = sorted(set(_descendants(run1.pid)) | set(_with_environment(("ANSIBLE_HOME=%s" % env["ANSIBLE_HOME"]).encode())))
+        _signal_all(run1_pids, signal.SIGSTOP)
         held = True
         last = _progress_lines(progress)[-1]
         if last.get("phase") != "copying" or last.get("done_bytes", 0) >= last.get("total_bytes", 0):
@@ -165,9 +186,9 @@ def test_overlapping_role_runs_never_tear_a_backup(tmp_path):
         assert [p["name"] for p in points] == ["hyperv.backup:%s" % RUN_1], points
     finally:
         if held:
-            _signal_tree(run1.pid, signal.SIGCONT)
+            _signal_all(run1_pids, signal.SIGCONT)
         if sys.exc_info()[0] is not None:
-            _signal_tree(run1.pid, signal.SIGTERM)
+            _signal_all(_descendants(run1.pid), signal.SIGTERM)
     lab_admin.churn(layout, "web01", seed=23, writes=16, write_size=64 * 1024)
     rc1 = run1.wait(timeout=HARNESS_WAIT)
     run1_text = run1_output.read_text()
