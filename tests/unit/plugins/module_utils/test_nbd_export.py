@@ -133,8 +133,11 @@ def test_disk_is_chosen_like_restore_disk_names(backup):
 
 def test_a_process_counts_as_ours_only_with_the_same_start_time_and_script(tmp_path):
     script = str(tmp_path / "export_plugin.py")
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", script])
+    # the child says it is up before the checks: until then /proc may still show a launcher's command line
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", script],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline().strip() == "up"
         state = {"pid": proc.pid, "start_time": nbd_export.process_start_time(proc.pid), "script": script}
         assert nbd_export.is_running(state)
         assert not nbd_export.is_running(dict(state, start_time=state["start_time"] - 1))     # a reused pid

@@ -52,15 +52,21 @@ def s3_server():
     server.stop()
 
 
-def run_copier(args, kill_after=None):
-    """Run the copy in a child; ``kill_after``: seconds after it is ready to SIGKILL it. Returns (killed, out)."""
+def run_copier(args, kill_after=None, timed=None):
+    """Run the copy in a child; ``kill_after``: seconds after it is ready to SIGKILL it. Returns (killed, out).
+
+    ``timed``: a list that receives the seconds from ready to exit, for drawing kill moments inside a copy.
+    """
     child = subprocess.Popen([sys.executable, "-c", COPIER, json.dumps(args)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "READY"
+    ready = time.monotonic()
     if kill_after is not None:
-        assert child.stdout.readline().strip() == "READY"
         time.sleep(kill_after)
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
     out, _err = child.communicate(timeout=120)
+    if timed is not None:
+        timed.append(time.monotonic() - ready)
     assert child.returncode in (0, -signal.SIGKILL), out
     return child.returncode == -signal.SIGKILL, out
 
@@ -100,8 +106,12 @@ def test_copy_killed_at_random_points_resumes_and_lists_only_complete_copies(tmp
 
     # how many writes a whole copy makes (to a scratch target of the same kind)
     scratch = new_target(*((str(tmp_path / "scratch"), None) if backend == "local" else s3_server.new_bucket(prefix="scratch")))
-    args = {"source": src, "source_s3": src_s3, "target": scratch.location, "target_s3": dst_s3, "kill_at": -1, "delay": 0}
-    killed, out = run_copier(args)
+    # a delay stretches each write so that a kill at a random moment lands inside the copy; the writes run in
+    # parallel, so the moments are drawn from how long a whole stretched copy took, not from writes x delay
+    delay = 0.03 if mode == "at_moments" else 0
+    args = {"source": src, "source_s3": src_s3, "target": scratch.location, "target_s3": dst_s3, "kill_at": -1, "delay": delay}
+    whole_copy = []
+    killed, out = run_copier(args, timed=whole_copy)
     total = json.loads(out.split("DONE ", 1)[1])["writes"]
     assert not killed and total > 20
 
@@ -113,8 +123,9 @@ def test_copy_killed_at_random_points_resumes_and_lists_only_complete_copies(tmp
             args["kill_at"] = rng.randrange(1, total)
             killed, out = run_copier(args)
         else:
-            args.update(kill_at=-1, delay=0.03)        # about 1 s of writes
-            killed, out = run_copier(args, kill_after=rng.uniform(0.0, total * 0.03))
+            # the first moment falls in the first half of a whole copy, later ones anywhere in what is left
+            share = 0.5 if _attempt == 0 else 1.0
+            killed, out = run_copier(args, kill_after=rng.uniform(0.0, share * whole_copy[0]))
         kills += killed
         seen.append(len(only_complete_copies_listed(source, Repository.open(dst, passphrase="target pass", s3_options=dst_s3),
                                                     images_by_id)))
