@@ -192,29 +192,40 @@ def page_through(invoke_once, arguments, paging):
     """
     collected = dict((name, []) for name in paging.collect)
     counts = dict((name, []) for name in paging.collect)
+    lanes = [(name, collected[name], counts[name]) for name in paging.collect]
     offset, calls, stopped = paging.start, 0, None
     end, max_length, max_calls, processed_name = paging.end, paging.max_length, paging.max_calls, paging.processed
+    offset_name, length_name = paging.offset, paging.length
     values = dict(arguments or {})
+    # a 64 TiB disk is 65,536 pages of 1 GiB in the lab: this loop is kept to what each page needs
     while offset < end and calls < max_calls:
         length = min(end - offset, max_length)
-        values[paging.offset] = offset
-        values[paging.length] = length
-        result = invoke_once(dict(values))
+        page = values.copy()
+        page[offset_name] = offset
+        page[length_name] = length
+        result = invoke_once(page)
         if result.get("ReturnValue") != 0 and not call_succeeded(result):
             stopped = {"offset": offset, "length": length, "reason": "failed", "result": result}
             break
         calls += 1
         out = result.get("out") or {}
-        for name, items in collected.items():
+        for name, items, runs in lanes:
             got = out.get(name)
-            got = () if got is None else (got if isinstance(got, list) else [got])
-            items.extend(got)
-            runs = counts[name]
-            if runs and runs[-1][0] == len(got):
-                runs[-1][1] += 1
+            if got is None:         # (not "if not got": a single change at offset 0 comes as the scalar 0)
+                size = 0
+            elif isinstance(got, list):
+                items.extend(got)
+                size = len(got)
             else:
-                runs.append([len(got), 1])
-        processed = int(out.get(processed_name) or 0)
+                items.append(got)
+                size = 1
+            last = runs[-1] if runs else None
+            if last is not None and last[0] == size:
+                last[1] += 1
+            else:
+                runs.append([size, 1])
+        processed = out.get(processed_name)
+        processed = int(processed) if processed else 0
         if processed <= 0:
             stopped = {"offset": offset, "length": length, "reason": "no_progress", "result": result}
             break

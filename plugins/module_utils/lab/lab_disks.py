@@ -179,8 +179,8 @@ def create_child(parent_path, child_path):
     """A differencing child (in the parent's format) over the now frozen ``parent_path``; the VM writes there from now on."""
     parent = disk_info(parent_path)         # sizes from the metadata: a 64 TiB parent's BAT is not read
     virtual_size, sector, block_size = parent["virtual_size"], parent["logical_sector_size"], parent["block_size"]
-    writer = create_disk(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path)
-    writer.close()
+    create_disk(child_path, virtual_size, block_size=block_size, logical_sector_size=sector, parent=parent_path,
+                open_writer=False)
     os.chmod(child_path, 0o600)
     return child_path
 

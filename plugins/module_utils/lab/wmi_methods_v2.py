@@ -258,9 +258,12 @@ def _change_source(call):
     (virtual size, whether the host has the strict ByteLength reading, the page function of lab_rct). Within one
     invoke_paged round trip it is looked up once (``call.memo``): the pages read the same frozen disk, whose change
     records do not move while the checkpoint holds them."""
-    key = ("GetVirtualDiskChanges", call.args.get("Path"), call.args.get("LimitId"))     # strings, never Refs
-    if call.memo is not None and key in call.memo:
-        return None, call.memo[key]
+    memo, args = call.memo, call.args
+    key = ("GetVirtualDiskChanges", args.get("Path"), args.get("LimitId"))     # strings, never Refs
+    if memo is not None:
+        source = memo.get(key)
+        if source is not None:
+            return None, source
     path, local = _local_disk(call)
     if not isinstance(path, str) or not path or not isinstance(call.arg("LimitId"), str):
         return call.finish(32773), None
@@ -291,7 +294,8 @@ def _change_source(call):
 
 
 def get_virtual_disk_changes(call):
-    offset, length = call.args.get("ByteOffset"), call.args.get("ByteLength")
+    args = call.args
+    offset, length = args.get("ByteOffset"), args.get("ByteLength")
     if not isinstance(offset, int) or not isinstance(length, int):
         return call.finish(32773)
     refused, source = _change_source(call)

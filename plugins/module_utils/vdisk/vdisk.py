@@ -267,14 +267,14 @@ def _intersect(a, b):
 # --- writing ------------------------------------------------------------------------------------
 
 def create_vhdx(path, virtual_size, block_size=32 * MiB, logical_sector_size=512, physical_sector_size=4096,
-                parent=None, parent_absolute_path=None):
-    """Create a dynamic VHDX (or a differencing one on ``parent``) and return its VhdxWriter.
+                parent=None, parent_absolute_path=None, open_writer=True):
+    """Create a dynamic VHDX (or a differencing one on ``parent``) and return its VhdxWriter (None: ``open_writer`` False).
 
     ``virtual_size`` may be None with a parent (the child takes the parent's size).
     ``parent_absolute_path`` overrides the absolute_win32_path locator entry (e.g. a Windows path).
     """
     return create_vhdx_file(path, virtual_size, block_size, logical_sector_size, physical_sector_size,
-                            parent, parent_absolute_path)
+                            parent, parent_absolute_path, open_writer)
 
 
 def open_vhdx_for_write(path):
@@ -282,13 +282,14 @@ def open_vhdx_for_write(path):
     return VhdxWriter(path)
 
 
-def create_vhd(path, virtual_size, block_size=VHD_DEFAULT_BLOCK_SIZE, parent=None, parent_absolute_path=None):
-    """Create a dynamic VHD (or a differencing one on the VHD ``parent``) and return its VhdWriter.
+def create_vhd(path, virtual_size, block_size=VHD_DEFAULT_BLOCK_SIZE, parent=None, parent_absolute_path=None,
+               open_writer=True):
+    """Create a dynamic VHD (or a differencing one on the VHD ``parent``) and return its VhdWriter (None: ``open_writer`` False).
 
     VHD sectors are always 512 bytes. With a parent, ``virtual_size`` may be None (the parent's size) and
     ``block_size`` None takes the parent's. ``parent_absolute_path`` overrides the W2ku locator entry.
     """
-    return create_vhd_file(path, virtual_size, block_size, parent, parent_absolute_path)
+    return create_vhd_file(path, virtual_size, block_size, parent, parent_absolute_path, open_writer)
 
 
 def open_vhd_for_write(path):
@@ -310,8 +311,9 @@ def format_of_path(path):
 
 
 def create_disk(path, virtual_size, block_size=None, logical_sector_size=512, parent=None, parent_absolute_path=None,
-                disk_format=None):
-    """Create a dynamic disk (or a differencing one on ``parent``) in ``disk_format``; returns its writer.
+                disk_format=None, open_writer=True):
+    """Create a dynamic disk (or a differencing one on ``parent``) in ``disk_format``; returns its writer (None with
+    ``open_writer`` False: only the file).
 
     The format, unless given, is the parent's (a child always has its parent's format), else the one the
     extension of ``path`` names. ``block_size`` None means the format's default (VHDX 32 MiB, VHD 2 MiB)
@@ -327,10 +329,10 @@ def create_disk(path, virtual_size, block_size=None, logical_sector_size=512, pa
         if logical_sector_size != 512:
             raise VirtualDiskError(path, "a VHD has 512-byte sectors; %r was asked for" % (logical_sector_size,),
                                    hint="Use VHDX for 4096-byte logical sectors.")
-        return create_vhd(path, virtual_size, block_size, parent, parent_absolute_path)
+        return create_vhd(path, virtual_size, block_size, parent, parent_absolute_path, open_writer)
     if disk_format == "vhdx":
         return create_vhdx(path, virtual_size, block_size or 32 * MiB, logical_sector_size, parent=parent,
-                           parent_absolute_path=parent_absolute_path)
+                           parent_absolute_path=parent_absolute_path, open_writer=open_writer)
     raise VirtualDiskError(path, "cannot tell which disk format to create (format %r)" % (disk_format,),
                            hint="Name the file .vhdx/.avhdx or .vhd/.avhd, or pass disk_format 'vhdx' or 'vhd'.")
 

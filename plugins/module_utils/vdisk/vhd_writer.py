@@ -158,11 +158,12 @@ def _parent_linkage(path, parent, parent_absolute_path, unique_id, first_locator
     return header, data, offset
 
 
-def create_vhd_file(path, virtual_size, block_size=None, parent=None, parent_absolute_path=None):
+def create_vhd_file(path, virtual_size, block_size=None, parent=None, parent_absolute_path=None, open_writer=True):
     """Create a new, empty dynamic (or, with ``parent``, differencing) VHD and return a VhdWriter on it.
 
     With a parent, ``virtual_size`` may be None (it must equal the parent's) and ``block_size`` defaults
     to the parent's. ``parent_absolute_path`` overrides the W2ku locator (e.g. a Windows path).
+    ``open_writer`` False creates the file and returns None.
     """
     path = str(path)
     if parent is not None:
@@ -202,7 +203,7 @@ def create_vhd_file(path, virtual_size, block_size=None, parent=None, parent_abs
         os.unlink(path)
         raise
     os.close(fd)
-    return VhdWriter(path)
+    return VhdWriter(path) if open_writer else None
 
 
 def _set_bits_msb(bitmap, first, count):

@@ -16,13 +16,15 @@ __metaclass__ = type
 import os
 import re
 import struct
-import sys
 import uuid
-from array import array
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
+    BAT_IN_MEMORY_LIMIT, LAZY_BAT_BYTES, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT,
+    SB_PRESENT, SECTORS_PER_BITMAP, STATE_TABLE, ZERO_STATES, PagedBat, bat_entry_count, check_layout, check_page,
+    chunk_ratio_for, read_entries, states_of)
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -49,26 +51,11 @@ ITEM_PHYSICAL_SECTOR_SIZE = uuid.UUID("CDA348C7-445D-4471-9CC9-E9885251C556")
 ITEM_PARENT_LOCATOR = uuid.UUID("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
 PARENT_LOCATOR_TYPE = uuid.UUID("B04AEFB7-D19E-4A81-B789-25B8E9445913")
 
-# Payload block states (MS-VHDX 2.5.1.1) and sector bitmap block states (2.5.1.2).
-PAYLOAD_NOT_PRESENT = 0
-PAYLOAD_UNDEFINED = 1
-PAYLOAD_ZERO = 2
-PAYLOAD_UNMAPPED = 3
-PAYLOAD_UNMAPPED_V095 = 5   # the 0.95 draft's UNMAPPED value; qemu still reads it as zeros
-PAYLOAD_FULLY_PRESENT = 6
-PAYLOAD_PARTIALLY_PRESENT = 7
-SB_NOT_PRESENT = 0
-SB_PRESENT = 6
-ZERO_STATES = (PAYLOAD_UNDEFINED, PAYLOAD_ZERO, PAYLOAD_UNMAPPED, PAYLOAD_UNMAPPED_V095)
-OFFSET_MASK = 0xFFFFFFFFFFF00000
-SECTORS_PER_BITMAP = 1 << 23   # one 1 MiB sector bitmap block covers 2**23 sectors
-
 # Run kinds returned by VhdxImage.runs().
 RUN_DATA = "data"
 RUN_ZERO = "zero"
 RUN_PARENT = "parent"
 
-_STATE_TABLE = bytes(value & 7 for value in range(256))
 # Block state -> run kind letter (D data, Z zeros, P parent) for block_map; reserved states were refused at open.
 _KIND_TABLE = bytes(ord("D") if value & 7 in (6, 7) else ord("Z") for value in range(256))
 _KIND_TABLE_PARENT = bytes(ord("D") if value & 7 in (6, 7) else ord("P") if value & 7 == 0 else ord("Z") for value in range(256))
@@ -119,19 +106,6 @@ def guid_bytes(value):
 
 def guid_from(raw):
     return uuid.UUID(bytes_le=bytes(raw))
-
-
-def chunk_ratio_for(block_size, logical_sector_size):
-    return (SECTORS_PER_BITMAP * logical_sector_size) // block_size
-
-
-def bat_entry_count(virtual_size, block_size, logical_sector_size, has_parent):
-    """Number of BAT entries (payload + interleaved sector bitmap entries), MS-VHDX 2.5."""
-    blocks = -(-virtual_size // block_size)
-    ratio = chunk_ratio_for(block_size, logical_sector_size)
-    if has_parent:
-        return -(-blocks // ratio) * (ratio + 1)
-    return blocks + (blocks - 1) // ratio
 
 
 def with_checksum(buf, checksum_offset=4):
@@ -302,76 +276,6 @@ def pread_into(fd, path, view, offset):
         done += got
 
 
-# A read-only image holds a BAT up to this size in memory; a larger one (a 64 TiB disk of 1 MiB blocks: 512 MiB) is
-# read in pages as it is used (PagedBat), so that a module process stays well under 256 MiB for any VHDX.
-BAT_IN_MEMORY_LIMIT = 64 * MiB
-
-
-_STATE_SCAN_BYTES = 4096     # 512 entries: a sparse BAT is mostly zero pieces, which are compared, not converted
-
-
-def _states_of(entries, table):
-    """bytes: ``table`` applied to the low byte (the state bits live there) of each entry of an array('Q').
-
-    Most of a big disk's BAT is zero (never written): a zero piece of 512 entries only costs a compare, so the
-    states of a sparse 64 TiB disk (2 Mi entries) take a few ms instead of a strided copy of all 16 MiB."""
-    raw = memoryview(entries).cast("B")
-    lane = 0 if sys.byteorder == "little" else 7
-    out = bytearray(table[0:1] * len(entries))
-    zero = bytes(_STATE_SCAN_BYTES)
-    for start in range(0, len(raw), _STATE_SCAN_BYTES):
-        piece = bytes(raw[start:start + _STATE_SCAN_BYTES])
-        if piece != zero:
-            out[start // 8:(start + len(piece)) // 8] = piece[lane::8].translate(table)
-    return bytes(out)
-
-
-class PagedBat:
-    """The BAT of a read-only VhdxImage read in pages on demand: ``bat[i]``, ``len(bat)`` and the entry states.
-
-    Memory is KEEP pages of PAGE_ENTRIES entries (16 MiB) plus one byte per entry for the states, instead of eight."""
-
-    PAGE_ENTRIES = 1 << 16
-    KEEP = 32
-
-    def __init__(self, image, offset, count):
-        self._image, self._offset, self._count = image, offset, count
-        self._pages = {}
-
-    def __len__(self):
-        return self._count
-
-    def _read(self, first, count):
-        page = array("Q", bytes(8)) * count
-        self._image._read_structure_into(memoryview(page).cast("B"), self._offset + first * 8)
-        if sys.byteorder != "little":
-            page.byteswap()
-        return page
-
-    def __getitem__(self, index):
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("BAT entry %d out of range (%d entries)" % (index, self._count))
-        number, within = divmod(index, self.PAGE_ENTRIES)
-        page = self._pages.get(number)
-        if page is None:
-            first = number * self.PAGE_ENTRIES
-            page = self._read(first, min(self.PAGE_ENTRIES, self._count - first))
-            if len(self._pages) >= self.KEEP:
-                self._pages.pop(next(iter(self._pages)))
-            self._pages[number] = page
-        return page[within]
-
-    def states(self, table):
-        """The state of every entry through ``table`` (one byte each), read through the whole BAT a few pages at a time."""
-        out = bytearray()
-        step = self.PAGE_ENTRIES * 16
-        for first in range(0, self._count, step):
-            out += _states_of(self._read(first, min(step, self._count - first)), table)
-        return out
-
-
 class VhdxImage:
     """One VHDX or AVHDX file, validated, with its BAT in memory (paged when huge). Read-only unless ``writable``."""
 
@@ -395,24 +299,24 @@ class VhdxImage:
 
     # --- parsing ---------------------------------------------------------------------------
 
-    def _fail(self, problem, hint=MAX_DEPTH_HINT):
+    def fail(self, problem, hint=MAX_DEPTH_HINT):
         raise VirtualDiskError(self.path, problem, hint=hint)
 
     def _load(self):
         self.file_size = file_size_of(self.fd)
         if self.file_size < MiB:
-            self._fail("the file is %d bytes, smaller than the 1 MiB VHDX header section (truncated or not a VHDX)"
+            self.fail("the file is %d bytes, smaller than the 1 MiB VHDX header section (truncated or not a VHDX)"
                        % self.file_size)
         if bytes(read_exact(self.fd, self.path, 0, 8)) != FILE_SIGNATURE:
-            self._fail("no 'vhdxfile' signature at offset 0: this is not a VHDX file",
+            self.fail("no 'vhdxfile' signature at offset 0: this is not a VHDX file",
                        hint="Check the file type; VHD files are opened by their footer.")
         self.overlay = {}
         self._load_headers()
         if self.header.log_guid.int != 0:
             if self.header.log_version != 0:
-                self._fail("the log has unsupported version %d" % self.header.log_version)
+                self.fail("the log has unsupported version %d" % self.header.log_version)
             if self.writable:
-                self._fail("the file has a pending log that must be replayed before it can be modified",
+                self.fail("the file has a pending log that must be replayed before it can be modified",
                            hint="Replay it on the Hyper-V host (mount the disk once) or run `qemu-img check -r all` on a copy.")
             from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_log import replay_log
             self.overlay, self.log_end = replay_log(self)
@@ -427,13 +331,13 @@ class VhdxImage:
     def read_structure(self, offset, length):
         """Read metadata/BAT/bitmap bytes with the in-memory log replay applied."""
         if offset + length > self.file_size:   # checked before allocating: sizes come from the file
-            self._fail("a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
+            self.fail("a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
                        % (offset, offset + length, self.file_size))
         buf = bytearray(length)
-        self._read_structure_into(memoryview(buf), offset)
+        self.read_structure_into(memoryview(buf), offset)
         return buf
 
-    def _read_structure_into(self, view, offset):
+    def read_structure_into(self, view, offset):
         """Fill ``view`` (zeroed, unsigned bytes) from ``offset`` with the log replay applied; bounds checked by the caller."""
         length = len(view)
         available = max(0, min(length, file_size_of(self.fd) - offset))
@@ -459,11 +363,11 @@ class VhdxImage:
             if bytes(raw[:4]) == HEADER_SIGNATURE and checksum_ok(raw):
                 valid.append(VhdxHeader(slot, raw))
         if not valid:
-            self._fail("both VHDX headers are invalid (bad signature or CRC-32C checksum)")
+            self.fail("both VHDX headers are invalid (bad signature or CRC-32C checksum)")
         self.header = max(valid, key=lambda h: h.sequence)
         self.other_header_valid = len(valid) == 2
         if self.header.version != 1:
-            self._fail("unsupported VHDX header version %d (expected 1)" % self.header.version,
+            self.fail("unsupported VHDX header version %d (expected 1)" % self.header.version,
                        hint="This file was written by a newer or foreign tool.")
 
     def _load_region_table(self):
@@ -480,50 +384,50 @@ class VhdxImage:
             else:
                 break
         else:
-            self._fail("; ".join(problems))
+            self.fail("; ".join(problems))
         self.regions = {}
         for index in range(count):
             guid_raw, file_offset, length, required = _REGION_ENTRY.unpack_from(raw, _REGION_HEADER.size + index * _REGION_ENTRY.size)
             guid = guid_from(guid_raw)
             if guid in (BAT_REGION, METADATA_REGION):
                 if file_offset < MiB or file_offset % MiB or length % MiB or length == 0:
-                    self._fail("region %s has a bad placement (offset %d, length %d)" % (guid, file_offset, length))
+                    self.fail("region %s has a bad placement (offset %d, length %d)" % (guid, file_offset, length))
                 self.regions[guid] = (file_offset, length)
             elif required & 1:
-                self._fail("the file needs region %s, which this reader does not know" % guid,
+                self.fail("the file needs region %s, which this reader does not know" % guid,
                            hint="The file uses a VHDX feature this tool does not support.")
         for guid, name in ((BAT_REGION, "BAT"), (METADATA_REGION, "metadata")):
             if guid not in self.regions:
-                self._fail("the region table has no %s region" % name)
+                self.fail("the region table has no %s region" % name)
 
     def _load_metadata(self):
         meta_offset, meta_length = self.regions[METADATA_REGION]
         if meta_length > MAX_METADATA_REGION:
-            self._fail("the metadata region is %d bytes; more than %d is not a valid VHDX" % (meta_length, MAX_METADATA_REGION))
+            self.fail("the metadata region is %d bytes; more than %d is not a valid VHDX" % (meta_length, MAX_METADATA_REGION))
         raw = self.read_structure(meta_offset, meta_length)
         signature, count = _METADATA_HEADER.unpack_from(raw, 0)
         if signature != METADATA_SIGNATURE:
-            self._fail("the metadata region has a bad signature")
+            self.fail("the metadata region has a bad signature")
         if count > 2047:
-            self._fail("the metadata table claims %d entries (max 2047)" % count)
+            self.fail("the metadata table claims %d entries (max 2047)" % count)
         items = {}
         for index in range(count):
             item_raw, offset, length, flags = _METADATA_ENTRY.unpack_from(raw, _METADATA_HEADER.size + index * _METADATA_ENTRY.size)
             item = guid_from(item_raw)
             if length and (offset < METADATA_TABLE_SIZE or offset + length > meta_length):
-                self._fail("metadata item %s lies outside the metadata region" % item)
+                self.fail("metadata item %s lies outside the metadata region" % item)
             items[item] = (bytes(raw[offset:offset + length]), flags)
         known = (ITEM_FILE_PARAMETERS, ITEM_VIRTUAL_DISK_SIZE, ITEM_VIRTUAL_DISK_ID, ITEM_LOGICAL_SECTOR_SIZE,
                  ITEM_PHYSICAL_SECTOR_SIZE, ITEM_PARENT_LOCATOR)
         for item, (_data, flags) in items.items():
             if item not in known and flags & 0b100:
-                self._fail("the file needs metadata item %s, which this reader does not know" % item,
+                self.fail("the file needs metadata item %s, which this reader does not know" % item,
                            hint="The file uses a VHDX feature this tool does not support.")
         sizes = {ITEM_FILE_PARAMETERS: 8, ITEM_VIRTUAL_DISK_SIZE: 8, ITEM_VIRTUAL_DISK_ID: 16,
                  ITEM_LOGICAL_SECTOR_SIZE: 4, ITEM_PHYSICAL_SECTOR_SIZE: 4}
         for item, size in sizes.items():
             if item not in items or len(items[item][0]) < size:
-                self._fail("the required metadata item %s is missing or too short" % item)
+                self.fail("the required metadata item %s is missing or too short" % item)
         self.block_size, file_flags = struct.unpack_from("<II", items[ITEM_FILE_PARAMETERS][0])
         self.leave_allocated = bool(file_flags & 1)
         self.has_parent = bool(file_flags & 2)
@@ -532,19 +436,19 @@ class VhdxImage:
         self.logical_sector_size = struct.unpack_from("<I", items[ITEM_LOGICAL_SECTOR_SIZE][0])[0]
         self.physical_sector_size = struct.unpack_from("<I", items[ITEM_PHYSICAL_SECTOR_SIZE][0])[0]
         if self.block_size < MiB or self.block_size > 256 * MiB or self.block_size & (self.block_size - 1):
-            self._fail("bad block size %d (must be a power of two from 1 MiB to 256 MiB)" % self.block_size)
+            self.fail("bad block size %d (must be a power of two from 1 MiB to 256 MiB)" % self.block_size)
         if self.logical_sector_size not in (512, 4096) or self.physical_sector_size not in (512, 4096):
-            self._fail("bad sector sizes (logical %d, physical %d; each must be 512 or 4096)"
+            self.fail("bad sector sizes (logical %d, physical %d; each must be 512 or 4096)"
                        % (self.logical_sector_size, self.physical_sector_size))
         if self.virtual_size == 0 or self.virtual_size % self.logical_sector_size or self.virtual_size > 64 * 1024 ** 4:
-            self._fail("bad virtual disk size %d" % self.virtual_size)
+            self.fail("bad virtual disk size %d" % self.virtual_size)
         self.parent_locator = None
         if self.has_parent:
             if ITEM_PARENT_LOCATOR not in items:
-                self._fail("the file is a differencing disk but has no parent locator")
+                self.fail("the file is a differencing disk but has no parent locator")
             self.parent_locator = parse_parent_locator(self.path, items[ITEM_PARENT_LOCATOR][0])
             if "parent_linkage" not in self.parent_locator:
-                self._fail("the parent locator has no parent_linkage")
+                self.fail("the parent locator has no parent_linkage")
         self.chunk_ratio = chunk_ratio_for(self.block_size, self.logical_sector_size)
         self.block_count = -(-self.virtual_size // self.block_size)
 
@@ -552,71 +456,35 @@ class VhdxImage:
         bat_offset, bat_length = self.regions[BAT_REGION]
         entries = bat_entry_count(self.virtual_size, self.block_size, self.logical_sector_size, self.has_parent)
         if entries * 8 > bat_length:
-            self._fail("the BAT region (%d bytes) is too small for %d entries" % (bat_length, entries))
+            self.fail("the BAT region (%d bytes) is too small for %d entries" % (bat_length, entries))
         if bat_offset + entries * 8 > self.file_size:
-            self._fail("the BAT at bytes %d..%d lies beyond the end of the file (%d bytes)" % (bat_offset, bat_offset + entries * 8, self.file_size))
-        if self.writable or entries * 8 <= BAT_IN_MEMORY_LIMIT:
-            # read straight into the array: held once, not three times (a read buffer, its bytes copy and the array)
-            self.bat = array("Q", bytes(8)) * entries
-            self._read_structure_into(memoryview(self.bat).cast("B"), bat_offset)
-            if sys.byteorder != "little":
-                self.bat.byteswap()
-        else:
-            # a 64 TiB disk of 1 MiB blocks has a 512 MiB BAT: a reader keeps a few pages of it, not all of it
-            self.bat = PagedBat(self, bat_offset, entries)
+            self.fail("the BAT at bytes %d..%d lies beyond the end of the file (%d bytes)" % (bat_offset, bat_offset + entries * 8, self.file_size))
         self.bitmaps = {}
-        self._validate_layout()
+        if self.writable or entries * 8 <= LAZY_BAT_BYTES:
+            # read straight into the array: held once, not three times (a read buffer, its bytes copy and the array)
+            self.bat = read_entries(self, bat_offset, 0, entries)
+            self._check_layout()
+        else:
+            # read-only and big (a 64 TiB disk of 32 MiB blocks has a 16 MiB BAT): pages are read and checked as they
+            # are used, and the whole layout the first time the whole table is read (entry_states)
+            self.bat = PagedBat(self, bat_offset, entries, check=lambda first, page: check_page(self, self._region_spans(), first, page))
+            self.layout_checked = False
 
-    def _validate_layout(self):
-        """Refuse reserved states, blocks beyond EOF and any overlap between regions and blocks."""
+    def _region_spans(self):
         spans = [(0, MiB, "header section")]
         for guid, name in ((BAT_REGION, "BAT region"), (METADATA_REGION, "metadata region")):
             offset, length = self.regions[guid]
             spans.append((offset, offset + length, name))
         if self.header.log_guid.int != 0 or self.header.log_length:
             spans.append((self.header.log_offset, self.header.log_offset + self.header.log_length, "log"))
-        ratio = self.chunk_ratio
-        bat = self.bat
-        block_size = self.block_size
-        states = self.entry_states()
-        bitmap_states = states[ratio::ratio + 1]
-        if bitmap_states.translate(None, bytes((SB_NOT_PRESENT, SB_PRESENT))):
-            for chunk, state in enumerate(bitmap_states):
-                if state not in (SB_NOT_PRESENT, SB_PRESENT):
-                    self._fail("BAT entry %d (a sector bitmap) has the invalid state %d" % (chunk * (ratio + 1) + ratio, state))
-        # Only entries in states 4, 6 and 7 need a closer look; finding them by regex keeps opening
-        # a 2 TiB disk with 1 MiB blocks (2 M entries) fast.
-        for match in re.finditer(b"[\x04\x06\x07]", states):
-            index = match.start()
-            entry = bat[index]
-            state = entry & 7
-            if index % (ratio + 1) == ratio:
-                offset = entry & OFFSET_MASK
-                spans.append((offset, offset + MiB, "sector bitmap entry %d" % index))
-                continue
-            block = index - index // (ratio + 1)
-            if state == PAYLOAD_PARTIALLY_PRESENT and not self.has_parent:
-                self._fail("block %d is PARTIALLY_PRESENT in a disk without a parent" % block)
-            if state not in (PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT):
-                self._fail("BAT entry for block %d has the reserved state %d" % (block, state))
-            if block >= self.block_count:
-                self._fail("BAT entry %d holds data for block %d, past the end of the virtual disk" % (index, block))
-            offset = entry & OFFSET_MASK
-            in_disk = min(block_size, self.virtual_size - block * block_size)
-            if offset < MiB:
-                self._fail("BAT entry for block %d points into the header section (offset %d)" % (block, offset))
-            if offset + in_disk > self.file_size:
-                self._fail("BAT entry for block %d points beyond the end of the file (offset %d, file size %d)"
-                           % (block, offset, self.file_size))
-            spans.append((offset, offset + in_disk, "payload block %d" % block))
-        spans.sort()
-        for (start_a, end_a, name_a), (start_b, _end_b, name_b) in zip(spans, spans[1:]):
-            if start_b < end_a:
-                self._fail("%s (at %d) overlaps %s (at %d)" % (name_b, start_b, name_a, start_a),
-                           hint="Two BAT entries or regions share file space; the file is corrupt.")
-        for offset, end, name in spans:
-            if name.startswith("sector bitmap") and end > self.file_size:
-                self._fail("%s points beyond the end of the file" % name)
+        return spans
+
+    def _check_layout(self, states=None):
+        """Refuse reserved states, blocks beyond EOF and any overlap between regions and blocks (vhdx_bat)."""
+        if states is None:
+            states = states_of(self.bat)
+        self.used_end = check_layout(self, self._region_spans(), states, self.bat)
+        self.layout_checked = True
 
     # --- mapping ---------------------------------------------------------------------------
 
@@ -656,7 +524,7 @@ class VhdxImage:
             elif state in ZERO_STATES:
                 self._add(out, position, piece, RUN_ZERO, 0)
             else:
-                self._fail("block %d has the reserved state %d" % (block, state))
+                self.fail("block %d has the reserved state %d" % (block, state))
             position += piece
         return out
 
@@ -676,7 +544,7 @@ class VhdxImage:
         chunk = first_sector // SECTORS_PER_BITMAP
         bitmap = self.bitmap(chunk)
         if bitmap is None:
-            self._fail("block at virtual offset %d is PARTIALLY_PRESENT but its sector bitmap is not present" % block_start)
+            self.fail("block at virtual offset %d is PARTIALLY_PRESENT but its sector bitmap is not present" % block_start)
         first_bit = first_sector % SECTORS_PER_BITMAP
         count = last_sector - first_sector + 1
         lo_byte = first_bit // 8
@@ -702,13 +570,23 @@ class VhdxImage:
                 self._add(out, start, stop - start, RUN_PARENT, 0)
             done += run
 
-    def entry_states(self, table=_STATE_TABLE):
-        """bytes: the state (low 3 bits) of every BAT entry, payload and sector bitmap entries alike, through ``table``."""
-        if isinstance(self.bat, PagedBat):
-            return self.bat.states(table)
-        return _states_of(self.bat, table)
+    def entry_states(self, table=STATE_TABLE):
+        """bytes: the state (low 3 bits) of every BAT entry, payload and sector bitmap entries alike, through ``table``.
 
-    def payload_states(self, table=_STATE_TABLE):
+        The first call on a paged BAT reads all of it and checks the whole layout; a BAT up to BAT_IN_MEMORY_LIMIT is
+        then held whole, as a small one is from the start."""
+        if isinstance(self.bat, PagedBat):
+            if not self.layout_checked:
+                if len(self.bat) * 8 <= BAT_IN_MEMORY_LIMIT:
+                    self.bat = self.bat.whole()
+                    self._check_layout()
+                else:
+                    self._check_layout(self.bat.states())
+            if isinstance(self.bat, PagedBat):
+                return self.bat.states(table)
+        return states_of(self.bat, table)
+
+    def payload_states(self, table=STATE_TABLE):
         """bytearray: the state of each payload block 0 .. block_count-1 (sector bitmap entries left out), through ``table``.
 
         One byte per BAT entry: the sector bitmap entries are deleted in place (a huge BAT's states come as a bytearray)."""

@@ -15,17 +15,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 import sys
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DirectChannel
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, OFFSET_MASK,
-    PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, REGION_TABLE_OFFSETS,
-    SB_PRESENT, SECTORS_PER_BITMAP, ZERO_STATES, VhdxImage, bat_entry_count, build_header,
+    BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, REGION_TABLE_OFFSETS, VhdxImage, build_header,
     block_pieces, build_metadata_region, build_region_table, check_write, create_new_file, round_up)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
+    OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, SB_PRESENT, SECTORS_PER_BITMAP,
+    ZERO_STATES, bat_entry_count)
 
 CREATOR = "hyperv.backup"
 LOG_OFFSET = 1 * MiB
@@ -63,8 +63,11 @@ def parent_locator_for(child_path, parent_path, parent_image, absolute_path=None
 
 
 def create_vhdx_file(path, virtual_size, block_size=32 * MiB, logical_sector_size=512, physical_sector_size=4096,
-                     parent=None, parent_absolute_path=None):
-    """Create a new, empty dynamic (or, with ``parent``, differencing) VHDX and return a VhdxWriter on it."""
+                     parent=None, parent_absolute_path=None, open_writer=True):
+    """Create a new, empty dynamic (or, with ``parent``, differencing) VHDX and return a VhdxWriter on it.
+
+    ``open_writer`` False returns None: a writer reads and checks the whole BAT (16 MiB for 64 TiB) at open, which
+    a caller that only creates the file (a checkpoint's child) does not need."""
     path = str(path)
     parent_locator = None
     if parent is not None:
@@ -107,7 +110,7 @@ def create_vhdx_file(path, virtual_size, block_size=32 * MiB, logical_sector_siz
         os.unlink(path)
         raise
     os.close(fd)
-    return VhdxWriter(path)
+    return VhdxWriter(path) if open_writer else None
 
 
 def _write_trimmed(fd, data, offset):
@@ -164,20 +167,9 @@ class VhdxWriter:
         self._channel = None
 
     def _first_free_offset(self):
+        # a writable image's layout was checked whole at open: no region, block or sector bitmap ends past used_end
         image = self.image
-        end = os.fstat(image.fd).st_size
-        for offset, length in image.regions.values():
-            end = max(end, offset + length)
-        end = max(end, image.header.log_offset + image.header.log_length)
-        # only entries that point into the file (states 6, 7; 6 is also SB_PRESENT): found by regex over the states, so
-        # opening a 64 TiB disk (2 Mi entries at 32 MiB blocks) costs no Python loop over every entry
-        for match in re.finditer(b"[\x06\x07]", image.entry_states()):
-            entry_index = match.start()
-            entry = image.bat[entry_index]
-            is_bitmap = entry_index % (image.chunk_ratio + 1) == image.chunk_ratio
-            if (entry & 7) in (PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT) or (is_bitmap and entry & 7 == SB_PRESENT):
-                end = max(end, (entry & OFFSET_MASK) + (MiB if is_bitmap else image.block_size))
-        return round_up(end, MiB)
+        return round_up(max(os.fstat(image.fd).st_size, image.used_end), MiB)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -220,10 +212,11 @@ class VhdxWriter:
             entry = image.bat[chunk * (image.chunk_ratio + 1) + image.chunk_ratio]
             os.pwrite(image.fd, bytes(image.bitmaps[chunk]), entry & OFFSET_MASK)
         self._bitmaps_dirty.clear()
-        raw = image.bat.tobytes() if sys.byteorder == "little" else _swapped(image.bat)
         bat_offset = image.regions[BAT_REGION][0]
         for page in sorted(self._bat_pages):
-            os.pwrite(image.fd, raw[page * _PAGE:(page + 1) * _PAGE], bat_offset + page * _PAGE)
+            # only the dirty pages are copied out: a 64 TiB disk's BAT is 16 MiB, a flush after a few writes is not
+            entries = image.bat[page * _PAGE // 8:(page + 1) * _PAGE // 8]
+            os.pwrite(image.fd, entries.tobytes() if sys.byteorder == "little" else _swapped(entries), bat_offset + page * _PAGE)
         self._bat_pages.clear()
         os.fsync(image.fd)
         self._write_headers(image.header.file_write_guid, image.header.data_write_guid)

@@ -54,6 +54,17 @@ def test_the_loop_advances_by_what_each_call_processed_and_concatenates_the_arra
     assert answer["counts"]["ChangedByteOffsets"] == [[1, 1], [0, 1], [2, 1], [0, 1]]
 
 
+def test_a_single_value_comes_unwrapped_and_is_kept_even_when_it_is_zero():
+    # PowerShell hands back a one-element array as its element: a single change at offset 0 is the scalar 0
+    def once(values):
+        single = values["ByteOffset"] == 0
+        return {"ReturnValue": 0, "out": {"ProcessedByteLength": 10, "ChangedByteOffsets": 0 if single else None,
+                                          "ChangedByteLengths": 4 if single else None}}
+    answer = page_through(once, {}, paging(0, 20))
+    assert answer["collected"] == {"ChangedByteOffsets": [0], "ChangedByteLengths": [4]}
+    assert answer["counts"]["ChangedByteOffsets"] == [[1, 1], [0, 1]]
+
+
 def test_the_loop_stops_at_max_calls_and_at_max_length():
     once, seen = fake_pages(10)
     answer = page_through(once, {}, paging(5, 100, max_length=7, max_calls=3))

@@ -8,8 +8,9 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import (
     create_vhdx, disk_info, open_disk, open_vhdx_for_write)
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_ZERO, VhdxImage)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
+    PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_ZERO)
 
 from disk_helpers import MiB, assert_reads_match
 
