@@ -79,8 +79,9 @@ class RawFile:
 def verify_file(repo, manifest, path, fmt, workers=None):
     """Re-read ``path`` and compare every chunk with the manifest; returns {verified_chunks, mismatches, hashes}.
 
-    Chunks outside the file's allocated ranges (VHDX blocks not in the BAT, raw holes) read as zeros by
-    definition and are counted as zero chunks without being read. The rest is read into one reused, page-aligned
+    Chunks outside the file's allocated ranges (VHDX blocks not in the BAT, raw holes, and the holes a restore left
+    inside a VHDX block: ``VirtualDisk.stored_ranges``) read as zeros by definition and are counted as zero chunks
+    without being read. The rest is read into one reused, page-aligned
     buffer per thread (a fresh buffer per chunk costs more in page faults than the read itself), with O_DIRECT where
     the filesystem allows it: the check then reads what the device holds, and costs no page-cache copies (direct_io.py);
     a chunk that reads as zeros is told by its hash, equal to the zero chunk's. The file is compared one
@@ -133,7 +134,8 @@ def verify_file(repo, manifest, path, fmt, workers=None):
 
         with concurrent.futures.ThreadPoolExecutor(workers or (os.cpu_count() or 2)) as pool:
             leaf, batch = 0, []
-            for index in _data_chunks(disk.allocated_ranges(), chunk_size, manifest.virtual_size):
+            ranges = disk.stored_ranges() if hasattr(disk, "stored_ranges") else disk.allocated_ranges()
+            for index in _data_chunks(ranges, chunk_size, manifest.virtual_size):
                 if index // chunk_index.FANOUT != leaf:
                     compare(dict(pool.map(chunk_id, batch)), leaf)
                     for between in range(leaf + 1, index // chunk_index.FANOUT):
