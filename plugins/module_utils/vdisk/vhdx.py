@@ -306,10 +306,10 @@ class VhdxImage:
         self.file_size = file_size_of(self.fd)
         if self.file_size < MiB:
             self.fail("the file is %d bytes, smaller than the 1 MiB VHDX header section (truncated or not a VHDX)"
-                       % self.file_size)
+                      % self.file_size)
         if bytes(read_exact(self.fd, self.path, 0, 8)) != FILE_SIGNATURE:
             self.fail("no 'vhdxfile' signature at offset 0: this is not a VHDX file",
-                       hint="Check the file type; VHD files are opened by their footer.")
+                      hint="Check the file type; VHD files are opened by their footer.")
         self.overlay = {}
         self._load_headers()
         if self.header.log_guid.int != 0:
@@ -317,7 +317,7 @@ class VhdxImage:
                 self.fail("the log has unsupported version %d" % self.header.log_version)
             if self.writable:
                 self.fail("the file has a pending log that must be replayed before it can be modified",
-                           hint="Replay it on the Hyper-V host (mount the disk once) or run `qemu-img check -r all` on a copy.")
+                          hint="Replay it on the Hyper-V host (mount the disk once) or run `qemu-img check -r all` on a copy.")
             from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_log import replay_log
             self.overlay, self.log_end = replay_log(self)
             self.file_size = max(self.file_size, self.log_end)
@@ -332,7 +332,7 @@ class VhdxImage:
         """Read metadata/BAT/bitmap bytes with the in-memory log replay applied."""
         if offset + length > self.file_size:   # checked before allocating: sizes come from the file
             self.fail("a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
-                       % (offset, offset + length, self.file_size))
+                      % (offset, offset + length, self.file_size))
         buf = bytearray(length)
         self.read_structure_into(memoryview(buf), offset)
         return buf
@@ -368,7 +368,7 @@ class VhdxImage:
         self.other_header_valid = len(valid) == 2
         if self.header.version != 1:
             self.fail("unsupported VHDX header version %d (expected 1)" % self.header.version,
-                       hint="This file was written by a newer or foreign tool.")
+                      hint="This file was written by a newer or foreign tool.")
 
     def _load_region_table(self):
         problems = []
@@ -395,7 +395,7 @@ class VhdxImage:
                 self.regions[guid] = (file_offset, length)
             elif required & 1:
                 self.fail("the file needs region %s, which this reader does not know" % guid,
-                           hint="The file uses a VHDX feature this tool does not support.")
+                          hint="The file uses a VHDX feature this tool does not support.")
         for guid, name in ((BAT_REGION, "BAT"), (METADATA_REGION, "metadata")):
             if guid not in self.regions:
                 self.fail("the region table has no %s region" % name)
@@ -422,7 +422,7 @@ class VhdxImage:
         for item, (_data, flags) in items.items():
             if item not in known and flags & 0b100:
                 self.fail("the file needs metadata item %s, which this reader does not know" % item,
-                           hint="The file uses a VHDX feature this tool does not support.")
+                          hint="The file uses a VHDX feature this tool does not support.")
         sizes = {ITEM_FILE_PARAMETERS: 8, ITEM_VIRTUAL_DISK_SIZE: 8, ITEM_VIRTUAL_DISK_ID: 16,
                  ITEM_LOGICAL_SECTOR_SIZE: 4, ITEM_PHYSICAL_SECTOR_SIZE: 4}
         for item, size in sizes.items():
@@ -439,7 +439,7 @@ class VhdxImage:
             self.fail("bad block size %d (must be a power of two from 1 MiB to 256 MiB)" % self.block_size)
         if self.logical_sector_size not in (512, 4096) or self.physical_sector_size not in (512, 4096):
             self.fail("bad sector sizes (logical %d, physical %d; each must be 512 or 4096)"
-                       % (self.logical_sector_size, self.physical_sector_size))
+                      % (self.logical_sector_size, self.physical_sector_size))
         if self.virtual_size == 0 or self.virtual_size % self.logical_sector_size or self.virtual_size > 64 * 1024 ** 4:
             self.fail("bad virtual disk size %d" % self.virtual_size)
         self.parent_locator = None

@@ -102,7 +102,7 @@ def test_verify_reads_only_the_stored_pieces_and_matches(scattered, tmp_path, mo
 def test_verify_finds_data_that_became_a_hole_inside_an_allocated_block(scattered, tmp_path):
     repo, manifest = _backup_of(tmp_path, scattered)
     with open_disk(scattered) as disk:
-        (_offset, _length, _kind, file_offset), = [run for run in disk._layers[0].runs(GiB + 4 * KiB, 8 * KiB)]
+        (_offset, _length, _kind, file_offset), = disk._layers[0].runs(GiB + 4 * KiB, 8 * KiB)
     punch_hole(scattered, file_offset, 8 * KiB)                  # the 8 KiB at 1 GiB + 4 KiB are gone from the file
     check = verify_file(repo, manifest, scattered, "vhdx")
     assert check["mismatch_count"] == 1

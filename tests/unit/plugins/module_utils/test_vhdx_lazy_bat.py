@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import vhdx, vhdx_bat
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import vhdx_bat
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import BAT_REGION, METADATA_REGION, VhdxImage
 
