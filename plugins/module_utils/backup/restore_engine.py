@@ -36,7 +36,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.backup.progress impo
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.restore_verify import VIRTUAL_DISK_FORMATS, verify_file
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import vm_lineage
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import iso, parse_time
-from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import ALIGN, DirectChannel, aligned_buffer
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import ALIGN, DirectChannel, aligned_buffer
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhd, create_vhdx
 
 FORMATS = ("vhdx", "vhd", "raw")

@@ -18,7 +18,7 @@ import threading
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError, RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
-from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DirectChannel, aligned_buffer
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel, aligned_buffer
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
 VIRTUAL_DISK_FORMATS = ("vhdx", "vhd")      # what Hyper-V attaches; VHD for 2008 / 2008 R2 hosts

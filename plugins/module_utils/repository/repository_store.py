@@ -40,7 +40,6 @@ import threading
 import time
 import uuid
 
-from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DIRECT_FILE_MIN, DirectRefused, create_file_direct
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.lazy_import import LazyModule, is_installed
 
@@ -293,7 +292,6 @@ class LocalStore(_StoreClock):
         self._unsynced = []
         self._dirty_lock = threading.Lock()
         self._known_dirs = set()
-        self._direct = True
         if create:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             os.chmod(self.root, 0o700)
@@ -320,19 +318,14 @@ class LocalStore(_StoreClock):
         try:
             self._ensure_dir(directory)
             tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
-            parts = data if isinstance(data, (list, tuple)) else [data]
-            fd = None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 try:
-                    fd = self._create_direct(tmp, parts)
-                    if fd is None:
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                        _write_all(fd, parts)
+                    _write_all(fd, data if isinstance(data, (list, tuple)) else [data])
                     if durable:
                         os.fsync(fd)
                 finally:
-                    if fd is not None:
-                        os.close(fd)
+                    os.close(fd)
                 os.rename(tmp, path)
             except BaseException:
                 # Nothing half-written stays behind, not even under the temporary name (a full directory can
@@ -346,18 +339,6 @@ class LocalStore(_StoreClock):
             self._dirty_dirs.add(directory)
             if not durable:
                 self._unsynced.append(path)
-
-    def _create_direct(self, tmp, parts):
-        """An open descriptor on the new file ``tmp`` holding ``parts``, written with O_DIRECT (a chunk: it is not read
-        again before a restore, so it need not fill the page cache); None for a small object or a filesystem without
-        direct I/O (then never tried again for this store)."""
-        if not self._direct or sum(len(part) for part in parts) < DIRECT_FILE_MIN:
-            return None
-        try:
-            return create_file_direct(tmp, parts)
-        except DirectRefused:
-            self._direct = False
-            return None
 
     def flush(self):
         """Make everything written so far durable: fsync of the files written lazily, then of the directories.

@@ -20,7 +20,7 @@ import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
     BAT_IN_MEMORY_LIMIT, LAZY_BAT_BYTES, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT,
     SB_PRESENT, SECTORS_PER_BITMAP, STATE_TABLE, ZERO_STATES, PagedBat, bat_entry_count, check_layout, check_page,
@@ -460,17 +460,20 @@ class VhdxImage:
         if bat_offset + entries * 8 > self.file_size:
             self.fail("the BAT at bytes %d..%d lies beyond the end of the file (%d bytes)" % (bat_offset, bat_offset + entries * 8, self.file_size))
         self.bitmaps = {}
-        if self.writable or entries * 8 <= LAZY_BAT_BYTES:
+        if entries * 8 <= LAZY_BAT_BYTES:
             # read straight into the array: held once, not three times (a read buffer, its bytes copy and the array)
             self.bat = read_entries(self, bat_offset, 0, entries)
             self._check_layout()
         else:
-            # read-only and big (a 64 TiB disk of 32 MiB blocks has a 16 MiB BAT): pages are read and checked as they
-            # are used, and the whole layout the first time the whole table is read (entry_states)
-            self.bat = PagedBat(self, bat_offset, entries, check=lambda first, page: check_page(self, self._region_spans(), first, page))
+            # big (a 64 TiB disk of 32 MiB blocks has a 16 MiB BAT): pages are read and checked as they are used, and
+            # the whole layout the first time the whole table is read (entry_states). A writer only appends blocks past
+            # the end of the file, where no checked entry points (check_page), and writes into its own files: a
+            # restore's new disk, the lab's disks.
+            self.bat = PagedBat(self, bat_offset, entries, check=lambda first, page: check_page(self, self.region_spans(), first, page),
+                                keep_all=self.writable)
             self.layout_checked = False
 
-    def _region_spans(self):
+    def region_spans(self):
         spans = [(0, MiB, "header section")]
         for guid, name in ((BAT_REGION, "BAT region"), (METADATA_REGION, "metadata region")):
             offset, length = self.regions[guid]
@@ -483,7 +486,7 @@ class VhdxImage:
         """Refuse reserved states, blocks beyond EOF and any overlap between regions and blocks (vhdx_bat)."""
         if states is None:
             states = states_of(self.bat)
-        self.used_end = check_layout(self, self._region_spans(), states, self.bat)
+        check_layout(self, self.region_spans(), states, self.bat)
         self.layout_checked = True
 
     # --- mapping ---------------------------------------------------------------------------

@@ -5,9 +5,10 @@
 that every entry points where a valid file can point.
 
 A 64 TiB disk of 32 MiB blocks has a 16 MiB BAT (512 MiB at 1 MiB blocks). ``vhdx.VhdxImage`` holds a small BAT in
-memory and checks the whole layout at open. A big one, opened read-only, is a ``PagedBat``: an incremental backup of a
-64 TiB disk reads the few 32 KiB pages its changed blocks fall in (each page checked as it is read, ``check_entries``),
-and the whole layout (every block against every other) is checked the first time something reads the whole table.
+memory and checks the whole layout at open. A big one is a ``PagedBat``: an incremental backup of a 64 TiB disk reads
+the few 32 KiB pages its changed blocks fall in (each page checked as it is read, ``check_page``), and the whole layout
+(every block against every other) is checked the first time something reads the whole table. A writer of a big disk
+(a restore creating a 64 TiB VHDX, the lab writing into its own files) reads and keeps the pages it sets entries in.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -36,8 +37,8 @@ SECTORS_PER_BITMAP = 1 << 23   # one 1 MiB sector bitmap block covers 2**23 sect
 
 STATE_TABLE = bytes(value & 7 for value in range(256))
 
-# A read-only image holds a BAT up to this size in memory and checks it whole at open; a larger one is read in pages
-# as it is used. 1 MiB is a 4 TiB disk of 32 MiB blocks: reading it costs well under a millisecond.
+# An image holds a BAT up to this size in memory and checks it whole at open; a larger one is read in pages as it is
+# used. 1 MiB is a 4 TiB disk of 32 MiB blocks: reading it costs well under a millisecond.
 LAZY_BAT_BYTES = 1 * MiB
 # A BAT past this size is never held whole (a 64 TiB disk of 1 MiB blocks: 512 MiB), so that a module process stays
 # well under 256 MiB for any VHDX; smaller ones are loaded whole once something reads all of them.
@@ -86,48 +87,84 @@ def read_entries(image, bat_offset, first, count):
 
 
 class PagedBat:
-    """The BAT of a read-only VhdxImage read in pages on demand: ``bat[i]``, ``len(bat)`` and the entry states.
+    """The BAT of a VhdxImage read in pages on demand: ``bat[i]`` (and slices), ``len(bat)``, the entry states.
 
-    Each page is handed to ``check(first, entries)`` when it is read, before any of its entries is used. Memory is at
-    most KEEP pages of PAGE_ENTRIES entries (16 MiB) plus one byte per entry when the states are asked for."""
+    Each page is handed to ``check(first, entries)`` when it is read, before any of its entries is used. A reader keeps
+    at most KEEP pages of PAGE_ENTRIES entries (16 MiB), plus one byte per entry when the states are asked for. A writer
+    (``keep_all``) sets entries (``bat[i] = value``) and keeps every page it has read, so that an entry it set is never
+    read again from the file before the writer has flushed it."""
 
     PAGE_ENTRIES = 4096      # 32 KiB: at 32 MiB blocks, 128 GiB of disk per read
     KEEP = 512
 
-    def __init__(self, image, offset, count, check=None):
+    def __init__(self, image, offset, count, check=None, keep_all=False):
         self._image, self._offset, self._count, self._check = image, offset, count, check
+        self._keep_all = keep_all
         self._pages = {}
 
     def __len__(self):
         return self._count
 
-    def __getitem__(self, index):
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("BAT entry %d out of range (%d entries)" % (index, self._count))
-        number, within = divmod(index, self.PAGE_ENTRIES)
+    def _page(self, number):
         page = self._pages.get(number)
         if page is None:
             first = number * self.PAGE_ENTRIES
             page = read_entries(self._image, self._offset, first, min(self.PAGE_ENTRIES, self._count - first))
             if self._check is not None:
                 self._check(first, page)
-            if len(self._pages) >= self.KEEP:
+            if not self._keep_all and len(self._pages) >= self.KEEP:
                 self._pages.pop(next(iter(self._pages)))
             self._pages[number] = page
-        return page[within]
+        return page
+
+    def _index(self, index):
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("BAT entry %d out of range (%d entries)" % (index, self._count))
+        return divmod(index, self.PAGE_ENTRIES)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if step != 1:
+                raise ValueError("a BAT slice takes consecutive entries")
+            out = array("Q")
+            while start < stop:
+                number, within = divmod(start, self.PAGE_ENTRIES)
+                take = min(stop - start, self.PAGE_ENTRIES - within)
+                out.extend(self._page(number)[within:within + take])
+                start += take
+            return out
+        number, within = self._index(index)
+        return self._page(number)[within]
+
+    def __setitem__(self, index, value):
+        if not self._keep_all:
+            raise TypeError("this BAT is read-only")
+        number, within = self._index(index)
+        self._page(number)[within] = value
+
+    def _overlaid(self, first, entries):
+        """``entries`` (read from the file from entry ``first``) with the pages held here laid over them."""
+        for number, page in self._pages.items():
+            start = number * self.PAGE_ENTRIES
+            lo, hi = max(start, first), min(start + len(page), first + len(entries))
+            if lo < hi:
+                entries[lo - first:hi - first] = page[lo - start:hi - start]
+        return entries
 
     def whole(self):
-        """array('Q') of every entry (for a BAT up to BAT_IN_MEMORY_LIMIT)."""
-        return read_entries(self._image, self._offset, 0, self._count)
+        """array('Q') of every entry, as set here (for a BAT up to BAT_IN_MEMORY_LIMIT)."""
+        return self._overlaid(0, read_entries(self._image, self._offset, 0, self._count))
 
     def states(self, table=STATE_TABLE):
         """The state of every entry through ``table`` (one byte each), read through the whole BAT 1 MiB at a time."""
         out = bytearray()
         step = MiB // 8
         for first in range(0, self._count, step):
-            out += states_of(read_entries(self._image, self._offset, first, min(step, self._count - first)), table)
+            entries = read_entries(self._image, self._offset, first, min(step, self._count - first))
+            out += states_of(self._overlaid(first, entries), table)
         return out
 
 
@@ -180,15 +217,12 @@ OVERLAP_HINT = "Two BAT entries or regions share file space; the file is corrupt
 
 
 def check_layout(image, region_spans, states, entries):
-    """The whole-file check: every entry valid, and no two of regions, blocks and sector bitmaps overlap.
-
-    Returns where the last of them ends (a writer allocates new blocks from there)."""
+    """The whole-file check: every entry valid, and no two of regions, blocks and sector bitmaps overlap."""
     spans = list(region_spans) + check_entries(image, states, 0, entries)
     spans.sort()
     for (start_a, end_a, name_a), (start_b, _end_b, name_b) in zip(spans, spans[1:]):
         if start_b < end_a:
             image.fail("%s (at %d) overlaps %s (at %d)" % (name_b, start_b, name_a, start_a), hint=OVERLAP_HINT)
-    return max(end for _start, end, _name in spans)
 
 
 def check_page(image, region_spans, first, entries):

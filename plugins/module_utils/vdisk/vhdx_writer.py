@@ -19,7 +19,7 @@ import sys
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
     BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, REGION_TABLE_OFFSETS, VhdxImage, build_header,
     block_pieces, build_metadata_region, build_region_table, check_write, create_new_file, round_up)
@@ -167,9 +167,10 @@ class VhdxWriter:
         self._channel = None
 
     def _first_free_offset(self):
-        # a writable image's layout was checked whole at open: no region, block or sector bitmap ends past used_end
+        # every block and sector bitmap an entry points to lies inside the file (vhdx_bat.check_entries, for the whole
+        # BAT at open or for each page as it is read): new ones go past its end and past every region
         image = self.image
-        return round_up(max(os.fstat(image.fd).st_size, image.used_end), MiB)
+        return round_up(max([os.fstat(image.fd).st_size] + [end for _start, end, _name in image.region_spans()]), MiB)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -264,6 +265,8 @@ class VhdxWriter:
         offset = self._next_free
         self._next_free += round_up(length, MiB)
         os.ftruncate(self.image.fd, self._next_free)   # the new space reads as zeros
+        # the image checks entries against its file size (pages read later, the whole table): the file grew
+        self.image.file_size = max(self.image.file_size, self._next_free)
         return offset
 
     def _set_entry(self, index, value):

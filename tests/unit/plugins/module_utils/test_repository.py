@@ -542,17 +542,12 @@ def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkey
     from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store
 
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
-    real_write_all, real_rename, real_pwrite = repository_store._write_all, os.rename, os.pwrite
+    real_write_all, real_rename = repository_store._write_all, os.rename
 
     def full_write(fd, parts):          # the session marker fits; the first chunk does not
         if "/chunks/" in os.readlink("/proc/self/fd/%d" % fd):
             raise OSError(errno_module.ENOSPC, "No space left on device")
         real_write_all(fd, parts)
-
-    def full_pwrite(fd, data, offset):  # the same for a chunk written with O_DIRECT (direct_io.create_file_direct)
-        if "/chunks/" in os.readlink("/proc/self/fd/%d" % fd):
-            raise OSError(errno_module.ENOSPC, "No space left on device")
-        return real_pwrite(fd, data, offset)
 
     def full_rename(src, dst):
         if "/chunks/" in str(dst):
@@ -560,7 +555,6 @@ def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkey
         real_rename(src, dst)
     if failing == "write":
         monkeypatch.setattr(repository_store, "_write_all", full_write)
-        monkeypatch.setattr(os, "pwrite", full_pwrite)
     else:
         monkeypatch.setattr(os, "rename", full_rename)
     with pytest.raises(RepositoryError) as caught:

@@ -20,7 +20,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access imp
 from ansible_collections.hyperv.backup.plugins.module_utils.lab import lab_admin
 from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import LabLayout
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils import direct_io
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import direct_io
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import BAT_REGION, VhdxImage
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import PAYLOAD_NOT_PRESENT

@@ -1,13 +1,15 @@
-"""Issue 14: a big VHDX opened read-only reads its BAT in pages as they are used (an incremental of a 64 TiB disk
-reads the few pages its changed blocks fall in), checks each page as it is read, and checks the whole layout the
-first time the whole table is read. A damaged entry is still refused with the file and the problem named."""
+"""Issue 14: a big VHDX reads its BAT in pages as they are used (an incremental of a 64 TiB disk reads the few pages its
+changed blocks fall in; a writer the pages it writes in), checks each page as it is read, and checks the whole layout
+the first time the whole table is read. A damaged entry is still refused with the file and the problem named."""
 import os
+import shutil
+import subprocess
 
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import vhdx_bat
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk, open_disk_for_write
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import BAT_REGION, METADATA_REGION, VhdxImage
 
 MiB = 1024 * 1024
@@ -86,12 +88,28 @@ def test_a_small_bat_is_read_and_checked_whole_at_open(tmp_path):
         image.close()
 
 
-def test_a_writer_holds_a_big_bat_whole_and_checks_it_at_open(big):
-    image = VhdxImage(big, writable=True)
+def test_a_writer_of_a_big_disk_reads_the_pages_it_writes_in_and_the_file_stays_valid(big, monkeypatch, tmp_path):
+    seen = bat_bytes_read(monkeypatch)
+    writer = open_disk_for_write(big)
     try:
-        assert not isinstance(image.bat, vhdx_bat.PagedBat) and image.layout_checked
+        writer.write(17 * TiB + 4096, b"\x07" * 4096)            # inside an existing block
+        writer.write(30 * TiB, b"\x08" * MiB)                    # a new block, appended
+        writer.flush()
+        page = vhdx_bat.PagedBat.PAGE_ENTRIES * 8
+        assert 0 < sum(seen) <= 2 * page, "read %d bytes of a 16 MiB BAT" % sum(seen)
+        writer.image.entry_states()         # the whole table now checks too: the appended block is inside the grown file
+        writer.write(40 * TiB, b"\x09" * 4096)                   # and writes go on into the table now held whole
+        writer.flush()
     finally:
-        image.close()
+        writer.close()
+    monkeypatch.undo()
+    with open_disk(big) as disk:
+        assert disk.read(17 * TiB, 4096) == b"\x02" * 4096 and disk.read(17 * TiB + 4096, 4096) == b"\x07" * 4096
+        assert disk.read(30 * TiB, MiB) == b"\x08" * MiB and disk.read(40 * TiB, 4096) == b"\x09" * 4096
+        assert disk.allocated_ranges() == [(0, BLOCK), (17 * TiB, BLOCK), (30 * TiB, BLOCK), (40 * TiB, BLOCK), (63 * TiB, BLOCK)]
+    if shutil.which("qemu-img"):
+        done = subprocess.run(["qemu-img", "check", "-f", "vhdx", big], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_an_entry_into_the_metadata_region_is_refused_when_its_page_is_read(big):
@@ -139,5 +157,9 @@ def test_two_blocks_sharing_file_space_are_refused_once_the_whole_table_is_read(
         assert disk.read(63 * TiB, 2) == b"\x01\x01"
         with pytest.raises(VirtualDiskError, match="overlaps payload block 0"):
             disk.allocated_ranges()
-    with pytest.raises(VirtualDiskError, match="overlaps"):
-        VhdxImage(big, writable=True)                 # a writer never writes into a file whose blocks overlap
+    writer = open_disk_for_write(big)
+    try:
+        with pytest.raises(VirtualDiskError, match="overlaps"):
+            writer.image.entry_states()               # whoever reads the whole table is refused
+    finally:
+        writer.close()

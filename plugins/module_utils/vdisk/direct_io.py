@@ -1,8 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Direct I/O (O_DIRECT): beside a file's ordinary descriptor for the restore's writes and its verifying re-read, and
-for the new files a backup writes into a local repository (``create_file_direct``).
+"""Direct I/O (O_DIRECT) beside a file's ordinary descriptor, for the restore's writes and its verifying re-read.
 
 A restore writes each byte of a disk once and reads it back once to prove it. Through the page cache that costs a
 fresh page-cache page per 4 KiB, a copy in and a copy out; on a VM whose memory the host hands out lazily the fresh
@@ -24,7 +23,6 @@ __metaclass__ = type
 import errno
 import mmap
 import os
-import threading
 
 ALIGN = 4096            # covers 512-byte and 4 KiB logical blocks alike
 
@@ -113,67 +111,3 @@ def _pread_all(fd, view, offset):
         total += got
         view, offset = view[got:], offset + got
     return total
-
-
-# A repository object at least this big (a chunk) is written directly; smaller ones (index pages, manifests) are not
-# worth a page-aligned copy.
-DIRECT_FILE_MIN = 64 * 1024
-_thread_buffers = threading.local()
-
-
-class DirectRefused(Exception):
-    """The filesystem takes no direct I/O for this file (tmpfs, some FUSE and network filesystems)."""
-
-
-def _thread_buffer(size):
-    """A page-aligned buffer of at least ``size`` bytes, one per thread, kept for the thread's next file."""
-    buf = getattr(_thread_buffers, "buffer", None)
-    if buf is None or len(buf) < size:
-        if buf is not None:
-            buf.close()
-        buf = _thread_buffers.buffer = aligned_buffer(size)
-    return buf
-
-
-def create_file_direct(path, parts, mode=0o600):
-    """Create ``path`` (it must not exist) holding the buffers ``parts`` in order, written with O_DIRECT.
-
-    A backup writes each chunk once and reads it again only to restore it, days later: through the page cache every
-    4 KiB of it costs a fresh page and a copy (0.34 CPU s per 600 MiB written here, against 0.14 direct; see
-    docs/benchmarks/backup.md). The parts are copied into a page-aligned buffer, written padded to ALIGN and the file
-    cut to its length. Returns the open descriptor (the caller syncs, closes and renames). Raises DirectRefused, with
-    nothing left at ``path``, where the filesystem refuses direct I/O; other OSErrors as they come (the caller
-    removes ``path``).
-    """
-    direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
-        raise DirectRefused(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | direct | getattr(os, "O_CLOEXEC", 0), mode)
-    except OSError as err:
-        if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            raise DirectRefused(path)
-        raise
-    try:
-        total = sum(len(part) for part in parts)
-        padded = -(-total // ALIGN) * ALIGN
-        view = memoryview(_thread_buffer(padded))
-        position = 0
-        for part in parts:
-            view[position:position + len(part)] = memoryview(part).cast("B")
-            position += len(part)
-        try:
-            _pwrite_all(fd, view[:padded], 0)
-        except OSError as err:
-            if err.errno != errno.EINVAL:
-                raise
-            os.close(fd)
-            fd = None
-            os.unlink(path)
-            raise DirectRefused(path)
-        os.ftruncate(fd, total)         # the padding past the object's end goes
-        return fd
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        raise
