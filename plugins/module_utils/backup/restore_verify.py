@@ -68,6 +68,9 @@ class RawFile:
             return [(0, self.virtual_size)]
         return ranges
 
+    # a raw file's data extents are already what it stores
+    stored_ranges = allocated_ranges
+
     def close(self):
         if self._channel is not None:
             self._channel.close()
@@ -134,8 +137,7 @@ def verify_file(repo, manifest, path, fmt, workers=None):
 
         with concurrent.futures.ThreadPoolExecutor(workers or (os.cpu_count() or 2)) as pool:
             leaf, batch = 0, []
-            ranges = disk.stored_ranges() if hasattr(disk, "stored_ranges") else disk.allocated_ranges()
-            for index in _data_chunks(ranges, chunk_size, manifest.virtual_size):
+            for index in _data_chunks(disk.stored_ranges(), chunk_size, manifest.virtual_size):
                 if index // chunk_index.FANOUT != leaf:
                     compare(dict(pool.map(chunk_id, batch)), leaf)
                     for between in range(leaf + 1, index // chunk_index.FANOUT):

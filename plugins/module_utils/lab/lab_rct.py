@@ -190,8 +190,6 @@ def _window(starts, ends, byte_offset, byte_length, virtual_size, page_bytes=MAX
     offsets, lengths = [], []
     # the first interval that ends after the window starts; intervals are disjoint, so ends are sorted too
     index = after(ends, byte_offset // GRANULE)
-    if index == len(starts) or starts[index] * GRANULE >= window_end:
-        return processed, offsets, lengths
     while index < len(starts) and starts[index] * GRANULE < window_end:
         start, stop = max(starts[index] * GRANULE, byte_offset), min(ends[index] * GRANULE, window_end)
         if start < stop:
