@@ -103,9 +103,9 @@ def _proxy_utc_now():
 
 def repository_modules():
     from ansible_collections.hyperv.backup.plugins.module_utils.repository import (
-        backup_record, backup_session, repository, repository_store,
+        backup_record, backup_session, local_store, repository, repository_prune, repository_store, repository_verify, s3_store,
     )
-    return [backup_record, backup_session, repository, repository_store]
+    return [backup_record, backup_session, repository, repository_prune, repository_store, repository_verify, local_store, s3_store]
 
 
 @contextlib.contextmanager
@@ -448,7 +448,7 @@ def shared_boto3_session():
     """One boto3 session for every S3Store of this process (a client then takes ~10 ms instead of ~200 ms).
 
     Each proxy still has its own store and client; only the loaded service models are shared."""
-    from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import s3_store
     import boto3.session
     sessions = {}
 
@@ -460,15 +460,15 @@ def shared_boto3_session():
                 sessions[key] = boto3.session.Session(**kwargs)
             return sessions[key]
 
-    saved = getattr(repository_store, "boto3_session", None)
+    saved = getattr(s3_store, "boto3_session", None)
     if saved is None:
         yield
         return
-    repository_store.boto3_session = _Shim
+    s3_store.boto3_session = _Shim
     try:
         yield
     finally:
-        repository_store.boto3_session = saved
+        s3_store.boto3_session = saved
 
 
 # -- data ------------------------------------------------------------------------------------------------

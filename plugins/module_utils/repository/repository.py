@@ -13,8 +13,9 @@ backup restores in one pass and can be pruned on its own. A backup becomes visib
 Concurrency: writers register a session marker (``sessions/<id>``, heartbeat by mtime) and touch the
 chunks they deduplicate against; prune/GC hold an exclusive lock and delete only chunks that no
 committed manifest references and that are older than both the grace period and the oldest live
-session. The split: this file (sessions, manifests, readers, verify, prune, GC), repository_store.py
-(local/S3), repository_crypto.py (ids, compression, encryption), retention.py (the GFS policy).
+session. The split: this file (opening, listing, reading), backup_session.py (writing), repository_verify.py
+(verify), repository_prune.py (prune, GC), repository_store.py with local_store.py and s3_store.py (local/S3),
+repository_crypto.py (ids, compression, encryption), retention.py (the GFS policy).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -46,18 +47,19 @@ from ansible_collections.hyperv.backup.plugins.module_utils.repository import ch
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.disk_reader import DiskReader
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_config
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_memory
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import (
-    SWEEP_FRESH_MARGIN_SECONDS, LockHeld, make_private_dirs, open_store,
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_prune
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_verify
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.local_store import make_private_dirs
+# The GC grace constants are re-exported: callers take the default from here.
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_prune import (  # noqa: F401 pylint: disable=unused-import
+    DEFAULT_GC_GRACE_SECONDS, MIN_GC_GRACE_SECONDS,
 )
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import open_store
 
 MiB = 1024 * 1024
 FORMAT_NAME = repository_config.FORMAT_NAME
 DEFAULT_CHUNK_SIZE = 1 * MiB
 DEFAULT_COMPRESSION_LEVEL = 1
-GC_CLOCK_SKEW_MARGIN_SECONDS = 5 * 60     # between the clocks of several storage nodes (all ages are storage time)
-MIN_GC_GRACE_SECONDS = TOUCH_AFTER_SECONDS + GC_CLOCK_SKEW_MARGIN_SECONDS      # 15 min (issue 13, point 2)
-DEFAULT_GC_GRACE_SECONDS = MIN_GC_GRACE_SECONDS
-MAX_LISTED_PROBLEMS = 100           # per backup, in verify reports
 
 
 class Repository:
@@ -448,331 +450,13 @@ class Repository:
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
             yield from pool.map(load, backup_ids)
 
-    # -- verify -----------------------------------------------------------------------------
+    # -- verify, prune and garbage collection ---------------------------------------------------
+    # Their code lives in repository_verify.py and repository_prune.py; bound here as methods, so callers keep
+    # calling repo.verify(), repo.prune() and repo.gc().
 
-    def verify(self, backup_ids=None, record_status=True):
-        """Re-read and re-hash every chunk the given (default: all) backups reference; report problems by backup.
-
-        With ``record_status`` the outcome is stored per backup (``status/<id>``), so listings show damaged backups.
-        """
-        # Ids given by a person are checked before anything is read or written: the status of each backup is
-        # stored under status/<id>, so an id with a path in it ('../config') would overwrite another object.
-        ids = [check_backup_id(backup_id, self.location) for backup_id in backup_ids] if backup_ids else self._committed_ids()
-        results = []
-        wanted = {}                # chunk id -> expected length
-        seen_pages = set()         # index pages read (and so checked) once, whichever backups share them
-        damaged_pages = {}         # page id -> IndexDamaged
-        per_backup = []
-
-        def page_damage(err, _first):
-            damaged_pages[err.page_id] = err
-
-        for backup_id, record, manifests in self._load_backups(ids, strict=False):
-            entry = {"backup_id": backup_id, "missing_chunks": [], "corrupt_chunks": [], "problems": []}
-            if isinstance(record, RepositoryError):
-                entry["problems"].append(record.message)
-            else:
-                entry.update(vm_id=record.vm_id, vm_name=record.vm_name, created=iso(record.created))
-            for manifest in list(manifests):
-                if isinstance(manifest, RepositoryError):
-                    entry["problems"].append(manifest.message)
-                    manifests.remove(manifest)
-                    continue
-                chunk_index.walk(manifest.index, seen_pages, _wanted_adder(wanted, manifest), page_damage)
-            per_backup.append((entry, manifests))
-        outcome = {}
-        checked_bytes = [0]
-
-        def check(item):
-            cid, length = item
-            try:
-                data = self.read_chunk(cid, length)
-                return cid, None, len(data)
-            except KeyError:
-                return cid, "missing", 0
-            except ValueError as err:
-                return cid, "corrupt: %s" % err, 0
-
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            for cid, problem, size in pool.map(check, wanted.items()):
-                outcome[cid] = problem
-                checked_bytes[0] += size
-        any_bad = damaged_pages or any(outcome.values())
-        for entry, manifests in per_backup:
-            counts = {"missing": 0, "corrupt": 0}
-            for manifest in manifests if any_bad else ():
-                # Damage found: walk this backup's whole index again (its own pages, shared ones included) to say
-                # which of its chunks and pages are bad. A clean repository never takes this second pass.
-                _attribute_damage(entry, counts, manifest, outcome)
-            entry["missing_count"], entry["corrupt_count"] = counts["missing"], counts["corrupt"]
-            entry["ok"] = not (counts["missing"] or counts["corrupt"] or entry["problems"])
-            results.append(entry)
-            status = {"ok": entry["ok"], "verified": iso(utc_now()), "missing": counts["missing"], "corrupt": counts["corrupt"],
-                      "problems": entry["problems"][:10]}
-            if record_status and self.store.stat("backups/%s" % entry["backup_id"]) is not None:
-                # Only a backup that exists gets a status: an unknown id is reported, not recorded.
-                try:
-                    self._put_sealed(KIND_STATUS, "status/%s" % entry["backup_id"], json_bytes(status))
-                except (RepositoryError, OSError):
-                    pass
-        if record_status:
-            self.refresh_catalog(rebuild=True)
-        if not backup_ids:      # backups this proxy saw that vanished without a prune are damage too (issue 13, point 5)
-            results.extend(repository_memory.disappeared_entries(self, record_status))
-        damaged = [e["backup_id"] for e in results if not e["ok"]]
-        return {"ok": not damaged, "backups_checked": len(results), "chunks_checked": len(wanted), "bytes_checked": checked_bytes[0],
-                "index_pages_checked": len(seen_pages),
-                "damaged_backups": damaged, "backups": results}
-
-    # -- prune and garbage collection ---------------------------------------------------------
-
-    def _exclusive(self, purpose, wait_seconds):
-        return self.store.exclusive_lock("exclusive", purpose, wait_seconds=wait_seconds)
-
-    def prune(self, policy, dry_run=False, vm=None, gc=True, grace_seconds=DEFAULT_GC_GRACE_SECONDS, wait_seconds=0, protect=()):
-        """Apply a RetentionPolicy per VM (per lineage); remove the other backups (not locked ones), then GC.
-
-        ``protect``: backup ids kept whatever the policy says (the backups the calling run has just made: a run never
-        prunes its own new backup, issue 12 point 6). Returns a report."""
-        if gc:
-            _check_gc_grace(grace_seconds)
-        lock = self._exclusive("prune", wait_seconds) if not dry_run else _null_context()
-        try:
-            with lock:
-                self._exclusive_held = True
-                return self._prune_locked(policy, dry_run, vm, gc, grace_seconds, set(protect or ()))
-        except LockHeld as held:
-            raise RepositoryError("Repository %s is locked by %s." % (self.location, held),
-                                  hint="Another prune or GC is running; wait for it, or retry later.")
-        finally:
-            self._exclusive_held = False
-
-    def _prune_locked(self, policy, dry_run, vm, gc, grace_seconds, protect):
-        now = self.store.now()
-        parents_in_use = set(values.get("parent_backup_id") for values, _info, live in self._sessions() if live)
-        # Retention counts per lineage, not per VM id: a second VM reporting the same id from another host keeps its
-        # own backups (issue 12, point 2).
-        by_vm = {}
-        for record in self.list_backups(vm=vm):
-            by_vm.setdefault(record.lineage, []).append(record)
-        report = {"dry_run": dry_run, "policy": policy.as_dict(), "kept": [], "removed": [], "locked": [], "vms": len(by_vm)}
-        for records in by_vm.values():
-            index = dict((r.backup_id, r) for r in records)
-            keep, remove = policy.apply([(r.backup_id, r.order_key, r.point_time) for r in records])
-            for backup_id, reasons in sorted(keep.items()):
-                report["kept"].append(_brief(index[backup_id], reasons=reasons))
-            for backup_id in remove:
-                record = index[backup_id]
-                if backup_id in protect:
-                    report["kept"].append(_brief(record, reasons=["made by this run"]))
-                    continue
-                if record.retain_until and record.retain_until > now:
-                    report["locked"].append(_brief(record, kept_until=iso(parse_time(record.retain_until))))
-                    continue
-                if backup_id in parents_in_use:
-                    report["kept"].append(_brief(record, reasons=["parent of a running backup"]))
-                    continue
-                if not dry_run:
-                    self._delete_backup(record)
-                report["removed"].append(_brief(record))
-        if not dry_run and report["removed"]:
-            self.refresh_catalog()
-        if gc:
-            report["gc"] = self._gc_locked(dry_run, grace_seconds)
-        return report
-
-    def _delete_backup(self, record, reason="pruned"):
-        # A tombstone first, durable before the record goes (issue 13, point 5): proxies that saw the backup then know
-        # it was pruned, not deleted behind their back. It is sealed like every object (kind 5).
-        self._put_sealed(KIND_STATUS, repository_memory.tombstone_key(record.backup_id), repository_memory.tombstone(record, reason))
-        self.store.flush()
-        # The record goes next: from then on the backup is invisible; its manifests are then orphans GC can take.
-        self.store.delete("backups/%s" % record.backup_id)
-        self.store.flush()
-        self.store.delete_prefix("manifests/%s/" % record.backup_id)
-        self.store.delete("status/%s" % record.backup_id)
-
-    def gc(self, dry_run=False, grace_seconds=DEFAULT_GC_GRACE_SECONDS, wait_seconds=0):
-        """Delete chunks no committed manifest references (see the module docstring for the safety rules)."""
-        _check_gc_grace(grace_seconds)
-        if self._exclusive_held or dry_run:
-            return self._gc_locked(dry_run, grace_seconds)
-        try:
-            with self._exclusive("gc", wait_seconds):
-                return self._gc_locked(dry_run, grace_seconds)
-        except LockHeld as held:
-            raise RepositoryError("Repository %s is locked by %s." % (self.location, held),
-                                  hint="Another prune or GC is running; wait for it, or retry later.")
-
-    def _gc_locked(self, dry_run, grace_seconds):
-        """Mark and sweep, excluded from writers by the sweeping marker (docs/repository.md, "Crash safety and concurrency").
-
-        1. The sweeping marker is written (not in a dry run), THEN the sessions are listed: a writer that starts later
-           finds the marker and waits; one that started earlier is listed. While any session is live nothing is
-           deleted ("deferred"). 2. Stale markers are removed, THEN the records are read: a writer paused past its
-           timeout either committed before (its chunks are referenced) or finds its marker gone and refuses to commit.
-        3. Unreferenced chunks older than the grace (storage time) are re-checked and deleted while the marker is
-           fresh; a GC that stalled past the marker's ttl stops deleting.
-        """
-        store = self.store
-        _check_gc_grace(grace_seconds)
-        store.sync_clock()
-        marker = store.sweeping("prune/gc") if not dry_run else _null_context()
-        with marker as sweep:
-            store.step("gc.sweep_marker_written", dry_run=dry_run, sweep=sweep if not dry_run else None)
-            return self._gc_pass(dry_run, grace_seconds, sweep if not dry_run else None)
-
-    def _gc_pass(self, dry_run, grace_seconds, sweep):
-        store = self.store
-        sessions = self._sessions()
-        now = store.now()
-        store.step("gc.sessions_listed", sessions=len(sessions))
-        live = [(values, info) for values, info, is_live in sessions if is_live]
-        stale_markers = [info.key for _values, info, is_live in sessions if not is_live]
-        cutoff = now - grace_seconds
-        report = {"dry_run": dry_run, "chunks_total": 0, "chunks_referenced": 0, "chunks_removed": 0,
-                  "bytes_removed": 0, "chunks_kept_recent": 0, "chunks_locked": 0, "live_sessions": len(live),
-                  "stale_sessions_removed": 0, "orphan_manifests_removed": 0, "grace_seconds": grace_seconds}
-        if live:
-            report["deferred"] = "%d live writer(s)" % len(live)
-        # Markers of dead writers go before the records are read (see the docstring, step 2).
-        if not dry_run:
-            for key in stale_markers:
-                store.delete(key)
-                report["stale_sessions_removed"] += 1
-        else:
-            report["stale_sessions_removed"] = len(stale_markers)
-        referenced = set()
-        seen_pages = set()
-        committed = self._committed_ids()
-        # Any unreadable record or manifest stops GC here, before it deletes any chunk (its references are unknown).
-        try:
-            for _backup_id, _record, manifests in self._load_backups(committed, strict=True):
-                for manifest in manifests:
-                    chunk_index.walk(manifest.index, seen_pages, lambda _index, cid: referenced.add(cid), _index_unreadable(manifest))
-            referenced.update(seen_pages)           # the index pages are objects under chunks/ too
-        except RepositoryError as err:
-            raise RepositoryError("Garbage collection stopped before deleting anything: %s" % err.message,
-                                  hint="Run verify to list the damaged backups, and restore the missing object from a copy "
-                                       "of the repository if there is one.", **err.extra)
-        report["chunks_referenced"] = len(referenced)
-        store.step("gc.references_loaded", referenced=len(referenced))
-        candidates = []
-        for info in store.list("chunks/"):
-            report["chunks_total"] += 1
-            cid = info.key.rsplit("/", 1)[1]
-            if cid in referenced:
-                continue
-            if info.mtime >= cutoff:
-                report["chunks_kept_recent"] += 1
-                continue
-            candidates.append(info)
-        # Leftovers of crashed or pruned backups: manifests no record points at (a live writer writes its manifests
-        # only at commit, just before its record).
-        live_ids = set(values.get("backup_id") for values, _info in live)
-        manifest_dirs = set(info.key.split("/")[1] for info in store.list("manifests/") if info.mtime < cutoff)
-        orphan_manifests = sorted(manifest_dirs - set(committed) - live_ids)
-        if dry_run:
-            if not live:
-                report.update(chunks_removed=len(candidates), bytes_removed=sum(info.size for info in candidates))
-            report["orphan_manifests_removed"] = len(orphan_manifests)
-            return report
-        if not live:
-            self._sweep(candidates, cutoff, now, sweep, report)
-        for backup_id in orphan_manifests:
-            store.delete_prefix("manifests/%s/" % backup_id)
-            report["orphan_manifests_removed"] += 1
-        for path in store.list_temporary("chunks/", cutoff):
-            store.remove_temporary(path)
-        store.flush()
-        return report
-
-    def _sweep(self, candidates, cutoff, now, sweep, report):
-        store = self.store
-        with store.sweep_guard():
-            for info in candidates:
-                if not sweep.fresh(margin=SWEEP_FRESH_MARGIN_SECONDS):
-                    # Stalled (or the endpoint failed the renewals) for most of the marker's ttl: writers may already
-                    # treat it as dead and deduplicate again. Stop; the next GC takes the rest.
-                    report["sweep_stopped"] = "the sweeping marker could not be kept fresh"
-                    break
-                fresh = store.stat(info.key)       # re-check: a writer may have touched it since the listing
-                if fresh is None:
-                    continue
-                if fresh.mtime >= cutoff:
-                    report["chunks_kept_recent"] += 1
-                    continue
-                if fresh.retain_until and fresh.retain_until > now:
-                    report["chunks_locked"] += 1
-                    continue
-                store.step("gc.delete", key=info.key)
-                if store.delete(info.key):
-                    report["chunks_removed"] += 1
-                    report["bytes_removed"] += fresh.size
-
-
-def _attribute_damage(entry, counts, manifest, outcome):
-    """Add to a verify ``entry`` the bad chunks (``outcome``: id -> problem) and unreadable pages of ``manifest``'s tree."""
-    def chunk_problem(index, cid):
-        problem = outcome.get(cid)
-        if problem:
-            _count_problem(entry, counts, "missing" if problem == "missing" else "corrupt",
-                           {"disk_key": manifest.disk_key, "offset": index * manifest.chunk_size, "chunk_id": cid, "problem": problem})
-
-    def index_problem(err, first):
-        _count_problem(entry, counts, "missing" if err.problem == "is missing" else "corrupt",
-                       {"disk_key": manifest.disk_key, "offset": first * manifest.chunk_size, "chunk_id": err.page_id,
-                        "problem": "index page %s" % err.problem})
-
-    chunk_index.walk(manifest.index, set(), chunk_problem, index_problem)
-
-
-def _wanted_adder(wanted, manifest):
-    def add(index, cid):
-        wanted[cid] = manifest.chunk_length(index)
-    return add
-
-
-def _count_problem(entry, counts, kind, item):
-    counts[kind] += 1
-    if counts[kind] <= MAX_LISTED_PROBLEMS:
-        entry[kind + "_chunks"].append(item)
-
-
-def _index_unreadable(manifest):
-    """GC's reaction to an index page it cannot read: stop (the chunks below it are referenced, but unknown)."""
-    def stop(err, first):
-        raise RepositoryError("Backup %s, disk %r: %s (near offset %d)." % (manifest.backup_id, manifest.disk_key, err,
-                                                                            first * manifest.chunk_size),
-                              backup_id=manifest.backup_id, disk_key=manifest.disk_key, chunk_id=err.page_id)
-    return stop
-
-
-def _check_gc_grace(grace_seconds):
-    """Refuse a GC grace shorter than the writers' touch threshold plus a margin for clock differences."""
-    if not isinstance(grace_seconds, (int, float)) or grace_seconds < MIN_GC_GRACE_SECONDS:
-        raise RepositoryError(
-            "A GC grace of %r s is too short: it must be at least %d minutes (writers touch a chunk they deduplicate "
-            "against only when it is older than %d minutes, plus %d minutes for clock differences between storage nodes)."
-            % (grace_seconds, MIN_GC_GRACE_SECONDS // 60, TOUCH_AFTER_SECONDS // 60, GC_CLOCK_SKEW_MARGIN_SECONDS // 60),
-            hint="Use gc_grace_minutes: %d or more (the default), or leave grace_seconds at its default."
-                 % (MIN_GC_GRACE_SECONDS // 60), grace_seconds=grace_seconds)
-    return grace_seconds
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _brief(record, **extra):
-    out = {"backup_id": record.backup_id, "vm_id": record.vm_id, "vm_name": record.vm_name, "created": iso(record.created),
-           "type": record.type, "host": record.host, "lineage": record.lineage, "sequence": record.sequence}
-    out.update(extra)
-    return out
+    verify = repository_verify.verify
+    prune = repository_prune.prune
+    gc = repository_prune.gc
 
 
 def _check_chunk_size(chunk_size):

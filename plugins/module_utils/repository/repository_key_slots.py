@@ -28,7 +28,8 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import Reposi
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_config
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import RepositoryKeys
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import make_private_dirs, open_store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.local_store import make_private_dirs
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import open_store
 
 # Opening tries the slots in order, one scrypt derivation (0.3-0.6 s, 128 MiB) each: a few slots keep that bounded.
 MAX_KEY_SLOTS = 4

@@ -15,7 +15,9 @@ import time
 import types
 
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import backup_session as backup_session_module
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import local_store as local_store_module
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store as repository_store_module
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import s3_store as s3_store_module
 
 MOTO_ACCOUNT = "123456789012"
 
@@ -61,9 +63,12 @@ def skewed_proxy_clock(seconds):
     """Inside the block the proxy's clock (time.time as the repository modules call it) is off by ``seconds``."""
     fake = types.SimpleNamespace(**dict((name, getattr(time, name)) for name in dir(time) if not name.startswith("__")))
     fake.time = lambda: time.time() + seconds
-    saved = (repository_store_module.time, backup_session_module.time)
-    repository_store_module.time = backup_session_module.time = fake
+    modules = (repository_store_module, local_store_module, s3_store_module, backup_session_module)
+    saved = [module.time for module in modules]
+    for module in modules:
+        module.time = fake
     try:
         yield
     finally:
-        repository_store_module.time, backup_session_module.time = saved
+        for module, value in zip(modules, saved):
+            module.time = value

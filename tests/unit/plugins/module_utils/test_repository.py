@@ -539,10 +539,10 @@ def test_prune_keeps_exactly_what_the_policy_says_per_vm(backups, counts):
 def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, failing):
     """ENOSPC while writing or renaming: RepositoryError naming the path and what to do; no object, no temp file."""
     import errno as errno_module
-    from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store
+    from ansible_collections.hyperv.backup.plugins.module_utils.repository import local_store
 
     repo = Repository.init(str(tmp_path / "repo"), chunk_size=CHUNK)
-    real_write_all, real_rename = repository_store._write_all, os.rename
+    real_write_all, real_rename = local_store._write_all, os.rename
 
     def full_write(fd, parts):          # the session marker fits; the first chunk does not
         if "/chunks/" in os.readlink("/proc/self/fd/%d" % fd):
@@ -554,7 +554,7 @@ def test_failed_local_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkey
             raise OSError(errno_module.ENOSPC, "No space left on device")
         real_rename(src, dst)
     if failing == "write":
-        monkeypatch.setattr(repository_store, "_write_all", full_write)
+        monkeypatch.setattr(local_store, "_write_all", full_write)
     else:
         monkeypatch.setattr(os, "rename", full_rename)
     with pytest.raises(RepositoryError) as caught:

@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_prune
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import chunk_key
 
 from storage_age import age
@@ -84,7 +85,7 @@ def test_gc_keeps_every_index_page_and_removes_the_pruned_backups_pages(backend)
     age(repo.store, "chunks/", LONG_AGO)
     report = repo.gc(grace_seconds=GRACE)
     assert report["chunks_removed"] == 0 and report["chunks_referenced"] == 41 + len(first_pages | second_pages)
-    repo._delete_backup(first)
+    repository_prune.delete_backup(repo, first)
     report = repo.gc(grace_seconds=GRACE)
     left = set(info.key.rsplit("/", 1)[1] for info in repo.store.list("chunks/"))
     assert second_pages <= left and not (own & left)

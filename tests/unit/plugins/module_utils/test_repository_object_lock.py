@@ -253,7 +253,7 @@ def test_prune_and_gc_on_a_versioned_bucket_only_add_delete_markers(s3_server): 
 
 SECURITY_DOC = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "docs", "security.md")
 STORE_SOURCE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "plugins", "module_utils", "repository",
-                            "repository_store.py")
+                            "s3_store.py")
 # boto3 client method -> the IAM actions it needs (a VersionId on GET/HEAD needs GetObjectVersion too).
 IAM_ACTIONS = {
     "head_bucket": ["s3:ListBucket"],

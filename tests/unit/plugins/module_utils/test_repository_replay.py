@@ -13,7 +13,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository as repository_module
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_verify
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository, chunk_key
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import KIND_CATALOG
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.retention import RetentionPolicy
@@ -173,10 +173,10 @@ def test_a_replayed_status_does_not_clear_damage_this_proxy_saw(backend, monkeyp
     repo = new_repo(backend, passphrase="pw", scrypt_params=FAST_KDF)
     repo._test_passphrase = "pw"
     full = write_backup(repo, image(4, chunks=3, zero_every=99))
-    real_now = repository_module.utc_now
-    monkeypatch.setattr(repository_module, "utc_now", lambda: real_now() - datetime.timedelta(days=1))
+    real_now = repository_verify.utc_now
+    monkeypatch.setattr(repository_verify, "utc_now", lambda: real_now() - datetime.timedelta(days=1))
     assert repo.verify()["ok"]                                   # yesterday: fine
-    monkeypatch.setattr(repository_module, "utc_now", real_now)
+    monkeypatch.setattr(repository_verify, "utc_now", real_now)
     old_status, old_catalog = repo.store.get("status/%s" % full.backup_id), repo.store.get("catalog")
     lose_a_chunk(repo, full)
     assert not repo.verify()["ok"]

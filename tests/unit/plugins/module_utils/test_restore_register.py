@@ -13,6 +13,7 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperV
 from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import vm_configuration as vmc
 from ansible_collections.hyperv.backup.plugins.module_utils.hyperv import vm_import
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_prune
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
 
@@ -105,7 +106,7 @@ def test_the_record_keeps_no_file_content_and_the_backup_object_has_it(repo, mon
 def test_prune_deletes_the_configuration_object_with_the_backup(repo, monkeypatch):
     record, _contents = _backup(repo, _capture("rct", monkeypatch))
     assert repo.read_attachment(record.backup_id, CONFIGURATION_ATTACHMENT) is not None
-    repo._delete_backup(record)
+    repository_prune.delete_backup(repo, record)
     assert repo.read_attachment(record.backup_id, CONFIGURATION_ATTACHMENT) is None
 
 

@@ -11,9 +11,10 @@ import time
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository import repository_store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository import s3_store
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import LockHeld, S3Store
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_store import LockHeld
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.s3_store import S3Store
 
 from s3_server import S3Server
 from storage_age import age, skewed_proxy_clock
@@ -121,4 +122,4 @@ def test_repository_creation_refuses_an_s3_that_ignores_conditional_writes(s3_se
     store = S3Store(location, dict(options))
     assert store.stat("config") is None                  # nothing was created
     assert Repository.init(location, s3_options=options, chunk_size=64 * 1024).store.kind == "s3"
-    assert repository_store.S3Store is S3Store
+    assert s3_store.S3Store is S3Store
