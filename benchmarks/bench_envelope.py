@@ -1,5 +1,6 @@
 """Benchmark: seal and unseal 1 MiB chunks with the envelope of format version 2 (one AES-256-GCM key for every object)
-and of format version 3 (a key per object: HKDF-SHA256 of the data key with a random salt; optionally Padme padding).
+and of format version 3 (a key per object: HKDF-SHA256 of the data key with a random salt; optionally Padme padding),
+and the plain (unencrypted) envelope of format 4 (BLAKE3 checksum) and format 5 (XXH3-128 checksum).
 
 Usage (from the repo root, after `source scripts/env.sh`):
     python benchmarks/bench_envelope.py [--chunk-kib 1024] [--chunks 64] [--repeats 7] [--output FILE.json]
@@ -69,7 +70,10 @@ def main():
     keys_v3 = RepositoryKeys(os.urandom(32), os.urandom(32))
     keys_v3_padded = RepositoryKeys(keys_v3.data_key, keys_v3.id_key)
     keys_v3_padded.padding = "padme"
-    variants = {"v2 (one key)": V2Keys(keys_v3.data_key), "v3 (key per object)": keys_v3, "v3 + padme": keys_v3_padded}
+    plain_v4 = RepositoryKeys()             # plain repository of format 4 (release 0.1.0): BLAKE3 checksum
+    plain_v4.format_version = 4
+    variants = {"v2 (one key)": V2Keys(keys_v3.data_key), "v3 (key per object)": keys_v3, "v3 + padme": keys_v3_padded,
+                "plain, format 4 (BLAKE3 checksum)": plain_v4, "plain, format 5 (XXH3-128 checksum)": RepositoryKeys()}
 
     samples = {name: {"seal_wall": [], "seal_cpu": [], "unseal_wall": [], "unseal_cpu": []} for name in variants}
     stored = {name: 0 for name in variants}

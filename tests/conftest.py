@@ -4,7 +4,9 @@
 ``pytest`` from a checkout works too, and exports the paths so that playbooks run by the tests find
 the collection and the virtual environment's Python.
 """
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +31,10 @@ if str(COLLECTIONS) not in sys.path:
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS)
 os.environ["ANSIBLE_COLLECTIONS_SCAN_SYS_PATH"] = "false"
 # Each proxy remembers what it saw of every repository (repository_memory.py); tests keep that memory out of ~/.local/state.
-os.environ.setdefault("HYPERV_BACKUP_STATE_DIR", tempfile.mkdtemp(prefix="hyperv-backup-state-"))
+if not os.environ.get("HYPERV_BACKUP_STATE_DIR"):
+    os.environ["HYPERV_BACKUP_STATE_DIR"] = tempfile.mkdtemp(prefix="hyperv-backup-state-")
+    # removed when this test process ends (one per xdist worker), or every run would leave a directory in /tmp
+    atexit.register(shutil.rmtree, os.environ["HYPERV_BACKUP_STATE_DIR"], True)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(COLLECTIONS), os.environ.get("PYTHONPATH")) if p)
 _venv_bin = str(Path(sys.executable).parent)
 if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):

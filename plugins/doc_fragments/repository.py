@@ -92,6 +92,7 @@ options:
     version_added: 0.1.0
 requirements:
   - blake3
+  - xxhash
   - zstandard
   - cryptography (for an encrypted repository)
   - boto3 (for an S3 repository)

@@ -304,7 +304,7 @@ repository:
   returned: when the repository exists
   type: dict
   sample: {"location": "/srv/hyperv-backup", "backend": "local", "chunk_size": 1048576, "encrypted": true,
-           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 3, "padding": "none",
+           "compression": {"algorithm": "zstd", "level": 1}, "object_lock_days": null, "format_version": 5, "padding": "none",
            "config_authenticated": true, "key_slots": ["passphrase", "recovery"]}
 key_slots:
   description: The labels of the repository's key slots after the task (never their material).

@@ -105,7 +105,7 @@ def test_ansible_builder_create_accepts_the_ee_definition(tmp_path):
                            check=False, capture_output=True, text=True, timeout=120)
     assert intro.returncode == 0, intro.stdout + intro.stderr
     pip_lines = pip_out.read_text()
-    for package in ("pypsrp", "pywinrm", "blake3", "zstandard", "cryptography", "boto3"):
+    for package in ("pypsrp", "pywinrm", "blake3", "xxhash", "zstandard", "cryptography", "boto3"):
         assert package in pip_lines, pip_lines
     assert "krb5" in bindep_out.read_text()
     # auth kerberos and credssp need the extras in the image, and the headers of the EE's Python to build them

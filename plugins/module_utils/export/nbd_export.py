@@ -12,7 +12,7 @@ that Ansible removes when the module returns, while nbdkit keeps running; it als
 that started it when the collection is upgraded.
 
 nbdkit's Python plugin embeds the Python it was built against (Debian: /usr/bin/python3), not the module's
-interpreter. The bootstrap adds the module interpreter's site-packages (blake3, zstandard, cryptography, boto3) to
+interpreter. The bootstrap adds the module interpreter's site-packages (blake3, xxhash, zstandard, cryptography, boto3) to
 its path when both are the same minor version (nbd_plugin.add_python_paths); ``check_nbdkit`` reads the plugin's
 version with ``nbdkit python --dump-plugin`` first and says what to install when they differ.
 
@@ -214,7 +214,7 @@ def python_mismatch_hint(facts):
     theirs = tuple(int(p) for p in re.findall(r"\d+", facts.get("python_version", ""))[:2])
     if theirs and theirs != tuple(sys.version_info[:2]):
         return ("nbdkit's Python plugin runs Python %s, the module runs %d.%d: the repository's Python packages must be "
-                "installed for nbdkit's Python too (Debian: python3-zstandard python3-cryptography python3-boto3, and pip "
+                "installed for nbdkit's Python too (Debian: python3-xxhash python3-zstandard python3-cryptography python3-boto3, and pip "
                 "install blake3), or run the module with ansible_python_interpreter=/usr/bin/python3."
                 % (facts.get("python_version"), sys.version_info[0], sys.version_info[1]))
     return None

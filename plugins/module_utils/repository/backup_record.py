@@ -20,7 +20,9 @@ import struct
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
 
-FORMAT_VERSION = 4                  # 2: authenticated config, key slots; 3: per-object keys, padding (issue 13); 4: chunk index tree (issue 14)
+OLDEST_READABLE_FORMAT = 4          # what release 0.1.0 writes: read and written as such for as long as a release may
+FORMAT_VERSION = 5                  # 2: authenticated config, key slots; 3: per-object keys, padding (issue 13); 4: chunk index tree;
+#                                     5: XXH3-128 envelope checksum (both issue 14)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 ZERO_ID = chunk_index.ZERO_ID       # index entry of an all-zero (not stored) chunk
 MANIFEST_MAGIC = b"HVDM"

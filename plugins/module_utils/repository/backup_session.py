@@ -28,7 +28,7 @@ import uuid
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 from ansible_collections.hyperv.backup.plugins.module_utils.repository import chunk_index
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import (
-    FORMAT_VERSION, BackupRecord, DiskManifest, chunk_key, iso, json_bytes, utc_now,
+    BackupRecord, DiskManifest, chunk_key, iso, json_bytes, utc_now,
 )
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     KIND_BACKUP, KIND_CHUNK, KIND_MANIFEST, KIND_STATUS,
@@ -233,7 +233,7 @@ class BackupSession:
             # The sequence is drawn last, after every chunk and manifest is durable: it orders this backup after
             # every backup committed before it, whatever the clocks say (issue 12, point 6).
             record.update(completed=iso(completed), disks=disks, stats=totals, state="complete",
-                          retain_until=self.retain_until, format=FORMAT_VERSION, sequence=repo.next_sequence())
+                          retain_until=self.retain_until, format=repo.config["version"], sequence=repo.next_sequence())
             repo._put_sealed(KIND_BACKUP, "backups/%s" % self.backup_id, json_bytes(record), self.retain_until)
             repo.store.flush()
             repo.store.step("commit.record_written", backup_id=self.backup_id)
@@ -543,7 +543,7 @@ class DiskWriter:
 
     def manifest(self, completed):
         values = self.session.values
-        header = {"format": FORMAT_VERSION, "backup_id": values["backup_id"], "vm_id": values["vm_id"], "vm_name": values["vm_name"],
+        header = {"format": self.session.repo.config["version"], "backup_id": values["backup_id"], "vm_id": values["vm_id"], "vm_name": values["vm_name"],
                   "host": values["host"], "disk_key": self.disk_key, "virtual_size": self.virtual_size, "chunk_size": self.chunk_size,
                   "chunk_count": self.chunk_count, "source_path": self.source_path, "rct_id": self.rct_id,
                   "method": values["method"], "type": values["type"], "consistency": values["consistency"],

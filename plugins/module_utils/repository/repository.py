@@ -33,7 +33,7 @@ import threading
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
 # The record and session names are re-exported: callers import them from here (one place to open a repository).
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import (  # noqa: F401 pylint: disable=unused-import
-    BACKUP_ID_PATTERN, FORMAT_VERSION, ZERO_ID, BackupRecord, DiskManifest, check_backup_id, chunk_key, iso, json_bytes, parse_time,
+    BACKUP_ID_PATTERN, ZERO_ID, BackupRecord, DiskManifest, check_backup_id, chunk_key, iso, json_bytes, parse_time,
     utc_now,
 )
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_session import (  # noqa: F401 pylint: disable=unused-import
@@ -75,6 +75,7 @@ class Repository:
         self.object_lock_days = (config.get("object_lock") or {}).get("days")
         # Sealing pads (or not) as the authenticated config says; checked by repository_config.check_fields.
         keys.padding = config.get("padding") or "none"
+        keys.format_version = config["version"]
         default_workers = 8 if store.kind == "s3" else max(2, os.cpu_count() or 2)
         self.workers = workers or default_workers
         self._local = threading.local()
@@ -289,12 +290,12 @@ class Repository:
         """The stored catalog, or an empty one (generation 0) when it is missing, unreadable or of another version."""
         try:
             catalog = json.loads(self._get_sealed(KIND_CATALOG, "catalog"))
-            if catalog.get("version") == FORMAT_VERSION and isinstance(catalog.get("backups"), dict):
+            if catalog.get("version") == self.config["version"] and isinstance(catalog.get("backups"), dict):
                 catalog["generation"] = int(catalog.get("generation") or 0)
                 return catalog
         except (KeyError, ValueError, TypeError):
             pass
-        return {"version": FORMAT_VERSION, "generation": 0, "backups": {}}
+        return {"version": self.config["version"], "generation": 0, "backups": {}}
 
     def _status(self, backup_id):
         """The backup's last verify outcome from ``status/<id>``; None if it has none. A status that exists but cannot
@@ -320,7 +321,7 @@ class Repository:
         generation = stored["generation"]
         if memory.went_back(generation, remembered):
             rebuild = True
-        catalog = {"version": FORMAT_VERSION, "generation": generation, "backups": {}} if rebuild else stored
+        catalog = {"version": self.config["version"], "generation": generation, "backups": {}} if rebuild else stored
         committed = self._committed_ids()
         # listed after backups/: a status written between the two listings is read now or at the next listing
         stamps = dict((info.key.split("/", 1)[1], [info.size, info.mtime]) for info in self.store.list("status/"))

@@ -24,7 +24,7 @@ import json
 import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import RepositoryError
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import FORMAT_VERSION, iso, utc_now
+from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import FORMAT_VERSION, OLDEST_READABLE_FORMAT, iso, utc_now
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     CIPHER, KIND_BACKUP, PADDING_MODES, RepositoryKeys, require_libraries,
 )
@@ -85,6 +85,7 @@ def new_config(store, passphrase, chunk_size, compression_level, object_lock_day
     else:
         keys, encryption = RepositoryKeys(), None
     keys.padding = padding
+    keys.format_version = FORMAT_VERSION
     config = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "repository_id": str(uuid.uuid4()), "created": iso(utc_now()),
         "chunk_size": int(chunk_size), "compression": {"algorithm": "zstd", "level": int(compression_level)},
@@ -176,11 +177,11 @@ def check_format(config, location):
     if version > FORMAT_VERSION:
         raise RepositoryError("Repository %s has format version %s; this collection reads up to %d." % (location, version, FORMAT_VERSION),
                               hint="Upgrade the hyperv.backup collection.", location=location)
-    if version < FORMAT_VERSION:
-        # No format was released before version 2; version 1 configs were not authenticated, so reading them would
-        # reopen the hole version 2 closes (an edited config switching encryption off).
+    if version < OLDEST_READABLE_FORMAT:
+        # Formats 1 to 3 were never released; version 1 configs were not authenticated, so reading them would reopen
+        # the hole version 2 closes (an edited config switching encryption off).
         raise RepositoryError("Repository %s has format version %s, written by a pre-release of hyperv.backup; this collection "
-                              "reads format version %d only." % (location, version, FORMAT_VERSION),
+                              "reads format versions %d to %d." % (location, version, OLDEST_READABLE_FORMAT, FORMAT_VERSION),
                               hint="Create a new repository and take new full backups; restore what you need from the old one "
                                    "with the pre-release collection that wrote it.", location=location)
     return config
@@ -208,6 +209,7 @@ def unlock(config, passphrase, location):
         keys = RepositoryKeys.unlock(encryption, passphrase, location)
         check_tag(config, keys, location)
     check_fields(config, location)
+    keys.format_version = config["version"]     # the envelope of the repository's own format (repository_crypto.py)
     return keys
 
 

@@ -412,7 +412,8 @@ class _BackupCopier:
 
     def copy_object(self, cid, page, disk_key, retain_until):
         """One chunk or page, same keys: skipped when the target holds it (touched as a writer touches a dedup hit), else
-        its sealed object is read, its envelope checked, and written unchanged (resealed only when the padding differs)."""
+        its sealed object is read, its envelope checked, and written unchanged (resealed only when the padding or the
+        repositories' format, hence the envelope, differs)."""
         store, key = self.target.store, chunk_key(cid)
         with store.chunk_guard():
             info = store.stat(key)
@@ -431,7 +432,7 @@ class _BackupCopier:
             raise _source_damage(self.record, disk_key, "index page" if page else "chunk", cid, "is corrupt (%s)" % err)
         if page and len(plain) != chunk_index.PAGE_BYTES:
             raise _source_damage(self.record, disk_key, "index page", cid, "has %d bytes" % len(plain))
-        if self.target.keys.padding != self.source.keys.padding:
+        if (self.target.keys.padding, self.target.keys.format_version) != (self.source.keys.padding, self.source.keys.format_version):
             blob = self.target.keys.seal(KIND_CHUNK, key, plain, self.target.compressor())
         store.put(key, blob, retain_until=retain_until, durable=False)      # made durable by the commit's flush
         self.counters.add(bytes_uploaded=len(blob), **{"pages_uploaded" if page else "chunks_uploaded": 1})

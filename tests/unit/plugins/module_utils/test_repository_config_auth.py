@@ -145,7 +145,7 @@ def test_an_intact_encrypted_config_opens_and_describes_itself(backend):
     reopened = Repository.open(repo.location, passphrase=PASSPHRASE, s3_options=options_of(repo))
     facts = reopened.describe()
     assert facts["encrypted"] and facts["config_authenticated"] and facts["key_slots"] == ["passphrase"]
-    assert facts["format_version"] == 4
+    assert facts["format_version"] == 5
     assert PASSPHRASE not in repr(facts)
     plain = new_repo(backend)
     facts = Repository.open(plain.location, s3_options=options_of(plain)).describe()
