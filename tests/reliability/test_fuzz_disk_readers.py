@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import vhd_checksum
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    BAT_REGION, HEADER_OFFSETS, HEADER_SIZE, METADATA_REGION, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VhdxImage,
-    with_checksum)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import (
+    BAT_REGION, HEADER_OFFSETS, HEADER_SIZE, METADATA_REGION, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, with_checksum)
 
 from disk_helpers import MiB, make_dirty, make_vhd, needs_qemu, random_image, run, write_file
 

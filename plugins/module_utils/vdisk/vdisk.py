@@ -22,8 +22,8 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import Virtua
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import VHD_COOKIE, VhdImage
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd_writer import DEFAULT_BLOCK_SIZE as VHD_DEFAULT_BLOCK_SIZE
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd_writer import VhdWriter, create_vhd_file
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    FILE_SIGNATURE, RUN_DATA, RUN_PARENT, MiB, VhdxImage)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import RUN_DATA, RUN_PARENT, VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import FILE_SIGNATURE, MiB
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_writer import VhdxWriter, create_vhdx_file
 
 MAX_CHAIN_DEPTH = 128

@@ -20,9 +20,11 @@ from array import array
 import sys
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    MAX_DEPTH_HINT, MiB, RUN_DATA, RUN_PARENT, RUN_ZERO, close_file, file_size_of, open_file, pread_into, read_exact)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import (
+    MAX_DEPTH_HINT, close_file, file_size_of, open_file, pread_into, read_exact)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import RUN_DATA, RUN_PARENT, RUN_ZERO
 
+MiB = 1024 * 1024
 VHD_COOKIE = b"conectix"
 DYNAMIC_COOKIE = b"cxsparse"
 TYPE_FIXED, TYPE_DYNAMIC, TYPE_DIFFERENCING = 2, 3, 4

@@ -39,8 +39,9 @@ from ansible_collections.hyperv.backup.plugins.module_utils.errors import Virtua
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhd import (
     DYNAMIC_COOKIE, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, UNALLOCATED, VHD_COOKIE, VhdImage,
     vhd_checksum)
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import MiB, block_pieces, check_write, create_new_file, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import block_pieces, check_write, create_new_file, round_up
 
+MiB = 1024 * 1024
 DEFAULT_BLOCK_SIZE = 2 * MiB
 # Hyper-V (Windows Server 2008 R2 is version 6.1) on Windows: qemu, Virtual PC and Hyper-V read the
 # size of a 'win ' file from Current Size (qemu <= 9 uses the CHS geometry for unknown creators).

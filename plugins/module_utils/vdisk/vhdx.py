@@ -1,55 +1,38 @@
 # -*- coding: utf-8 -*-
 # Copyright: hyperv.backup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VHDX format (MS-VHDX): on-disk structures and a strict reader of one VHDX/AVHDX file.
+"""A strict reader of one VHDX/AVHDX file (MS-VHDX).
 
 ``VhdxImage`` parses and validates one file (headers, region table, metadata, BAT, pending log
 replayed in memory by ``vhdx_log``) and maps a virtual byte range to runs: data in this file, zeros,
 or "ask the parent". Following a chain of parents is ``vdisk``'s job; writing is ``vhdx_writer``'s.
-The builders (``build_header`` ...) are shared with the writer so both sides use one definition.
+The on-disk structures it parses are defined once in ``vhdx_format`` (the writer builds them from
+there), the BAT's entries and checks in ``vhdx_bat``, file access in ``disk_io``.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
 import re
 import struct
 import uuid
 
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import (
+    MAX_DEPTH_HINT, close_file, file_size_of, open_file, pread_into, read_exact)
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
     BAT_IN_MEMORY_LIMIT, LAZY_BAT_BYTES, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT,
     SB_PRESENT, SECTORS_PER_BITMAP, STATE_TABLE, ZERO_STATES, PagedBat, bat_entry_count, check_layout, check_page,
     chunk_ratio_for, read_entries, states_of)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import (
+    BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SIGNATURE, HEADER_SIZE, ITEM_FILE_PARAMETERS, ITEM_LOGICAL_SECTOR_SIZE,
+    ITEM_PARENT_LOCATOR, ITEM_PHYSICAL_SECTOR_SIZE, ITEM_VIRTUAL_DISK_ID, ITEM_VIRTUAL_DISK_SIZE, KiB, METADATA_ENTRY,
+    METADATA_HEADER, METADATA_REGION, METADATA_SIGNATURE, METADATA_TABLE_SIZE, MiB, REGION_ENTRY, REGION_HEADER,
+    REGION_SIGNATURE, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VhdxHeader, checksum_ok, guid_from, parse_parent_locator)
 
-KiB = 1024
-MiB = 1024 * 1024
-
-FILE_SIGNATURE = b"vhdxfile"
-HEADER_SIGNATURE = b"head"
-REGION_SIGNATURE = b"regi"
-METADATA_SIGNATURE = b"metadata"
-HEADER_OFFSETS = (64 * KiB, 128 * KiB)
-REGION_TABLE_OFFSETS = (192 * KiB, 256 * KiB)
-HEADER_SIZE = 4 * KiB
-REGION_TABLE_SIZE = 64 * KiB
-METADATA_TABLE_SIZE = 64 * KiB
 MAX_METADATA_REGION = 64 * MiB   # 2047 items of at most 1 MiB each would need 2 GiB; real files use 1 MiB
-
-BAT_REGION = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08")
-METADATA_REGION = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E")
-
-ITEM_FILE_PARAMETERS = uuid.UUID("CAA16737-FA36-4D43-B3B6-33F0AA44E76B")
-ITEM_VIRTUAL_DISK_SIZE = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8")
-ITEM_VIRTUAL_DISK_ID = uuid.UUID("BECA12AB-B2E6-4523-93EF-C309E000C746")
-ITEM_LOGICAL_SECTOR_SIZE = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
-ITEM_PHYSICAL_SECTOR_SIZE = uuid.UUID("CDA348C7-445D-4471-9CC9-E9885251C556")
-ITEM_PARENT_LOCATOR = uuid.UUID("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
-PARENT_LOCATOR_TYPE = uuid.UUID("B04AEFB7-D19E-4A81-B789-25B8E9445913")
 
 # Run kinds returned by VhdxImage.runs().
 RUN_DATA = "data"
@@ -60,220 +43,6 @@ RUN_PARENT = "parent"
 _KIND_TABLE = bytes(ord("D") if value & 7 in (6, 7) else ord("Z") for value in range(256))
 _KIND_TABLE_PARENT = bytes(ord("D") if value & 7 in (6, 7) else ord("P") if value & 7 == 0 else ord("Z") for value in range(256))
 _KIND_NAMES = {b"D": RUN_DATA, b"Z": RUN_ZERO, b"P": RUN_PARENT}
-
-_HEADER = struct.Struct("<4sIQ16s16s16sHHIQ")
-_REGION_HEADER = struct.Struct("<4sII4x")
-_REGION_ENTRY = struct.Struct("<16sQII")
-_METADATA_HEADER = struct.Struct("<8s2xH20x")
-_METADATA_ENTRY = struct.Struct("<16sIII4x")
-_LOCATOR_HEADER = struct.Struct("<16s2xH")
-_LOCATOR_ENTRY = struct.Struct("<IIHH")
-
-MAX_DEPTH_HINT = "The file may be damaged or truncated; copy it again from the host, or restore it from a backup."
-
-
-def round_up(value, multiple):
-    """Round ``value`` up to a multiple of ``multiple``."""
-    return -(-value // multiple) * multiple
-
-
-def check_write(path, offset, length, sector_size, virtual_size):
-    """Refuse a write a disk writer cannot take: not whole sectors, or past the end of the disk."""
-    if offset < 0 or offset % sector_size or length % sector_size:
-        raise VirtualDiskError(path, "write at offset %d of %d bytes is not aligned to the %d-byte logical sector"
-                               % (offset, length, sector_size), hint="Write whole sectors.")
-    if offset + length > virtual_size:
-        raise VirtualDiskError(path, "write of %d bytes at offset %d goes past the end of the %d-byte disk"
-                               % (length, offset, virtual_size))
-
-
-def block_pieces(offset, length, block_size):
-    """Split the virtual range [offset, offset+length) at block boundaries: (block, offset within it, start
-    relative to ``offset``, length) per piece, in order."""
-    position, end = offset, offset + length
-    while position < end:
-        block = position // block_size
-        within = position - block * block_size
-        piece = min(block_size - within, end - position)
-        yield block, within, position - offset, piece
-        position += piece
-
-
-def guid_bytes(value):
-    """Microsoft's mixed-endian 16-byte form of a UUID."""
-    return value.bytes_le
-
-
-def guid_from(raw):
-    return uuid.UUID(bytes_le=bytes(raw))
-
-
-def with_checksum(buf, checksum_offset=4):
-    """Fill the CRC-32C field at ``checksum_offset`` of ``buf`` (a bytearray) and return bytes."""
-    struct.pack_into("<I", buf, checksum_offset, 0)
-    struct.pack_into("<I", buf, checksum_offset, crc32c(buf))
-    return bytes(buf)
-
-
-def checksum_ok(buf, checksum_offset=4):
-    stored = struct.unpack_from("<I", buf, checksum_offset)[0]
-    work = bytearray(buf)
-    struct.pack_into("<I", work, checksum_offset, 0)
-    return crc32c(work) == stored
-
-
-# --- builders (used by the writer) -----------------------------------------------------------
-
-def build_header(sequence, file_write_guid, data_write_guid, log_guid, log_offset, log_length):
-    buf = bytearray(HEADER_SIZE)
-    _HEADER.pack_into(buf, 0, HEADER_SIGNATURE, 0, sequence, guid_bytes(file_write_guid), guid_bytes(data_write_guid),
-                      guid_bytes(log_guid), 0, 1, log_length, log_offset)
-    return with_checksum(buf)
-
-
-def build_region_table(regions):
-    """``regions``: [(guid, file_offset, length, required)] -> 64 KiB region table."""
-    buf = bytearray(REGION_TABLE_SIZE)
-    _REGION_HEADER.pack_into(buf, 0, REGION_SIGNATURE, 0, len(regions))
-    for index, (guid, offset, length, required) in enumerate(regions):
-        _REGION_ENTRY.pack_into(buf, _REGION_HEADER.size + index * _REGION_ENTRY.size, guid_bytes(guid), offset, length,
-                                1 if required else 0)
-    return with_checksum(buf)
-
-
-def build_parent_locator(entries):
-    """``entries``: ordered {key: value} -> Parent Locator metadata item bytes (UTF-16LE, no NUL)."""
-    keys = list(entries)
-    table_end = _LOCATOR_HEADER.size + len(keys) * _LOCATOR_ENTRY.size
-    head = bytearray(_LOCATOR_HEADER.pack(guid_bytes(PARENT_LOCATOR_TYPE), len(keys)))
-    strings = bytearray()
-    for key in keys:
-        key_raw = key.encode("utf-16-le")
-        value_raw = entries[key].encode("utf-16-le")
-        key_offset = table_end + len(strings)
-        strings += key_raw
-        value_offset = table_end + len(strings)
-        strings += value_raw
-        head += _LOCATOR_ENTRY.pack(key_offset, value_offset, len(key_raw), len(value_raw))
-    return bytes(head + strings)
-
-
-def build_metadata_region(block_size, virtual_size, disk_id, logical_sector_size, physical_sector_size,
-                          has_parent=False, leave_allocated=False, parent_locator=None):
-    """The whole 1 MiB metadata region: table plus the five (six with a parent) items."""
-    flags_vd_req = 0b110
-    items = [
-        (ITEM_FILE_PARAMETERS, struct.pack("<II", block_size, (1 if leave_allocated else 0) | (2 if has_parent else 0)), 0b100),
-        (ITEM_VIRTUAL_DISK_SIZE, struct.pack("<Q", virtual_size), flags_vd_req),
-        (ITEM_VIRTUAL_DISK_ID, guid_bytes(disk_id), flags_vd_req),
-        (ITEM_LOGICAL_SECTOR_SIZE, struct.pack("<I", logical_sector_size), flags_vd_req),
-        (ITEM_PHYSICAL_SECTOR_SIZE, struct.pack("<I", physical_sector_size), flags_vd_req),
-    ]
-    if has_parent:
-        items.append((ITEM_PARENT_LOCATOR, build_parent_locator(parent_locator), 0b100))
-    buf = bytearray(MiB)
-    _METADATA_HEADER.pack_into(buf, 0, METADATA_SIGNATURE, len(items))
-    position = METADATA_TABLE_SIZE
-    for index, (item_id, data, flags) in enumerate(items):
-        _METADATA_ENTRY.pack_into(buf, _METADATA_HEADER.size + index * _METADATA_ENTRY.size, guid_bytes(item_id),
-                                  position, len(data), flags)
-        buf[position:position + len(data)] = data
-        position += round_up(len(data), 8)
-    return bytes(buf)
-
-
-def parse_parent_locator(path, raw):
-    if len(raw) < _LOCATOR_HEADER.size:
-        raise VirtualDiskError(path, "the parent locator metadata item is too short", hint=MAX_DEPTH_HINT)
-    locator_type, count = _LOCATOR_HEADER.unpack_from(raw, 0)
-    if guid_from(locator_type) != PARENT_LOCATOR_TYPE:
-        raise VirtualDiskError(path, "unknown parent locator type %s" % guid_from(locator_type),
-                               hint="Only the VHDX parent locator type is supported.")
-    entries = {}
-    for index in range(count):
-        position = _LOCATOR_HEADER.size + index * _LOCATOR_ENTRY.size
-        if position + _LOCATOR_ENTRY.size > len(raw):
-            raise VirtualDiskError(path, "the parent locator entry table runs past its item", hint=MAX_DEPTH_HINT)
-        key_offset, value_offset, key_length, value_length = _LOCATOR_ENTRY.unpack_from(raw, position)
-        if key_offset + key_length > len(raw) or value_offset + value_length > len(raw):
-            raise VirtualDiskError(path, "a parent locator string runs past its item", hint=MAX_DEPTH_HINT)
-        try:
-            key = bytes(raw[key_offset:key_offset + key_length]).decode("utf-16-le")
-            value = bytes(raw[value_offset:value_offset + value_length]).decode("utf-16-le")
-        except UnicodeDecodeError:
-            raise VirtualDiskError(path, "a parent locator string is not valid UTF-16", hint=MAX_DEPTH_HINT)
-        entries[key] = value
-    return entries
-
-
-class VhdxHeader:
-    """One parsed header (MS-VHDX 2.2.2)."""
-
-    def __init__(self, slot, raw):
-        (_sig, _crc, self.sequence, file_write, data_write, log_guid, self.log_version, self.version,
-         self.log_length, self.log_offset) = _HEADER.unpack_from(raw, 0)
-        self.slot = slot
-        self.file_write_guid = guid_from(file_write)
-        self.data_write_guid = guid_from(data_write)
-        self.log_guid = guid_from(log_guid)
-
-
-def file_size_of(fd):
-    """Size of an open disk file: an OS file descriptor, or a remote file (``.size``; see disk_access.SmbFile)."""
-    if isinstance(fd, int):
-        return os.fstat(fd).st_size
-    return fd.size
-
-
-def open_file(path, writable=False, opener=None):
-    """An OS file descriptor for ``path``, or ``opener(path)``'s remote file (read-only)."""
-    if opener is not None:
-        if writable:
-            raise VirtualDiskError(path, "a remote disk file cannot be opened for writing")
-        return opener.open(path)
-    return os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
-
-
-def create_new_file(path):
-    """A new disk file opened for writing; an existing file is never overwritten."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except FileExistsError:
-        raise VirtualDiskError(path, "the file already exists", hint="Remove it or choose another path; it is never overwritten.")
-    except OSError as err:
-        raise VirtualDiskError(path, "cannot create the file: %s" % err.strerror)
-
-
-def close_file(fd):
-    if isinstance(fd, int):
-        os.close(fd)
-    else:
-        fd.close()
-
-
-def read_exact(fd, path, offset, length):
-    """pread exactly ``length`` bytes or raise a VirtualDiskError saying the file is truncated."""
-    file_size = file_size_of(fd)
-    if offset < 0 or length < 0 or offset + length > file_size:
-        raise VirtualDiskError(path, "a structure at bytes %d..%d lies beyond the end of the file (%d bytes)"
-                               % (offset, offset + length, file_size), hint=MAX_DEPTH_HINT)
-    buf = bytearray(length)
-    pread_into(fd, path, memoryview(buf), offset)
-    return buf
-
-
-def pread_into(fd, path, view, offset):
-    """Fill ``view`` from ``offset`` of an OS file descriptor (os.preadv: no copy, no shared position) or a remote
-    file (its ``pread_into``); a short read is a truncated file."""
-    done = 0
-    total = len(view)
-    read_at = (lambda part, at: os.preadv(fd, [part], at)) if isinstance(fd, int) else fd.pread_into
-    while done < total:
-        got = read_at(view[done:], offset + done)
-        if got <= 0:
-            raise VirtualDiskError(path, "the file ends at byte %d, but data is expected up to byte %d (truncated file)"
-                                   % (offset + done, offset + total), hint=MAX_DEPTH_HINT)
-        done += got
 
 
 class VhdxImage:
@@ -374,7 +143,7 @@ class VhdxImage:
         problems = []
         for offset in REGION_TABLE_OFFSETS:
             raw = self.read_structure(offset, REGION_TABLE_SIZE)
-            signature, _crc, count = _REGION_HEADER.unpack_from(raw, 0)
+            signature, _crc, count = REGION_HEADER.unpack_from(raw, 0)
             if signature != REGION_SIGNATURE:
                 problems.append("region table at %d has a bad signature" % offset)
             elif count > 2047:
@@ -387,7 +156,7 @@ class VhdxImage:
             self.fail("; ".join(problems))
         self.regions = {}
         for index in range(count):
-            guid_raw, file_offset, length, required = _REGION_ENTRY.unpack_from(raw, _REGION_HEADER.size + index * _REGION_ENTRY.size)
+            guid_raw, file_offset, length, required = REGION_ENTRY.unpack_from(raw, REGION_HEADER.size + index * REGION_ENTRY.size)
             guid = guid_from(guid_raw)
             if guid in (BAT_REGION, METADATA_REGION):
                 if file_offset < MiB or file_offset % MiB or length % MiB or length == 0:
@@ -405,14 +174,14 @@ class VhdxImage:
         if meta_length > MAX_METADATA_REGION:
             self.fail("the metadata region is %d bytes; more than %d is not a valid VHDX" % (meta_length, MAX_METADATA_REGION))
         raw = self.read_structure(meta_offset, meta_length)
-        signature, count = _METADATA_HEADER.unpack_from(raw, 0)
+        signature, count = METADATA_HEADER.unpack_from(raw, 0)
         if signature != METADATA_SIGNATURE:
             self.fail("the metadata region has a bad signature")
         if count > 2047:
             self.fail("the metadata table claims %d entries (max 2047)" % count)
         items = {}
         for index in range(count):
-            item_raw, offset, length, flags = _METADATA_ENTRY.unpack_from(raw, _METADATA_HEADER.size + index * _METADATA_ENTRY.size)
+            item_raw, offset, length, flags = METADATA_ENTRY.unpack_from(raw, METADATA_HEADER.size + index * METADATA_ENTRY.size)
             item = guid_from(item_raw)
             if length and (offset < METADATA_TABLE_SIZE or offset + length > meta_length):
                 self.fail("metadata item %s lies outside the metadata region" % item)

@@ -18,6 +18,7 @@ import struct
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import read_exact
 
 LOG_SECTOR = 4096
 ENTRY_HEADER = struct.Struct("<4sIIIQII16sQQ")
@@ -116,7 +117,6 @@ def replay_log(image):
                                % (header.log_offset, header.log_length), hint=REPLAY_HINT)
     if header.log_offset + header.log_length > image.file_size:
         raise VirtualDiskError(path, "the pending log lies beyond the end of the file (truncated)", hint=REPLAY_HINT)
-    from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import read_exact
     log = bytes(read_exact(image.fd, path, header.log_offset, header.log_length))
     active = find_active_sequence(log + log, header.log_length, header.log_guid.bytes_le)
     if active is None:

@@ -20,12 +20,14 @@ import uuid
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.direct_io import DirectChannel
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, REGION_TABLE_OFFSETS, VhdxImage, build_header,
-    block_pieces, build_metadata_region, build_region_table, check_write, create_new_file, round_up)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import block_pieces, check_write, create_new_file, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import (
     OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, SB_PRESENT, SECTORS_PER_BITMAP,
     ZERO_STATES, bat_entry_count)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import (
+    BAT_REGION, FILE_SIGNATURE, HEADER_OFFSETS, METADATA_REGION, MiB, REGION_TABLE_OFFSETS, build_header, build_metadata_region,
+    build_region_table)
 
 CREATOR = "hyperv.backup"
 LOG_OFFSET = 1 * MiB

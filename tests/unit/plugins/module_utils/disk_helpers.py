@@ -10,8 +10,10 @@ import uuid
 import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.crc32c import crc32c
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import HEADER_OFFSETS, VhdxImage, build_header, round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.disk_io import round_up
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import OFFSET_MASK, PAYLOAD_FULLY_PRESENT
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import HEADER_OFFSETS, build_header
 
 MiB = 1024 * 1024
 KiB = 1024

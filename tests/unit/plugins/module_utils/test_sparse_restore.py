@@ -22,8 +22,9 @@ from ansible_collections.hyperv.backup.plugins.module_utils.lab.lab_state import
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import direct_io
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import open_disk
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import BAT_REGION, VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_bat import PAYLOAD_NOT_PRESENT
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import BAT_REGION
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -6,7 +6,8 @@ import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, disk_info, open_disk
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import HEADER_OFFSETS, VhdxImage, build_header
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import HEADER_OFFSETS, build_header
 
 from disk_helpers import MiB
 

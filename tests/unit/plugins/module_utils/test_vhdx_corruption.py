@@ -7,8 +7,8 @@ import pytest
 
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import (
-    BAT_REGION, METADATA_REGION, VhdxImage, with_checksum)
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import BAT_REGION, METADATA_REGION, with_checksum
 
 from disk_helpers import MiB, block_offsets
 

@@ -10,7 +10,8 @@ import pytest
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import VirtualDiskError
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk import vhdx_bat
 from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vdisk import create_vhdx, open_disk, open_disk_for_write
-from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import BAT_REGION, METADATA_REGION, VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx import VhdxImage
+from ansible_collections.hyperv.backup.plugins.module_utils.vdisk.vhdx_format import BAT_REGION, METADATA_REGION
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
