@@ -294,7 +294,6 @@ class BackupSession:
         With Object Lock every referenced chunk and page is touched, which also extends its retention to this
         backup's (issue 13, point 3): a walk of the whole index, as long as the data it references.
         """
-        repo = self.repo
         everything = self.retain_until is not None
         missing = []
         present = None                  # S3 without Object Lock, many ids: one listing instead of a HEAD each
