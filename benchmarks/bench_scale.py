@@ -4,6 +4,7 @@ Usage:
     source scripts/env.sh
     python benchmarks/bench_scale.py [--sizes 16G,1T,4T,64T] [--trials 1] [--work DIR] [--json OUT.json]
                                      [--steps lab,full,incr,restore_raw,restore_vhdx,verify] [--markdown]
+    python benchmarks/bench_scale.py --sizes 16G,64T --alternate 9 [--work DIR]
 
 Workload (the issue's, lab era 2022, one VM with one dynamic VHDX of each size; only the written data takes space):
   - ``hyperv_lab``: the host and the VM with an empty dynamic VHDX of the size (default block size, 32 MiB), then
@@ -16,6 +17,12 @@ under /usr/bin/time: wall seconds, CPU seconds (user + system) and the peak RSS 
 repository growth (du of the repository before and after) and, for restores, the restored file's allocated size
 (st_blocks * 512) and its apparent size. Medians of ``--trials``. JSON lines to ``--json`` (default
 benchmarks/results/scale.json) and a Markdown table on stdout.
+
+``--alternate N`` measures only the incremental, for the issue's "within 1.5x" comparison between sizes: each size's
+lab and repository are prepared once (lab, full backup, the 40 guest writes) and kept aside; then N rounds, each
+restoring every size's prepared state and running the incremental module on it, the sizes taken in turn (the order
+reversed every other round), so that a change in the machine's load falls on every size alike. Per size: the median
+CPU and wall seconds and peak RSS; per round: the ratio of each size to the first, and their median, lowest, highest.
 """
 import argparse
 import json
@@ -135,6 +142,72 @@ def trial(size, work, steps):
     return out
 
 
+def prepare_incremental(size, work):
+    """The state just before the incremental: lab with its 256 guest writes, full backup, then the 40 guest writes."""
+    lab, repo = os.path.join(work, "lab"), os.path.join(work, "repo")
+    lab_args = dict(transport="lab", lab_directory=lab, host="scale")
+    module("hyperv_lab", dict(lab_args, era="2022", vms=[{"name": "scalevm", "disks": [{"size": size}]}],
+                              churn=[{"vm": "scalevm", "seed": 1, "writes": 256, "write_size": MiB}]))
+    module("hyperv_backup_repository", dict(repository=repo, state="present"))
+    module("hyperv_backup", dict(transport="lab", host="scale", lab_directory=lab, vm="scalevm", repository=repo,
+                                 type="full"))
+    module("hyperv_lab", dict(lab_args, churn=[{"vm": "scalevm", "seed": 2, "writes": 40, "write_size": 64 * 1024}]))
+
+
+def alternate_incremental(sizes, base, rounds):
+    """--alternate: {size text: [incremental measures]} and the per-round ratios to the first size."""
+    prepared = {}
+    for text in sizes:
+        work = os.path.join(base, "alt_%s" % text)
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        prepare_incremental(parse_size(text), work)
+        # the same absolute path for every run (the lab's state names its files): put the state aside, copy it back
+        os.rename(work, work + ".prepared")
+        prepared[text] = work
+    runs = dict((text, []) for text in sizes)
+    for number in range(rounds):
+        for text in (sizes if number % 2 == 0 else list(reversed(sizes))):
+            work = prepared[text]
+            shutil.rmtree(work, ignore_errors=True)
+            subprocess.run(["cp", "-a", "--sparse=always", work + ".prepared", work], check=True)
+            lab, repo = os.path.join(work, "lab"), os.path.join(work, "repo")
+            measure, result = module("hyperv_backup", dict(transport="lab", host="scale", lab_directory=lab, vm="scalevm",
+                                                           repository=repo, type="incremental"))
+            if result.get("type") != "incremental":
+                raise RuntimeError("size %s: the backup was %s, not incremental" % (text, result.get("type")))
+            measure["load_1min"] = os.getloadavg()[0]
+            runs[text].append(measure)
+    for work in prepared.values():
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work + ".prepared", ignore_errors=True)
+    ratios = {}
+    for text in sizes[1:]:
+        ratios[text] = dict((key, [b[key] / a[key] for a, b in zip(runs[sizes[0]], runs[text])])
+                            for key in ("cpu_seconds", "seconds"))
+    return runs, ratios
+
+
+def alternate_table(sizes, runs, ratios):
+    lines = ["| virtual disk | runs | CPU s, median | wall s, median | peak RSS MiB, median |",
+             "| --- | --- | --- | --- | --- |"]
+    for text in sizes:
+        got = runs[text]
+        cells = (size_label(parse_size(text)), len(got), statistics.median(m["cpu_seconds"] for m in got),
+                 statistics.median(m["seconds"] for m in got), statistics.median(m["rss_mib"] for m in got))
+        lines.append("| %s | %d | %.3f | %.3f | %.0f |" % cells)
+    lines += ["", "| virtual disk | against | CPU ratio: median (lowest - highest) | wall ratio: median (lowest - highest) | "
+              "ratio of the CPU medians |", "| --- | --- | --- | --- | --- |"]
+    for text, per_key in ratios.items():
+        cpu, wall = per_key["cpu_seconds"], per_key["seconds"]
+        of_medians = (statistics.median(m["cpu_seconds"] for m in runs[text])
+                      / statistics.median(m["cpu_seconds"] for m in runs[sizes[0]]))
+        lines.append("| %s | %s | %.2fx (%.2f - %.2f) | %.2fx (%.2f - %.2f) | %.2fx |" % (
+            size_label(parse_size(text)), size_label(parse_size(sizes[0])), statistics.median(cpu), min(cpu), max(cpu),
+            statistics.median(wall), min(wall), max(wall), of_medians))
+    return "\n".join(lines)
+
+
 def medians(runs):
     """Per step, the median of each number over the trials."""
     out = {}
@@ -174,12 +247,26 @@ def main():
     parser.add_argument("--json", default=os.path.join(HERE, "results", "scale.json"))
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--label", default="", help="free text kept with every row (e.g. which code was measured)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="only the incremental: N rounds over the sizes in turn, from a state prepared once per size")
     args = parser.parse_args()
     steps = set(args.steps.split(","))
     rows = []
     # ext4 (this machine's /) refuses files over 16 TiB (EFBIG), so a 64 TiB raw restore needs tmpfs (or XFS/btrfs):
     # the default work directory is under /dev/shm; only the written data takes memory there (about 1.5 GiB at the peak)
     base = args.work or tempfile.mkdtemp(prefix="bench_scale_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    if args.alternate:
+        sizes = args.sizes.split(",")
+        runs, ratios = alternate_incremental(sizes, base, args.alternate)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "a") as out:
+                out.write(json.dumps({"alternate": args.alternate, "label": args.label, "runs": runs, "ratios": ratios,
+                                      "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        if not args.work:
+            shutil.rmtree(base, ignore_errors=True)
+        print(alternate_table(sizes, runs, ratios))
+        return
     for text in args.sizes.split(","):
         size = parse_size(text)
         runs = []
