@@ -106,9 +106,9 @@ _sync_file_range = _load_sync_file_range()
 def start_writeback(fd):
     """Ask the kernel to start writing ``fd``'s dirty pages to the device now, without waiting (Linux).
 
-    A lazily written chunk is fsynced by ``flush`` at commit. Without this, the kernel leaves the whole backup's chunks
-    in memory until that fsync (far below its dirty thresholds on a proxy with a few GiB of RAM), so the device sat
-    idle during the copy and then wrote everything at the end; started here, the device writes while the next chunks
+    A lazily written chunk is fsynced by ``flush`` at commit. Without this, the kernel keeps a backup's chunks in memory
+    until that fsync or its dirty thresholds (10 % of memory by default: GiBs on a proxy), so the device sat idle
+    during the copy and then wrote everything at the end; started here, the device writes while the next chunks
     are read and compressed, and the fsync at commit finds little left. It changes no guarantee: durability still
     comes from that fsync. Borg starts its segment writeback the same way. Best effort: True if the kernel took the
     request, False if it refused it or the call is not available, never an exception.
