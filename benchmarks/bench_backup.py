@@ -331,6 +331,7 @@ def main():
         print("| %s | %s | %s | %s | %s | %s |" % tuple([name] + cells + [m.get("repo_bytes", "-"), rss]))
     print_per_gib(medians, args.size_mib / 1024.0)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # benchmarks/results/ is not in git
         with open(args.json, "w") as out:
             json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,
                        "per_gib": per_gib(medians, args.size_mib / 1024.0), "runs": results, "cpus": os.cpu_count(), "load": os.getloadavg()}, out, indent=1)
