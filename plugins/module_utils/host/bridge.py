@@ -95,6 +95,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import itertools
+
 from ansible_collections.hyperv.backup.plugins.module_utils.errors import HyperVBackupError
 
 NAMESPACE_V2 = "root\\virtualization\\v2"
@@ -190,16 +192,19 @@ def page_through(invoke_once, arguments, paging):
     The lab and bridges without a host-side loop run it here; the PowerShell bridge runs the same loop on the
     host (``bridge_scripts_wmi.INVOKE_PAGED``).
     """
-    collected = dict((name, []) for name in paging.collect)
-    counts = dict((name, []) for name in paging.collect)
-    lanes = [(name, collected[name], counts[name]) for name in paging.collect]
+    names = paging.collect
+    collected = dict((name, []) for name in names)
+    per_call = dict((name, []) for name in names)       # items of each successful call, run-length encoded at the end
+    lanes = [(name, collected[name], per_call[name]) for name in names]
     offset, calls, stopped = paging.start, 0, None
     end, max_length, max_calls, processed_name = paging.end, paging.max_length, paging.max_calls, paging.processed
     offset_name, length_name = paging.offset, paging.length
     values = dict(arguments or {})
     # a 64 TiB disk is 65,536 pages of 1 GiB in the lab: this loop is kept to what each page needs
     while offset < end and calls < max_calls:
-        length = min(end - offset, max_length)
+        length = end - offset
+        if length > max_length:
+            length = max_length
         page = values.copy()
         page[offset_name] = offset
         page[length_name] = length
@@ -209,27 +214,25 @@ def page_through(invoke_once, arguments, paging):
             break
         calls += 1
         out = result.get("out") or {}
-        for name, items, runs in lanes:
+        for name, items, sizes in lanes:
             got = out.get(name)
             if got is None:         # (not "if not got": a single change at offset 0 comes as the scalar 0)
-                size = 0
-            elif isinstance(got, list):
-                items.extend(got)
-                size = len(got)
+                sizes.append(0)
+            elif got.__class__ is list or isinstance(got, list):
+                if got:
+                    items.extend(got)
+                sizes.append(len(got))
             else:
                 items.append(got)
-                size = 1
-            last = runs[-1] if runs else None
-            if last is not None and last[0] == size:
-                last[1] += 1
-            else:
-                runs.append([size, 1])
+                sizes.append(1)
         processed = out.get(processed_name)
-        processed = int(processed) if processed else 0
+        if processed.__class__ is not int:
+            processed = int(processed) if processed else 0
         if processed <= 0:
             stopped = {"offset": offset, "length": length, "reason": "no_progress", "result": result}
             break
         offset += processed
+    counts = dict((name, [[size, len(list(run))] for size, run in itertools.groupby(per_call[name])]) for name in names)
     return {"calls": calls, "next_offset": offset, "collected": collected, "counts": counts, "stopped": stopped}
 
 

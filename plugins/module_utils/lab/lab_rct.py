@@ -139,15 +139,15 @@ def lookup(tracking, rct_id):
                          % (rct_id, tracking["disk_id"]), ERROR_VHD_INVALID_CHANGE_TRACKING_ID)
 
 
-# The merged change list of one (disk, since, upto, records) as two arrays of granule numbers, kept for the next pages:
+# The merged change list of one (disk, since, upto, records) as two arrays of byte offsets, kept for the next pages:
 # a caller pages a 64 TiB disk in 65536 calls of 1 GiB, and each page must cost a bisection, not a scan of every record.
 # Records are only ever appended, so the number of records and the last one name the list. A few lists are kept.
 _MERGED = {}
 _MERGED_KEEP = 8
 
 
-def _merged_granules(tracking, since_seq, upto_seq):
-    """(starts, ends): sorted, disjoint, non-adjacent [start, end) granule intervals of the records in (since, upto]."""
+def _merged_ranges(tracking, since_seq, upto_seq):
+    """(starts, ends): sorted, disjoint, non-adjacent [start, end) byte ranges (granule-aligned) of the records in (since, upto]."""
     records = tracking["records"]
     key = (tracking["disk_id"], since_seq, upto_seq, len(records), tuple(records[-1]) if records else None)
     cached = _MERGED.get(key)
@@ -155,11 +155,11 @@ def _merged_granules(tracking, since_seq, upto_seq):
         return cached
     starts, ends = array("q"), array("q")
     for first, end in sorted((first, end) for seq, first, end in records if since_seq < seq <= upto_seq):
-        if ends and first <= ends[-1]:
-            ends[-1] = max(ends[-1], end)
+        if ends and first * GRANULE <= ends[-1]:
+            ends[-1] = max(ends[-1], end * GRANULE)
         else:
-            starts.append(first)
-            ends.append(end)
+            starts.append(first * GRANULE)
+            ends.append(end * GRANULE)
     if len(_MERGED) >= _MERGED_KEEP:
         _MERGED.pop(next(iter(_MERGED)))
     _MERGED[key] = (starts, ends)
@@ -173,11 +173,11 @@ def changes(tracking, since_seq, upto_seq, byte_offset, byte_length, virtual_siz
 
 def window_finder(tracking, since_seq, upto_seq):
     """``page(byte_offset, byte_length, virtual_size)`` -> one page of ``changes``, the merged records looked up once."""
-    starts, ends = _merged_granules(tracking, since_seq, upto_seq)
-    return functools.partial(_window, starts, ends)
+    starts, ends = _merged_ranges(tracking, since_seq, upto_seq)
+    return functools.partial(_window, starts, ends, len(starts))
 
 
-def _window(starts, ends, byte_offset, byte_length, virtual_size, page_bytes=MAX_PAGE_BYTES, after=bisect.bisect_right):
+def _window(starts, ends, count, byte_offset, byte_length, virtual_size, page_bytes=MAX_PAGE_BYTES, after=bisect.bisect_right):
     # called once per page (65,536 times for a 64 TiB disk): comparisons instead of min/max, names bound once
     processed = virtual_size - byte_offset
     if processed > byte_length:
@@ -187,11 +187,17 @@ def _window(starts, ends, byte_offset, byte_length, virtual_size, page_bytes=MAX
     if processed < 0:
         processed = 0
     window_end = byte_offset + processed
+    # the first range that ends after the window starts; ranges are disjoint, so ends are sorted too
+    index = after(ends, byte_offset)
+    if index == count or starts[index] >= window_end:
+        return processed, [], []
     offsets, lengths = [], []
-    # the first interval that ends after the window starts; intervals are disjoint, so ends are sorted too
-    index = after(ends, byte_offset // GRANULE)
-    while index < len(starts) and starts[index] * GRANULE < window_end:
-        start, stop = max(starts[index] * GRANULE, byte_offset), min(ends[index] * GRANULE, window_end)
+    while index < count and starts[index] < window_end:
+        start, stop = starts[index], ends[index]
+        if start < byte_offset:
+            start = byte_offset
+        if stop > window_end:
+            stop = window_end
         if start < stop:
             offsets.append(start)
             lengths.append(stop - start)

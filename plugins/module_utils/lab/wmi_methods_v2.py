@@ -258,12 +258,6 @@ def _change_source(call):
     (virtual size, whether the host has the strict ByteLength reading, the page function of lab_rct). Within one
     invoke_paged round trip it is looked up once (``call.memo``): the pages read the same frozen disk, whose change
     records do not move while the checkpoint holds them."""
-    memo, args = call.memo, call.args
-    key = ("GetVirtualDiskChanges", args.get("Path"), args.get("LimitId"))     # strings, never Refs
-    if memo is not None:
-        source = memo.get(key)
-        if source is not None:
-            return None, source
     path, local = _local_disk(call)
     if not isinstance(path, str) or not path or not isinstance(call.arg("LimitId"), str):
         return call.finish(32773), None
@@ -287,27 +281,34 @@ def _change_source(call):
     except lab_rct.RctLookupError as exc:
         return call.failed_job(0, 32768, "%s. (%s)" % (exc, exc.windows_error)), None
     upto = tracking["sequence"] if info["to_seq"] is None else info["to_seq"]
-    source = (disk["virtual_size"], "byte_length_strict" in world.quirks(), lab_rct.window_finder(tracking, since, upto))
-    if call.memo is not None:
-        call.memo[key] = source
-    return None, source
+    return None, (disk["virtual_size"], "byte_length_strict" in world.quirks(), lab_rct.window_finder(tracking, since, upto))
 
 
 def get_virtual_disk_changes(call):
+    # Answered once per page (65,536 times for a 64 TiB disk in one invoke_paged round trip): the page path is
+    # kept to a memo lookup, the bounds and the window.
     args = call.args
     offset, length = args.get("ByteOffset"), args.get("ByteLength")
-    if not isinstance(offset, int) or not isinstance(length, int):
-        return call.finish(32773)
-    refused, source = _change_source(call)
-    if refused is not None:
-        return refused
+    if offset.__class__ is not int or length.__class__ is not int:
+        if not isinstance(offset, int) or not isinstance(length, int):
+            return call.finish(32773)
+    memo = call.memo
+    key = ("GetVirtualDiskChanges", args.get("Path"), args.get("LimitId"))     # strings, never Refs
+    source = None if memo is None else memo.get(key)
+    if source is None:
+        refused, source = _change_source(call)
+        if refused is not None:
+            return refused
+        if memo is not None:
+            memo[key] = source
     size, strict, page = source
     # Issue point 12: the documented reading ("ByteLength must be less than the size of the virtual disk")
     # is the host quirk "byte_length_strict"; by default size - offset is accepted, as public code passes it.
     if offset < 0 or length <= 0 or offset + length > size or (strict and length >= size):
         return call.finish(32773)
     processed, offsets, lengths = page(offset, length, size)
-    return call.finish(0, ProcessedByteLength=processed, ChangedByteOffsets=offsets, ChangedByteLengths=lengths)
+    return {"ReturnValue": 0, "out": {"ProcessedByteLength": processed, "ChangedByteOffsets": offsets,
+                                      "ChangedByteLengths": lengths}}
 
 
 METHODS = {

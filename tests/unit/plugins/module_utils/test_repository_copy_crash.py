@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -64,7 +65,15 @@ def run_copier(args, kill_after=None, timed=None):
         time.sleep(kill_after)
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
-    out, _err = child.communicate(timeout=120)
+    # Not communicate(): with a timeout it reads the pipe's descriptor, and a line that readline() above already
+    # buffered with READY (a quick run prints READY and DONE together) would be lost.
+    guard = threading.Timer(120, child.kill)
+    guard.start()
+    try:
+        out = child.stdout.read()
+        child.wait()
+    finally:
+        guard.cancel()
     if timed is not None:
         timed.append(time.monotonic() - ready)
     assert child.returncode in (0, -signal.SIGKILL), out

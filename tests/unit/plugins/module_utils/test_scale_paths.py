@@ -4,6 +4,7 @@ A 64 TiB VHDX (the format's maximum) opened and its allocated ranges listed, the
 1 GiB over a 64 TiB disk, and the chunk indexes of a whole-disk range: behaviour and shape, and where the point is
 memory, a tracemalloc peak bound (no wall-clock bounds: speed is in benchmarks/bench_scale.py).
 """
+import random
 import tracemalloc
 
 from ansible_collections.hyperv.backup.plugins.module_utils.backup import backup_planning as planning
@@ -129,6 +130,38 @@ def test_lab_rct_page_clips_a_whole_disk_record_to_the_page():
     upto = lab_rct.record_writes(tracking, [(0, 64 * TiB)])
     assert lab_rct.changes(tracking, 0, upto, 5 * GiB, 64 * TiB - 5 * GiB, 64 * TiB) == (GiB, [5 * GiB], [GiB])
     assert lab_rct.changes(tracking, upto, upto, 5 * GiB, GiB, 64 * TiB) == (GiB, [], [])
+
+
+def test_lab_rct_page_equals_a_granule_by_granule_reading_of_the_records():
+    # the page is found by bisection over merged byte ranges; a plain reading of every granule is the reference:
+    # windows at unaligned offsets, ranges that straddle a window's edges, windows past the end and of no length
+    rng = random.Random(14)
+    size = 64 * MiB
+    granule = lab_rct.GRANULE
+    for _trial in range(40):
+        tracking = lab_rct.new_tracking("disk-%d" % _trial)
+        writes = [(rng.randrange(0, size - 1), rng.choice((1, 4096, 100 * KiB, 3 * MiB))) for _n in range(rng.randrange(0, 30))]
+        writes = [(offset, min(length, size - offset)) for offset, length in writes]
+        split = rng.randrange(0, len(writes) + 1)
+        since = lab_rct.record_writes(tracking, writes[:split])
+        upto = lab_rct.record_writes(tracking, writes[split:])
+        changed = set()
+        for offset, length in writes[split:]:
+            changed.update(range(offset // granule, (offset + length + granule - 1) // granule))
+        for _window in range(30):
+            offset = rng.choice((0, rng.randrange(0, size), rng.randrange(0, size // granule) * granule, size))
+            length = rng.choice((1, granule - 1, rng.randrange(1, size + 1), size - offset if offset < size else 1))
+            processed, offsets, lengths = lab_rct.changes(tracking, since, upto, offset, length, size)
+            assert processed == max(0, min(length, size - offset, lab_rct.MAX_PAGE_BYTES))
+            expected, start = [], None
+            for number in range(offset // granule, (offset + processed + granule - 1) // granule + 1):
+                inside = number in changed and number * granule < offset + processed
+                if inside and start is None:
+                    start = max(number * granule, offset)
+                if not inside and start is not None:
+                    expected.append((start, min(number * granule, offset + processed) - start))
+                    start = None
+            assert list(zip(offsets, lengths)) == expected, (writes, split, offset, length)
 
 
 def test_lab_class_tables_are_built_once_per_namespace_and_era():
