@@ -285,8 +285,8 @@ def _change_source(call):
 
 
 def get_virtual_disk_changes(call):
-    # Answered once per page (65,536 times for a 64 TiB disk in one invoke_paged round trip): the page path is
-    # kept to a memo lookup, the bounds and the window.
+    # Answered once per page (65,536 times for a 64 TiB disk, 1,024 per invoke_paged round trip): the page path
+    # is kept to a memo lookup, the bounds and the window.
     args = call.args
     offset, length = args.get("ByteOffset"), args.get("ByteLength")
     if offset.__class__ is not int or length.__class__ is not int:
