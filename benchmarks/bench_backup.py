@@ -4,7 +4,7 @@ Usage:
     source scripts/env.sh
     python benchmarks/bench_backup.py [--size-mib 2048] [--seed 20240901] [--trials 3] [--work DIR]
                                       [--peers restic,borg] [--json OUT.json]
-                                      [--chunk-size BYTES] [--skip engine,module]
+                                      [--chunk-size BYTES] [--skip engine,module] [--settle-seconds 65]
 
 Data (the same for everybody):
   - the image is ``/work/shared/bench/gen_image.py OUT.raw SIZE SEED`` (40 % zeros, 30 % compressible,
@@ -14,7 +14,9 @@ Data (the same for everybody):
     bytes (lab_disks.churn_data), written into our VM by the lab's churn and into the peers' raw file by this
     script, so both see exactly the same change.
 
-Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental.
+Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental. A round's
+repositories are kept until the round ends, then deleted, and the next round waits ``--settle-seconds`` (see
+``settle``), so that no tool creates its files right after another's mass deletion.
 We report two timings: the engine (run_backup / run_restore in this process) and end to end (the Ansible
 module run as a process, as Ansible runs it: python hyperv_backup.py args.json), each with its CPU seconds
 (user + system, all threads) and the peak RSS of the process; the 1-minute load average is kept with every
@@ -287,6 +289,37 @@ def print_per_gib(medians, gib):
                 fmt(v["restic_wall_ratio"], "%.2fx"), fmt(v["restic_cpu_ratio"], "%.2fx")))
 
 
+def keep_only_repository(work):
+    """Remove a finished trial's large files now (a handful of inodes) and keep its repository until the round ends."""
+    for entry in os.listdir(work):
+        if entry != "repo":
+            path = os.path.join(work, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+
+def settle(work_dirs, seconds):
+    """Delete the round's repositories, then wait until their freed inodes are no longer "recently deleted".
+
+    Without a journal (this VM's root ext4), ext4 reads the inode-table block of every free inode it considers and
+    skips one freed in the last 60 s (300 s more while that block is dirty) before it allocates. Deleting one
+    repository of ~2,500 chunk files and creating the next right away doubled the system CPU time of our full backup
+    (docs/benchmarks/backup.md, 2026-12-05 evening), a cost that only this benchmark's delete-and-recreate loop pays
+    and only one file per chunk pays much of; peers' few pack or segment files hardly notice it. ``sync`` makes the
+    blocks clean, so the 60 s bound applies.
+    """
+    removed = False
+    for work in work_dirs:
+        if os.path.exists(work):
+            shutil.rmtree(work)
+            removed = True
+    if removed and seconds:
+        os.sync()
+        time.sleep(seconds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
@@ -297,6 +330,8 @@ def main():
     parser.add_argument("--skip", default="", help="comma list of: engine,module")
     parser.add_argument("--json", default=None)
     parser.add_argument("--chunk-size", type=int, default=None, help="repository chunk size (default: the repository's)")
+    parser.add_argument("--settle-seconds", type=int, default=65,
+                        help="wait after deleting a round's repositories before the next round (see settle())")
     args = parser.parse_args()
     global CHUNK_SIZE  # pylint: disable=global-statement
     CHUNK_SIZE = args.chunk_size
@@ -307,10 +342,12 @@ def main():
     runners = [r for r in runners if r[0] not in args.skip.split(",")]
     runners += [(p, {"restic": trial_restic, "borg": trial_borg}[p]) for p in args.peers.split(",") if p]
     results = {}
+    stale = [os.path.join(root, entry) for entry in os.listdir(root) if entry.startswith("run_")]
     for trial in range(args.trials):
+        settle(stale, args.settle_seconds)
+        stale = []
         for name, runner in runners:
             work = os.path.join(root, "run_%s_%d" % (name, trial))
-            shutil.rmtree(work, ignore_errors=True)
             os.makedirs(work)
             load_before = os.getloadavg()[0]     # the machine is shared: keep the load next to every trial
             measured = runner(ws, work)
@@ -318,7 +355,9 @@ def main():
             measured["load1_after"] = os.getloadavg()[0]
             print(json.dumps({"tool": name, "trial": trial, **measured}), flush=True)
             results.setdefault(name, []).append(measured)
-            shutil.rmtree(work, ignore_errors=True)
+            keep_only_repository(work)
+            stale.append(work)
+    settle(stale, 0)
     medians = dict((name, _medians(runs)) for name, runs in results.items())
     medians["engine_process_peak_rss"] = peak_rss_self()
     print("\n| tool | full s (CPU s) | incremental s (CPU s) | restore s (CPU s) | repository bytes | peak RSS (full/incr/restore) |")
@@ -333,7 +372,8 @@ def main():
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # benchmarks/results/ is not in git
         with open(args.json, "w") as out:
-            json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "medians": medians,
+            json.dump({"size_mib": args.size_mib, "seed": args.seed, "trials": args.trials, "settle_seconds": args.settle_seconds,
+                       "medians": medians,
                        "per_gib": per_gib(medians, args.size_mib / 1024.0), "runs": results, "cpus": os.cpu_count(), "load": os.getloadavg()}, out, indent=1)
 
 
