@@ -306,9 +306,10 @@ def settle(work_dirs, seconds):
     Without a journal (this VM's root ext4), ext4 reads the inode-table block of every free inode it considers and
     skips one freed in the last 60 s (300 s more while that block is dirty) before it allocates. Deleting one
     repository of ~2,500 chunk files and creating the next right away doubled the system CPU time of our full backup
-    (docs/benchmarks/backup.md, 2026-12-05 evening), a cost that only this benchmark's delete-and-recreate loop pays
-    and only one file per chunk pays much of; peers' few pack or segment files hardly notice it. ``sync`` makes the
-    blocks clean, so the 60 s bound applies.
+    (docs/benchmarks/backup.md, 2026-12-05 evening). About half of that is this inode cost, which only this
+    benchmark's delete-and-recreate loop pays, and mostly a store with one file per chunk; the other half is freed
+    page-cache memory that this VM reports to its host and faults back in, which no wait inside the guest avoids.
+    ``sync`` makes the blocks clean, so the 60 s bound applies.
     """
     removed = False
     for work in work_dirs:
