@@ -14,7 +14,8 @@ Data (the same for everybody):
     bytes (lab_disks.churn_data), written into our VM by the lab's churn and into the peers' raw file by this
     script, so both see exactly the same change.
 
-Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental. A round's
+Per trial, fresh repositories: full backup, the change, incremental backup, restore of the incremental (restic
+restores it a second time with ``--verify``, its own verified restore: ours always verifies). A round's
 repositories are kept until the round ends, then deleted, and the next round waits ``--settle-seconds`` (see
 ``settle``), so that no tool creates its files right after another's mass deletion.
 We report two timings: the engine (run_backup / run_restore in this process) and end to end (the Ansible
@@ -225,6 +226,12 @@ def trial_restic(ws, work):
     target = os.path.join(work, "restore")
     out["restore_raw"], out["restore_rss"], _o, out["restore_raw_cpu"] = run_child(
         ["restic", "-r", repo, "restore", "latest", "--target", target], env)
+    shutil.rmtree(target)
+    # restic's own verified restore: it re-reads what it wrote (through the page cache, no fsync) and checks each
+    # blob's hash. Ours fsyncs and re-reads from the device, so this is the closer peer of our restore; the plain
+    # restore above stays the issue's reference.
+    out["restore_verified"], _rss, _o, out["restore_verified_cpu"] = run_child(
+        ["restic", "-r", repo, "restore", "latest", "--verify", "--target", target], env)
     return out
 
 
@@ -263,7 +270,7 @@ def per_gib(medians, gib):
     for name, m in medians.items():
         if not isinstance(m, dict):
             continue
-        for step in ("full", "incr", "restore_raw", "restore_vhdx"):
+        for step in ("full", "incr", "restore_raw", "restore_vhdx", "restore_verified"):
             wall, cpu = m.get(step), m.get(step + "_cpu")
             if wall is None or cpu is None:
                 continue
@@ -271,22 +278,28 @@ def per_gib(medians, gib):
                 "cpu_per_gib": cpu / gib, "cpu_to_wall": cpu / wall if wall else None,
                 "restic_wall_ratio": restic[step] / wall if restic.get(step) and wall else None,
                 "restic_cpu_ratio": restic[step + "_cpu"] / cpu if restic.get(step + "_cpu") and cpu else None}
+            if step == "restore_raw" and name != "restic" and restic.get("restore_verified") and wall:
+                out[name][step]["restic_verify_wall_ratio"] = restic["restore_verified"] / wall
+                out[name][step]["restic_verify_cpu_ratio"] = restic["restore_verified_cpu"] / cpu if cpu else None
     return out
 
 
 def print_per_gib(medians, gib):
     """CPU s per GiB of image, CPU-to-wall ratio (cores busy) and restic's time over ours, per step (medians)."""
-    print("\n| tool | step | CPU s per GiB | CPU / wall | restic wall / ours | restic CPU / ours |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| tool | step | CPU s per GiB | CPU / wall | restic wall / ours | restic CPU / ours | restic --verify wall (CPU) / ours |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
 
     def fmt(value, pattern):
         return "-" if value is None else pattern % value
 
     for name, steps in per_gib(medians, gib).items():
         for step, v in steps.items():
-            print("| %s | %s | %s | %s | %s | %s |" % (
+            verify = "-"
+            if v.get("restic_verify_wall_ratio") is not None:
+                verify = "%s (%s)" % (fmt(v["restic_verify_wall_ratio"], "%.2fx"), fmt(v.get("restic_verify_cpu_ratio"), "%.2fx"))
+            print("| %s | %s | %s | %s | %s | %s | %s |" % (
                 name, step, fmt(v["cpu_per_gib"], "%.2f"), fmt(v["cpu_to_wall"], "%.2f"),
-                fmt(v["restic_wall_ratio"], "%.2fx"), fmt(v["restic_cpu_ratio"], "%.2fx")))
+                fmt(v["restic_wall_ratio"], "%.2fx"), fmt(v["restic_cpu_ratio"], "%.2fx"), verify))
 
 
 def keep_only_repository(work):
