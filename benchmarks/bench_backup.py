@@ -27,6 +27,7 @@ is page-cache warm for everybody (CPU-bound comparison). Medians of ``--trials``
 Markdown table on stdout.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -160,30 +161,42 @@ def _chunk_args():
     return {"chunk_size": CHUNK_SIZE} if CHUNK_SIZE else {}
 
 
-def trial_engine(ws, work):
+@contextlib.contextmanager
+def lab_backup_setup(ws, work):
+    """(lab layout, open session, fresh repository, module params) under ``work``, the VM's disks in the page cache.
+
+    bench_floor.py's engine runs use it too, so that both benchmarks time run_backup from the same start.
+    """
     lab = os.path.join(work, "lab")
     layout = ws.fresh_lab(lab)
     repo = Repository.init(os.path.join(work, "repo"), **_chunk_args())
     params = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm")
-    out = {}
     with HostSession.from_module_params(params) as session:
         for vm_disk in session.run("get_vms", names=["benchvm"])[0]["disks"]:
             warm(map_path(vm_disk["path"], session.path_map()))     # the host reports Windows paths
-        start, cpu = time.monotonic(), time.process_time()
-        full = run_backup(session, repo, params, options=CopyOptions())
-        out["full"], out["full_cpu"] = time.monotonic() - start, time.process_time() - cpu
+        yield layout, session, repo, params
+
+
+def timed(call, *args, **kwargs):
+    """(call's result, wall seconds, CPU seconds of this process and all its threads)."""
+    start, cpu = time.monotonic(), time.process_time()
+    result = call(*args, **kwargs)
+    return result, time.monotonic() - start, time.process_time() - cpu
+
+
+def trial_engine(ws, work):
+    out = {}
+    with lab_backup_setup(ws, work) as (layout, session, repo, params):
+        full, out["full"], out["full_cpu"] = timed(run_backup, session, repo, params, options=CopyOptions())
         ws.churn(layout)
-        start, cpu = time.monotonic(), time.process_time()
-        incr = run_backup(session, repo, params, options=CopyOptions())
-        out["incr"], out["incr_cpu"] = time.monotonic() - start, time.process_time() - cpu
+        incr, out["incr"], out["incr_cpu"] = timed(run_backup, session, repo, params, options=CopyOptions())
     assert incr["type"] == "incremental", incr["type_reason"]
     out["incr_bytes_read"] = incr["bytes_read"]
     out["full_bytes_read"] = full["bytes_read"]
     out["repo_bytes"] = du(os.path.join(work, "repo"))
     for fmt in ("raw", "vhdx"):
-        start, cpu = time.monotonic(), time.process_time()
-        restored = run_restore(repo, {"vm": "benchvm", "destination": os.path.join(work, "restore_" + fmt), "format": fmt})
-        out["restore_" + fmt], out["restore_%s_cpu" % fmt] = time.monotonic() - start, time.process_time() - cpu
+        restored, out["restore_" + fmt], out["restore_%s_cpu" % fmt] = timed(
+            run_restore, repo, {"vm": "benchvm", "destination": os.path.join(work, "restore_" + fmt), "format": fmt})
     stem = os.path.splitext(os.path.basename(restored["disks"][0]["path"]))[0]
     sh("cmp", os.path.join(work, "restore_raw", stem + ".raw"), ws.raw_v2)     # raises when they differ
     out["restore_verified_cmp"] = True

@@ -31,16 +31,13 @@ import tempfile
 import time
 
 from ansible_collections.hyperv.backup.plugins.module_utils.backup.backup_engine import CopyOptions, default_workers, run_backup
-from ansible_collections.hyperv.backup.plugins.module_utils.host.connection import HostSession
-from ansible_collections.hyperv.backup.plugins.module_utils.host.disk_access import map_path
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.backup_record import chunk_key
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.local_store import LocalStore
-from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository import Repository
 from ansible_collections.hyperv.backup.plugins.module_utils.repository.repository_crypto import (
     KIND_CHUNK, RepositoryKeys, new_compressor, worth_compressing)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_backup import Workspace, settle, warm  # noqa: E402  pylint: disable=wrong-import-position
+from bench_backup import Workspace, lab_backup_setup, settle, timed, warm  # noqa: E402  pylint: disable=wrong-import-position
 
 MiB = 1024 * 1024
 STEPS = ("read", "zero_test", "chunk_id", "probe", "compress", "envelope", "write", "flush")
@@ -105,16 +102,9 @@ def floor_pass(raw, store_dir, level):
 
 def engine_full(ws, work, workers):
     """(CPU seconds, wall seconds, backup type) of run_backup's full backup of the lab VM with ``workers`` copy threads."""
-    lab = os.path.join(work, "lab")
-    ws.fresh_lab(lab)
-    repo = Repository.init(os.path.join(work, "repo"))
-    params = dict(transport="lab", host="bench", lab_directory=lab, vm="benchvm")
-    with HostSession.from_module_params(params) as session:
-        for vm_disk in session.run("get_vms", names=["benchvm"])[0]["disks"]:
-            warm(map_path(vm_disk["path"], session.path_map()))
-        start, cpu = time.monotonic(), time.process_time()
-        result = run_backup(session, repo, params, options=CopyOptions(workers=workers))
-        return time.process_time() - cpu, time.monotonic() - start, result["type"]
+    with lab_backup_setup(ws, work) as (_layout, session, repo, params):
+        result, wall, cpu = timed(run_backup, session, repo, params, options=CopyOptions(workers=workers))
+    return cpu, wall, result["type"]
 
 
 def main():
